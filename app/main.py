@@ -1,0 +1,21 @@
+"""The FastAPI application: routers, error handlers and the job executor's lifetime."""
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.routers import health
+
+
+def create_app() -> FastAPI:
+    """Build the application (routers, error handlers)."""
+    app = FastAPI(
+        title="Regula",
+        version="0.1.0",
+        summary="Train regularized NumPy models over HTTP and see what they learned to ignore.",
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()
