@@ -3,7 +3,7 @@
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
-from app.routers import health
+from app.routers import datasets, health, jobs, models
 
 
 def create_app() -> FastAPI:
@@ -14,7 +14,8 @@ def create_app() -> FastAPI:
         summary="Train regularized NumPy models over HTTP and see what they learned to ignore.",
     )
     install_error_handlers(app)
-    app.include_router(health.router)
+    for module in (datasets, jobs, models, health):
+        app.include_router(module.router)
     return app
 
 

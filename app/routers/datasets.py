@@ -1,0 +1,5 @@
+"""/datasets endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])

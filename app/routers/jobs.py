@@ -1,0 +1,5 @@
+"""/jobs endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])

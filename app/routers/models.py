@@ -1,0 +1,5 @@
+"""/models endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/models", tags=["models"])
