@@ -1,0 +1,58 @@
+"""Regula's engine: regularized neural networks in pure NumPy, with exact L1 sparsity.
+
+Public API (everything the service may use)::
+
+    import engine
+
+    spec = engine.normalize_spec(spec_dict)          # defaults + validation; raises
+    engine.SpecError
+    model = engine.fit(spec_dict, X, y, callbacks=[cb])
+    model.predict(X); model.predict_proba(X); model.history; model.metrics; model.classes
+    data = model.to_bytes(); model2 = engine.load(data)
+    stats = engine.sparsity(model, tolerance=0.0)
+
+Errors: :class:`SpecError` (bad spec, with ``loc``/``msg``/``code``), :class:`InputError` (bad
+data, with
+``column``/``row``/``msg``/``code``), :class:`ModelFormatError` (bytes that are not a model). All
+are
+``ValueError`` subclasses. Registries (tuples of names) describe the valid spec values for schemas.
+"""
+
+from engine.errors import InputError, ModelFormatError, SpecError
+from engine.model import Model, fit
+from engine.serialize import load
+from engine.sparsity import sparsity
+from engine.spec import (
+    ACTIVATIONS,
+    DROPOUT_MODES,
+    DTYPES,
+    INITIALIZERS,
+    L1_METHODS,
+    LOSS_TASKS,
+    LOSSES,
+    OPTIMIZERS,
+    TASKS,
+    default_spec,
+    normalize_spec,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "DROPOUT_MODES",
+    "DTYPES",
+    "INITIALIZERS",
+    "L1_METHODS",
+    "LOSSES",
+    "LOSS_TASKS",
+    "OPTIMIZERS",
+    "TASKS",
+    "InputError",
+    "Model",
+    "ModelFormatError",
+    "SpecError",
+    "default_spec",
+    "fit",
+    "load",
+    "normalize_spec",
+    "sparsity",
+]

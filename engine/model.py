@@ -1,0 +1,394 @@
+"""The fitted model and ``fit``, the engine's front door.
+
+``fit(spec, X, y)`` validates the spec and the data, splits off a seeded validation set, fits the
+preprocessing
+on the training split only, builds the network, trains it and returns a :class:`Model` that
+predicts from raw
+rows in the original label values. Same seed + same spec + same data = bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.errors import InputError, SpecError
+from engine.preprocess import (
+    Preprocessor,
+    as_columns,
+    classes_array,
+    encode_labels,
+    regression_target,
+)
+from engine.spec import normalize_spec
+
+if TYPE_CHECKING:
+    from engine.network import Network
+
+__all__ = ["HINGE_LOSSES", "Callback", "Model", "fit"]
+
+Callback = Callable[[dict[str, Any]], bool | None]
+# Hinge losses train margins, not likelihoods: their scores are not calibrated probabilities.
+HINGE_LOSSES = frozenset({"multiclass_hinge", "squared_hinge"})
+_METRIC_NAMES = {"classification": "accuracy", "regression": "r2"}
+
+
+class Model:
+    """A trained network with its preprocessing, labels, spec and training history.
+
+    Attributes
+    ----------
+    spec : dict
+        The normalized spec (JSON-able).
+    task : {"classification", "regression"}
+    feature_names : list of str
+        Raw input columns, in order.
+    classes : list or None
+        Original labels (python ``int``/``float``/``str``/``bool``), sorted; ``None`` for
+        regression.
+    history : list of dict
+        One record per epoch (keys: ``epoch``, ``loss``, ``data_loss``, ``penalty``, ``val_loss``,
+        ``metric``,
+        ``val_metric``, ``zero_fraction``, ``learning_rate``, ``seconds``).
+    metrics : dict
+        Summary of the returned weights: ``loss``, ``val_loss``, ``metric``, ``val_metric`` (of the
+        best
+        epoch when training stopped early and best weights were restored, else of the last epoch),
+        ``metric_name`` (``"accuracy"`` | ``"r2"``), ``epochs`` (epochs run), ``best_epoch``,
+        ``stopped``,
+        ``n_train``, ``n_val``, ``seconds``.
+    stopped : {"completed", "early_stopping", "cancelled"}
+    network : engine.network.Network
+    preprocessor : engine.preprocess.Preprocessor
+    n_inputs, n_outputs : int
+        Width of the encoded input ``F`` and of the network output.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: dict[str, Any],
+        network: Network,
+        preprocessor: Preprocessor,
+        classes: list[Any] | None,
+        history: list[dict[str, Any]],
+        metrics: dict[str, Any],
+        stopped: str,
+        n_inputs: int,
+        n_outputs: int,
+    ) -> None:
+        self.spec = spec
+        self.task: str = spec["task"]
+        self.network = network
+        self.preprocessor = preprocessor
+        self.classes = None if classes is None else list(classes)
+        self.history = history
+        self.metrics = metrics
+        self.stopped = stopped
+        self.n_inputs = n_inputs
+        self.n_outputs = n_outputs
+        self._dtype = np.dtype(spec["dtype"])
+        self._classes_arr = None if classes is None else classes_array(classes)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+    @property
+    def has_proba(self) -> bool:
+        """Whether :meth:`predict_proba` is available (classifiers trained with a likelihood
+        loss)."""
+        return self.task == "classification" and self.spec["loss"] not in HINGE_LOSSES
+
+    def _encode(self, X: Any) -> np.ndarray:
+        return self.preprocessor.transform(X, dtype=self._dtype)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Network output for raw ``X``: ``(N, 1)`` regression values or BCE probabilities, ``(N,
+        C)`` softmax
+        probabilities or hinge scores, as float64."""
+        return np.asarray(self.network.output(self._encode(X)), dtype=np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predict raw rows.
+
+        Parameters
+        ----------
+        X : mapping of str to array-like, or array-like (N, D)
+            Every feature in ``feature_names`` (extra mapping keys are ignored).
+
+        Returns
+        -------
+        ndarray (N,)
+            Regression: float64 values in the target's units. Classification: labels from
+            ``classes`` (an object
+            array of ``str`` for string labels, else int / float / bool); ``p >= 0.5 ->
+            classes[1]`` for
+            binary cross-entropy, ``argmax`` of the scores otherwise.
+
+        Raises
+        ------
+        InputError
+            Bad rows (``missing_column``, ``unknown_category``, ``not_numeric``, ``non_finite``,
+            ...).
+        """
+        out = self.decision_function(X)
+        if self.task == "regression":
+            return out[:, 0]
+        if self.spec["loss"] == "binary_cross_entropy":
+            idx = (out[:, 0] >= 0.5).astype(np.intp)
+        else:
+            idx = out.argmax(axis=1)
+        return self._classes_arr[idx]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(N, C)`` float64, columns in ``classes`` order; rows sum to 1.
+
+        Raises
+        ------
+        InputError
+            ``no_probabilities`` for regression models and hinge losses (whose scores are not
+            calibrated
+            probabilities), or bad rows as in :meth:`predict`.
+        """
+        if not self.has_proba:
+            why = (
+                "a regression model"
+                if self.task == "regression"
+                else f"trained with {self.spec['loss']}, whose scores are not probabilities"
+            )
+            raise InputError(
+                f"predict_proba is not available: the model is {why}.", "no_probabilities"
+            )
+        out = self.decision_function(X)
+        if self.spec["loss"] == "binary_cross_entropy":
+            p = out[:, 0]
+            return np.stack([1.0 - p, p], axis=1)
+        return out
+
+    def sparsity(self, tolerance: float = 0.0) -> dict[str, Any]:
+        """Same as ``engine.sparsity(self, tolerance)``."""
+        from engine.sparsity import sparsity
+
+        return sparsity(self, tolerance)
+
+    def to_bytes(self) -> bytes:
+        """Serialize (npz + JSON, no pickle); ``engine.load(model.to_bytes())`` predicts
+        identically."""
+        from engine.serialize import model_to_bytes
+
+        return model_to_bytes(self)
+
+    def __repr__(self) -> str:
+        hidden = self.spec["model"]["hidden_layers"]
+        return (
+            f"Model(task={self.task!r}, loss={self.spec['loss']!r}, hidden_layers={hidden}, "
+            f"features={len(self.feature_names)}, stopped={self.stopped!r})"
+        )
+
+
+# --- fit ------------------------------------------------------------------------------------------
+
+
+def _split(
+    n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of ``range(n)``, stratified by ``labels`` when given.
+
+    Each class keeps at least one training row, so every class is learned; both index arrays are
+    sorted so that
+    ``shuffle=False`` trains in the original row order.
+    """
+    perm = rng.permutation(n)
+    if fraction <= 0:
+        return np.arange(n), np.empty(0, dtype=np.intp)
+    if labels is None:
+        n_val = round(n * fraction)
+        n_val = min(max(n_val, 1), n - 1)
+        val = perm[:n_val]
+    else:
+        parts = []
+        shuffled = labels[perm]
+        for c in np.unique(labels):
+            members = perm[shuffled == c]
+            n_val = min(round(len(members) * fraction), len(members) - 1)
+            parts.append(members[:n_val])
+        val = np.concatenate(parts)
+    mask = np.zeros(n, dtype=bool)
+    mask[val] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _metric_summary(
+    history: list[dict[str, Any]], best_epoch: int | None, stopped: str, task: str
+) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if history:
+        # After an early stop the best weights are restored, so the summary describes that epoch.
+        if stopped != "completed" and best_epoch is not None and 1 <= best_epoch <= len(history):
+            record = history[best_epoch - 1]
+        else:
+            record = history[-1]
+    return {
+        "loss": record.get("loss"),
+        "val_loss": record.get("val_loss"),
+        "metric": record.get("metric"),
+        "val_metric": record.get("val_metric"),
+        "metric_name": _METRIC_NAMES[task],
+        "epochs": len(history),
+        "best_epoch": None if best_epoch is None else int(best_epoch),
+        "stopped": stopped,
+    }
+
+
+def fit(
+    spec: Mapping[str, Any] | None,
+    X: Any,
+    y: Any,
+    *,
+    feature_names: Sequence[str] | None = None,
+    callbacks: Iterable[Callable[[dict[str, Any]], bool | None]] = (),
+) -> Model:
+    """Train a model from raw data.
+
+    Parameters
+    ----------
+    spec : mapping or None
+        A (partial) training spec; see :func:`engine.spec.normalize_spec`.
+    X : mapping of str to array-like (N,), or array-like (N, D)
+        Numeric columns (NaN = missing, imputed with the training mean) and/or string columns
+        (``None`` =
+        missing, encoded as all-zero one-hot).
+    y : array-like (N,)
+        Labels (classification: numbers, bools or strings) or float targets (regression).
+    feature_names : sequence of str, optional
+        For a mapping: which columns to use, in order (default: all). For an array: its column
+        names (default
+        ``"x0", "x1", ...``).
+    callbacks : iterable of callables
+        ``cb(record) -> bool | None`` after every epoch; ``True`` stops training (``stopped ==
+        "cancelled"``).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    SpecError
+        Invalid spec, or binary cross-entropy on a target without exactly 2 classes (``loc ==
+        ("loss",)``,
+        code ``"loss_class_mismatch"``).
+    InputError
+        ``missing_target``, ``one_class``, ``constant_target``, ``non_finite``, ``not_numeric``,
+        ``mixed_types``, ``length_mismatch``, ``too_few_rows``, ...
+    """
+    # Imported here so `import engine` (spec validation, registries) stays light for the service.
+    from engine.network import Network
+    from engine.trainer import train
+
+    started = time.perf_counter()
+    spec = normalize_spec(spec)
+    task = spec["task"]
+    dtype = np.dtype(spec["dtype"])
+    names, columns = as_columns(X, feature_names)
+    n = len(columns[0])
+
+    if task == "classification":
+        classes, y_idx = encode_labels(y)
+    else:
+        classes, y_idx = None, None
+        y_reg = regression_target(y)
+    n_y = len(y_idx) if y_idx is not None else len(y_reg)
+    if n_y != n:
+        raise InputError(f"X has {n} rows but y has {n_y}.", "length_mismatch")
+    if n < 2:
+        raise InputError(f"Training needs at least 2 rows, got {n}.", "too_few_rows")
+
+    if task == "classification":
+        if len(classes) < 2:
+            raise InputError(
+                f"The target has a single class ({classes[0]!r}); a classifier needs at least two.",
+                "one_class",
+            )
+        if spec["loss"] == "binary_cross_entropy" and len(classes) != 2:
+            raise SpecError(
+                ("loss",),
+                f"loss 'binary_cross_entropy' needs exactly 2 classes but the target has "
+                f"{len(classes)}; use softmax_cross_entropy.",
+                "loss_class_mismatch",
+            )
+    elif float(y_reg.max()) == float(y_reg.min()):
+        raise InputError(
+            f"The target is constant ({y_reg[0]:g}); there is nothing to learn.", "constant_target"
+        )
+
+    rng = np.random.default_rng(spec["seed"])
+    train_rows, val_rows = _split(n, spec["validation_split"], rng, y_idx)
+    if spec["validation_split"] > 0 and (len(val_rows) == 0 or len(train_rows) == 0):
+        raise InputError(
+            f"{n} rows are too few for validation_split={spec['validation_split']}.",
+            "too_few_rows",
+        )
+
+    preprocessor = Preprocessor.fit(
+        names, columns, rows=train_rows, standardize=spec["standardize"]
+    )
+    if preprocessor.n_features_out == 0:
+        raise InputError(
+            "No usable feature: every column is categorical with no value in the training split.",
+            "empty",
+        )
+    # Encode every row at once (errors then name the original row); categories seen only in the
+    # validation
+    # split encode as all zeros, like a missing value, since the model never saw them.
+    Z = preprocessor.transform(
+        dict(zip(names, columns, strict=True)), dtype=dtype, unknown="ignore"
+    )
+
+    if task == "regression":
+        Y = y_reg.astype(dtype)
+        n_outputs = 1
+        output_bias = float(y_reg[train_rows].mean())
+    elif spec["loss"] == "binary_cross_entropy":
+        Y = y_idx.astype(dtype)
+        n_outputs = 1
+        output_bias = None
+    else:
+        Y = y_idx
+        n_outputs = len(classes)
+        output_bias = None
+
+    network = Network.build(
+        spec, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
+    )
+    has_val = len(val_rows) > 0
+    result = train(
+        network,
+        Z[train_rows],
+        Y[train_rows],
+        spec,
+        X_val=Z[val_rows] if has_val else None,
+        Y_val=Y[val_rows] if has_val else None,
+        callbacks=tuple(callbacks),
+        rng=rng,
+    )
+    history = [dict(record) for record in result.history]
+    metrics = _metric_summary(history, result.best_epoch, result.stopped, task)
+    metrics["n_train"] = len(train_rows)
+    metrics["n_val"] = len(val_rows)
+    metrics["seconds"] = time.perf_counter() - started
+    return Model(
+        spec=spec,
+        network=network,
+        preprocessor=preprocessor,
+        classes=classes,
+        history=history,
+        metrics=metrics,
+        stopped=result.stopped,
+        n_inputs=preprocessor.n_features_out,
+        n_outputs=n_outputs,
+    )

@@ -1,0 +1,598 @@
+"""Feature preprocessing and label encoding, fitted on the training split and stored with the model.
+
+Raw input ``X`` is either a mapping ``{column name: 1-D array}`` or a 2-D array ``(N, D)`` whose
+columns are
+named by ``feature_names``. Each raw column is one of two kinds, decided at fit time from its
+values:
+
+- **numeric** (bool, int, float, or an object array of numbers / ``None``): a value ``v`` is
+  encoded as
+  ``z = (v - center) / scale`` with ``center = mean`` and ``scale = std`` (population std,
+  ``ddof=0``, of the
+  training split, ``std == 0 -> 1``) when ``standardize`` is on, else ``center = 0, scale = 1``. A
+  missing value
+  (NaN or ``None``) is first imputed with the training mean, so it encodes to ``(mean - center) /
+  scale``
+  (``0`` under standardization). ``+-inf`` is an error (``non_finite``).
+- **categorical** (str values, ``None`` for missing): one-hot over the sorted categories seen in
+  the training
+  split. Missing encodes to an all-zero row; a category not seen in training is an error at predict
+  (``unknown_category``) and an all-zero row for the validation split at fit.
+
+The encoded matrix ``Z (N, F)`` keeps the raw column order; a categorical column with ``K``
+categories takes ``K``
+consecutive columns. Labels for classification are encoded as indices into ``classes``, the sorted
+unique
+original labels as plain python values (``int``, ``float``, ``str``, ``bool``) so they are
+JSON-able and come back
+unchanged from ``predict``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InputError
+
+__all__ = [
+    "CATEGORICAL",
+    "NUMERIC",
+    "Preprocessor",
+    "as_columns",
+    "classes_array",
+    "encode_labels",
+    "regression_target",
+]
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+
+
+# --- raw input ------------------------------------------------------------------------------------
+
+
+def _column(value: Any, name: str) -> np.ndarray:
+    col = np.asarray(value)
+    if col.ndim == 0:
+        # A single row given as scalars: {"age": 31, "city": "Oslo"}.
+        col = col.reshape(1)
+    if col.ndim != 1:
+        raise InputError(
+            f"Column {name!r} must be one-dimensional, got shape {col.shape}.",
+            "bad_shape",
+            column=name,
+        )
+    return col
+
+
+def as_columns(
+    X: Any, feature_names: Sequence[str] | None = None
+) -> tuple[list[str], list[np.ndarray]]:
+    """Split raw ``X`` into named 1-D columns.
+
+    Parameters
+    ----------
+    X : mapping of str to array-like, or array-like (N, D)
+        The raw table.
+    feature_names : sequence of str, optional
+        For a mapping: the columns to use, in order (default: all keys, in mapping order). For a
+        2-D array:
+        the names of its ``D`` columns (default ``"x0", "x1", ...``).
+
+    Returns
+    -------
+    names : list of str
+    columns : list of ndarray, each (N,)
+
+    Raises
+    ------
+    InputError
+        ``missing_column``, ``bad_shape``, ``length_mismatch``, ``empty``, ``duplicate_column``.
+    """
+    if isinstance(X, Mapping):
+        names = [str(name) for name in X] if feature_names is None else list(feature_names)
+        columns = []
+        for name in names:
+            if name not in X:
+                raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
+            columns.append(_column(X[name], name))
+    else:
+        arr = np.asarray(X)
+        if arr.ndim != 2:
+            raise InputError(
+                "X must be a 2-D array (rows, features) or a mapping of columns, "
+                f"got shape {arr.shape}.",
+                "bad_shape",
+            )
+        if feature_names is None:
+            names = [f"x{j}" for j in range(arr.shape[1])]
+        else:
+            names = [str(name) for name in feature_names]
+            if len(names) != arr.shape[1]:
+                raise InputError(
+                    f"feature_names has {len(names)} names but X has {arr.shape[1]} columns.",
+                    "bad_shape",
+                )
+        columns = [arr[:, j] for j in range(arr.shape[1])]
+    if len(set(names)) != len(names):
+        dup = next(name for name in names if names.count(name) > 1)
+        raise InputError(f"Column {dup!r} appears twice.", "duplicate_column", column=dup)
+    if not names:
+        raise InputError("X has no feature columns.", "empty")
+    n = len(columns[0])
+    for name, col in zip(names, columns, strict=True):
+        if len(col) != n:
+            raise InputError(
+                f"Column {name!r} has {len(col)} rows but column {names[0]!r} has {n}.",
+                "length_mismatch",
+                column=name,
+            )
+    return names, columns
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float | np.floating) and value != value)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+def _column_kind(col: np.ndarray, name: str) -> str:
+    kind = col.dtype.kind
+    if kind in "biuf":
+        return NUMERIC
+    if kind in "US":
+        return CATEGORICAL
+    if kind != "O":
+        raise InputError(
+            f"Column {name!r} has unsupported dtype {col.dtype}; use numbers or strings.",
+            "unsupported_type",
+            column=name,
+        )
+    first_kind = None
+    for row, value in enumerate(col):
+        if _is_missing(value):
+            continue
+        if isinstance(value, str):
+            value_kind = CATEGORICAL
+        elif _is_real(value):
+            value_kind = NUMERIC
+        else:
+            raise InputError(
+                f"Column {name!r}, row {row}: unsupported value {value!r}; use numbers or strings.",
+                "unsupported_type",
+                column=name,
+                row=row,
+            )
+        if first_kind is None:
+            first_kind = value_kind
+        elif value_kind != first_kind:
+            raise InputError(
+                f"Column {name!r} mixes numbers and strings (row {row} is {value!r}).",
+                "mixed_types",
+                column=name,
+                row=row,
+            )
+    return first_kind or NUMERIC
+
+
+def _numeric_values(col: np.ndarray, name: str) -> np.ndarray:
+    """Raw numeric column as float64 (N,), NaN for missing; ``not_numeric`` / ``non_finite``
+    errors."""
+    if col.dtype.kind in "biuf":
+        v = col.astype(np.float64, copy=False)
+    else:
+        v = np.empty(len(col), dtype=np.float64)
+        for row, value in enumerate(col):
+            if _is_missing(value):
+                v[row] = np.nan
+            elif _is_real(value):
+                v[row] = float(value)
+            else:
+                raise InputError(
+                    f"Column {name!r}, row {row}: {value!r} is not a number.",
+                    "not_numeric",
+                    column=name,
+                    row=row,
+                )
+    _check_no_inf(v, name)
+    return v
+
+
+def _check_no_inf(v: np.ndarray, name: str) -> None:
+    if np.isinf(v).any():
+        row = int(np.flatnonzero(np.isinf(v))[0])
+        raise InputError(
+            f"Column {name!r}, row {row}: {v[row]} is not a finite number.",
+            "non_finite",
+            column=name,
+            row=row,
+        )
+
+
+# --- the fitted transform -------------------------------------------------------------------------
+
+
+class Preprocessor:
+    """Per-column encoding of raw features into a dense matrix ``Z (N, F)``.
+
+    Attributes
+    ----------
+    feature_names : list of str
+        Raw input columns, in order (length ``D``).
+    kinds : list of str
+        ``"numeric"`` or ``"categorical"`` per raw column.
+    categories : list of list of str
+        Sorted training categories per raw column (``[]`` for numeric columns).
+    center, scale, fill : ndarray (D,)
+        Numeric encoding ``z = (v - center) / scale``, missing ``v`` replaced by ``fill`` (the
+        training mean).
+        Unused (0, 1, 0) for categorical columns.
+    standardize : bool
+    groups : list of (int, int)
+        ``[start, stop)`` of each raw column's encoded columns in ``Z``.
+    encoded_names : list of str
+        Name of each encoded column: the raw name, or ``"name=category"`` for one-hot columns.
+    """
+
+    def __init__(
+        self,
+        feature_names: list[str],
+        kinds: list[str],
+        categories: list[list[str]],
+        center: np.ndarray,
+        scale: np.ndarray,
+        fill: np.ndarray,
+        *,
+        standardize: bool,
+    ) -> None:
+        self.feature_names = list(feature_names)
+        self.kinds = list(kinds)
+        self.categories = [list(c) for c in categories]
+        self.center = np.asarray(center, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.fill = np.asarray(fill, dtype=np.float64)
+        self.standardize = bool(standardize)
+        self._compile()
+
+    def _compile(self) -> None:
+        # Everything transform needs per call is precomputed here, so predicting one row stays
+        # cheap.
+        self.groups: list[tuple[int, int]] = []
+        self.encoded_names: list[str] = []
+        start = 0
+        for name, kind, cats in zip(self.feature_names, self.kinds, self.categories, strict=True):
+            width = 1 if kind == NUMERIC else len(cats)
+            self.groups.append((start, start + width))
+            if kind == NUMERIC:
+                self.encoded_names.append(name)
+            else:
+                self.encoded_names.extend(f"{name}={cat}" for cat in cats)
+            start += width
+        self.n_features_out = start
+        num = [j for j, kind in enumerate(self.kinds) if kind == NUMERIC]
+        self._num_idx = np.array(num, dtype=np.intp)
+        self._num_pos = np.array([self.groups[j][0] for j in num], dtype=np.intp)
+        self._num_center = self.center[self._num_idx]
+        self._num_scale = self.scale[self._num_idx]
+        self._num_fill = self.fill[self._num_idx]
+        self._cat_idx = [j for j, kind in enumerate(self.kinds) if kind == CATEGORICAL]
+        self._cat_lookup = {
+            j: {cat: self.groups[j][0] + k for k, cat in enumerate(self.categories[j])}
+            for j in self._cat_idx
+        }
+        self._all_numeric = not self._cat_idx
+
+    @property
+    def n_features_in(self) -> int:
+        return len(self.feature_names)
+
+    # -- fit --
+
+    @classmethod
+    def fit(
+        cls,
+        names: list[str],
+        columns: list[np.ndarray],
+        *,
+        rows: np.ndarray | None = None,
+        standardize: bool = True,
+    ) -> Preprocessor:
+        """Fit the encoding on ``columns[j][rows]`` (the training split).
+
+        Parameters
+        ----------
+        names : list of str
+            Raw column names, length ``D``.
+        columns : list of ndarray (N,)
+            Raw columns over all rows; kinds are decided on all rows, statistics only on ``rows``.
+        rows : ndarray of int, optional
+            Indices of the training split (default: all rows).
+        standardize : bool
+            Center and scale numeric columns.
+
+        Raises
+        ------
+        InputError
+            ``mixed_types``, ``unsupported_type``, ``not_numeric``, ``non_finite`` (with column and
+            row).
+        """
+        kinds, categories = [], []
+        d = len(names)
+        center, scale, fill = np.zeros(d), np.ones(d), np.zeros(d)
+        for j, (name, col) in enumerate(zip(names, columns, strict=True)):
+            kind = _column_kind(col, name)
+            kinds.append(kind)
+            train = col if rows is None else col[rows]
+            if kind == NUMERIC:
+                v = _numeric_values(train, name)
+                observed = v[~np.isnan(v)]
+                mean = float(observed.mean()) if observed.size else 0.0
+                std = float(observed.std()) if observed.size else 0.0
+                fill[j] = mean
+                if standardize:
+                    center[j] = mean
+                    # A constant column carries no signal; scale 1 keeps it at 0 instead of
+                    # dividing by 0.
+                    scale[j] = std if std > 0 and np.isfinite(std) else 1.0
+                categories.append([])
+            else:
+                seen = {
+                    value if isinstance(value, str) else str(value)
+                    for value in train.tolist()
+                    if not _is_missing(value)
+                }
+                categories.append(sorted(seen))
+        return cls(names, kinds, categories, center, scale, fill, standardize=standardize)
+
+    # -- transform --
+
+    def transform(self, X: Any, *, dtype: Any = np.float64, unknown: str = "error") -> np.ndarray:
+        """Encode raw ``X`` into ``Z (N, F)``.
+
+        Parameters
+        ----------
+        X : mapping of str to array-like, or array-like (N, D)
+            A mapping must contain every feature (extra keys are ignored); a 2-D array must have
+            the ``D``
+            columns in ``feature_names`` order.
+        dtype : numpy dtype
+            dtype of ``Z``.
+        unknown : {"error", "ignore"}
+            What to do with a category not seen in training: raise ``unknown_category`` (predict),
+            or encode
+            it as all zeros like a missing value (the validation split during fit).
+
+        Raises
+        ------
+        InputError
+            ``missing_column``, ``bad_shape``, ``length_mismatch``, ``not_numeric``, ``non_finite``,
+            ``unknown_category``.
+        """
+        if isinstance(X, Mapping):
+            columns = [_column(X[name], name) if name in X else None for name in self.feature_names]
+            for name, col in zip(self.feature_names, columns, strict=True):
+                if col is None:
+                    raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
+            n = len(columns[0])
+            for name, col in zip(self.feature_names, columns, strict=True):
+                if len(col) != n:
+                    raise InputError(
+                        f"Column {name!r} has {len(col)} rows but column "
+                        f"{self.feature_names[0]!r} has {n}.",
+                        "length_mismatch",
+                        column=name,
+                    )
+            raw = None
+        else:
+            raw = np.asarray(X)
+            if raw.ndim != 2 or raw.shape[1] != self.n_features_in:
+                raise InputError(
+                    f"X must have shape (rows, {self.n_features_in}) with columns "
+                    f"{self.feature_names}, got shape {raw.shape}.",
+                    "bad_shape",
+                )
+            n = raw.shape[0]
+            columns = None
+
+        if raw is not None and self._all_numeric and raw.dtype.kind in "biuf":
+            # Fast path: the whole matrix at once.
+            R = raw.astype(np.float64, copy=False)
+            if not np.isfinite(R).all():
+                for j, name in enumerate(self.feature_names):
+                    _check_no_inf(R[:, j], name)
+        else:
+            if columns is None:
+                columns = [raw[:, j] for j in range(raw.shape[1])]
+            R = np.empty((n, len(self._num_idx)), dtype=np.float64)
+            for k, j in enumerate(self._num_idx):
+                R[:, k] = _numeric_values(columns[j], self.feature_names[j])
+
+        nan = np.isnan(R)
+        if nan.any():
+            R = np.where(nan, self._num_fill, R)
+        Z_num = (R - self._num_center) / self._num_scale
+
+        if self._all_numeric:
+            return Z_num.astype(dtype, copy=False)
+        Z = np.zeros((n, self.n_features_out), dtype=dtype)
+        Z[:, self._num_pos] = Z_num
+        for j in self._cat_idx:
+            self._one_hot(Z, columns[j], j, unknown)
+        return Z
+
+    def _one_hot(self, Z: np.ndarray, col: np.ndarray, j: int, unknown: str) -> None:
+        lookup = self._cat_lookup[j]
+        for row, value in enumerate(col.tolist()):
+            if _is_missing(value):
+                continue
+            pos = lookup.get(value if isinstance(value, str) else str(value))
+            if pos is not None:
+                Z[row, pos] = 1.0
+            elif unknown == "error":
+                name = self.feature_names[j]
+                raise InputError(
+                    f"Column {name!r}, row {row}: category {value!r} was not seen in training "
+                    f"(known: {', '.join(map(repr, self.categories[j][:20]))}"
+                    f"{', ...' if len(self.categories[j]) > 20 else ''}).",
+                    "unknown_category",
+                    column=name,
+                    row=row,
+                )
+
+    # -- serialization --
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Return ``(meta, arrays)``: a JSON-able dict and float64 arrays ``center``, ``scale``,
+        ``fill``."""
+        meta = {
+            "feature_names": self.feature_names,
+            "kinds": self.kinds,
+            "categories": self.categories,
+            "standardize": self.standardize,
+        }
+        return meta, {"center": self.center, "scale": self.scale, "fill": self.fill}
+
+    @classmethod
+    def from_state(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Preprocessor:
+        """Inverse of :meth:`to_state`."""
+        return cls(
+            meta["feature_names"],
+            meta["kinds"],
+            meta["categories"],
+            arrays["center"],
+            arrays["scale"],
+            arrays["fill"],
+            standardize=meta["standardize"],
+        )
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+
+def _target(y: Any) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise InputError(f"y must be one-dimensional, got shape {y.shape}.", "bad_shape")
+    if y.dtype.kind not in "biufOUS":
+        raise InputError(f"y has unsupported dtype {y.dtype}.", "unsupported_type")
+    return y
+
+
+def _missing_target(row: int) -> InputError:
+    return InputError(f"The target is missing in row {row}.", "missing_target", row=row)
+
+
+def _python_value(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def encode_labels(y: Any) -> tuple[list[Any], np.ndarray]:
+    """Encode classification labels.
+
+    Parameters
+    ----------
+    y : array-like (N,)
+        Labels: numbers, bools or strings; NaN / ``None`` are errors.
+
+    Returns
+    -------
+    classes : list
+        Sorted unique labels as python values (``int``, ``float``, ``str``, ``bool``), length ``C``.
+    idx : ndarray of int64 (N,)
+        ``classes[idx[i]] == y[i]``.
+
+    Raises
+    ------
+    InputError
+        ``missing_target``, ``non_finite``, ``mixed_types``, ``bad_shape``.
+    """
+    y = _target(y)
+    if y.dtype.kind == "f":
+        if np.isnan(y).any():
+            raise _missing_target(int(np.flatnonzero(np.isnan(y))[0]))
+        if np.isinf(y).any():
+            row = int(np.flatnonzero(np.isinf(y))[0])
+            raise InputError(f"The target in row {row} is {y[row]}.", "non_finite", row=row)
+    elif y.dtype.kind == "O":
+        kinds = set()
+        for row, value in enumerate(y):
+            if _is_missing(value):
+                raise _missing_target(row)
+            if isinstance(value, bool | np.bool_):
+                kinds.add("bool")
+            elif isinstance(value, str):
+                kinds.add("str")
+            elif _is_real(value):
+                if not np.isfinite(value):
+                    raise InputError(f"The target in row {row} is {value}.", "non_finite", row=row)
+                kinds.add("number")
+            else:
+                raise InputError(
+                    f"The target in row {row} is {value!r}; labels must be numbers or strings.",
+                    "unsupported_type",
+                    row=row,
+                )
+            if len(kinds) > 1:
+                raise InputError(
+                    f"The target mixes {' and '.join(sorted(kinds))} labels (row {row}).",
+                    "mixed_types",
+                    row=row,
+                )
+    uniq, idx = np.unique(y, return_inverse=True)
+    classes = [_python_value(value) for value in uniq.tolist()]
+    return classes, idx.reshape(-1).astype(np.int64)
+
+
+def classes_array(classes: Sequence[Any]) -> np.ndarray:
+    """Array for decoding predictions: ``classes_array(classes)[idx]``.
+
+    Strings stay an object array of python ``str`` (the engine's convention for string columns);
+    numbers and
+    bools use their natural numpy dtype, whose ``tolist()`` gives back python ``int`` / ``float`` /
+    ``bool``.
+    """
+    if any(isinstance(c, str) for c in classes):
+        out = np.empty(len(classes), dtype=object)
+        out[:] = list(classes)
+        return out
+    return np.asarray(list(classes))
+
+
+def regression_target(y: Any) -> np.ndarray:
+    """Regression target as float64 (N,), in the user's units.
+
+    Raises
+    ------
+    InputError
+        ``missing_target`` (NaN / ``None``), ``non_finite`` (inf), ``not_numeric``, ``bad_shape``.
+    """
+    y = _target(y)
+    if y.dtype.kind in "biuf":
+        v = y.astype(np.float64)
+    else:
+        v = np.empty(len(y), dtype=np.float64)
+        for row, value in enumerate(y):
+            if _is_missing(value):
+                raise _missing_target(row)
+            if isinstance(value, str) or not _is_real(value):
+                raise InputError(
+                    f"The target in row {row} is {value!r}, not a number; use a classification "
+                    "loss for labels.",
+                    "not_numeric",
+                    row=row,
+                )
+            v[row] = float(value)
+    if np.isnan(v).any():
+        raise _missing_target(int(np.flatnonzero(np.isnan(v))[0]))
+    if np.isinf(v).any():
+        row = int(np.flatnonzero(np.isinf(v))[0])
+        raise InputError(f"The target in row {row} is {v[row]}.", "non_finite", row=row)
+    return v

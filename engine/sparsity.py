@@ -1,0 +1,165 @@
+"""Sparsity statistics of a trained network (DESIGN section 5).
+
+For each weight matrix ``W (D, M)`` (biases are never counted): size, exact zeros, near-zeros under
+a tolerance,
+``||W||_1``, ``||W||_2`` (Frobenius), ``max |w|``, a histogram and the dead units. For the input
+layer: each raw
+feature's importance and which features the model dropped.
+
+Definitions, with ``zero(w) := |w| <= tolerance`` (exact ``w == 0`` when ``tolerance == 0``):
+
+- importance of raw feature ``j`` with encoded columns ``G_j`` (one numeric column, or all one-hot
+  columns of a
+  categorical): ``||W1[G_j, :]||_2``; the feature is *dropped* iff ``zero(w)`` for every ``w in
+  W1[G_j, :]``
+  (a categorical with no training categories has no weights and is dropped).
+- unit ``m`` of layer ``k`` (column ``m`` of ``W_k``) is *dead* iff all its incoming weights
+  ``W_k[:, m]`` are zero,
+  or, for a hidden layer, all its outgoing weights ``W_{k+1}[m, :]`` are zero. Output units count
+  only the
+  incoming rule. Either way the unit's value no longer depends on the input.
+- ``zeros``, ``zero_weights`` and ``zero_fraction`` always count EXACT zeros (what L1's proximal
+  step
+  produces); ``near_zero`` uses the tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from engine.model import Model
+
+__all__ = ["HISTOGRAM_BINS", "sparsity", "weight_stats"]
+
+HISTOGRAM_BINS = 20
+
+
+def _zero_mask(W: np.ndarray, tolerance: float) -> np.ndarray:
+    return W == 0 if tolerance <= 0 else np.abs(W) <= tolerance
+
+
+def weight_stats(
+    weights: list[np.ndarray],
+    *,
+    groups: list[tuple[int, int]],
+    feature_names: list[str],
+    tolerance: float = 0.0,
+    layer_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Sparsity statistics of a stack of weight matrices.
+
+    Parameters
+    ----------
+    weights : list of ndarray
+        ``W_k (D_k, M_k)`` for each dense layer, input layer first; ``D_{k+1} == M_k``.
+    groups : list of (int, int)
+        ``[start, stop)`` rows of ``W_1`` belonging to each raw feature.
+    feature_names : list of str
+        Raw feature names, same length as ``groups``.
+    tolerance : float
+        ``|w| <= tolerance`` counts as zero for dropped features, dead units and ``near_zero``.
+    layer_names : list of str, optional
+        Default ``"dense0", "dense1", ...``.
+
+    Returns
+    -------
+    dict
+        The section-5 shape: ``tolerance``, ``total_weights``, ``zero_weights``, ``zero_fraction``,
+        ``selected_features``, ``dropped_features``, ``feature_importance`` and ``layers`` (one
+        dict per
+        matrix: ``name``, ``shape``, ``zeros``, ``zero_fraction``, ``near_zero``, ``l1_norm``,
+        ``l2_norm``,
+        ``max_abs``, ``dead_units``, ``dead_unit_indices``, ``histogram {edges, counts}``).
+    """
+    tolerance = float(tolerance)
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}.")
+    if layer_names is None:
+        layer_names = [f"dense{k}" for k in range(len(weights))]
+    zero_masks = [_zero_mask(np.asarray(W), tolerance) for W in weights]
+
+    layers = []
+    total = zeros_total = 0
+    for k, (name, W, is_zero) in enumerate(zip(layer_names, weights, zero_masks, strict=True)):
+        W = np.asarray(W, dtype=np.float64)
+        size = int(W.size)
+        zeros = int(np.count_nonzero(W == 0))
+        total += size
+        zeros_total += zeros
+        absW = np.abs(W)
+        max_abs = float(absW.max()) if size else 0.0
+        # Symmetric range so 0 sits on a bin edge and the histogram reads the same for +w and -w.
+        half = max_abs if max_abs > 0 else 1.0
+        counts, edges = np.histogram(W, bins=HISTOGRAM_BINS, range=(-half, half))
+        dead = is_zero.all(axis=0) if size else np.ones(W.shape[1], dtype=bool)
+        if k + 1 < len(weights):
+            dead = dead | zero_masks[k + 1].all(axis=1)
+        dead_idx = np.flatnonzero(dead)
+        layers.append(
+            {
+                "name": name,
+                "shape": [int(W.shape[0]), int(W.shape[1])],
+                "zeros": zeros,
+                "zero_fraction": zeros / size if size else 0.0,
+                "near_zero": int(np.count_nonzero(is_zero)),
+                "l1_norm": float(absW.sum()),
+                "l2_norm": float(np.sqrt(np.square(W).sum())),
+                "max_abs": max_abs,
+                "dead_units": int(dead_idx.size),
+                "dead_unit_indices": [int(i) for i in dead_idx],
+                "histogram": {
+                    "edges": [float(e) for e in edges],
+                    "counts": [int(c) for c in counts],
+                },
+            }
+        )
+
+    W1 = np.asarray(weights[0], dtype=np.float64)
+    importance: dict[str, float] = {}
+    selected, dropped = [], []
+    for name, (start, stop) in zip(feature_names, groups, strict=True):
+        block = W1[start:stop]
+        importance[name] = float(np.sqrt(np.square(block).sum()))
+        if zero_masks[0][start:stop].all():
+            dropped.append(name)
+        else:
+            selected.append(name)
+
+    return {
+        "tolerance": tolerance,
+        "total_weights": total,
+        "zero_weights": zeros_total,
+        "zero_fraction": zeros_total / total if total else 0.0,
+        "selected_features": selected,
+        "dropped_features": dropped,
+        "feature_importance": importance,
+        "layers": layers,
+    }
+
+
+def sparsity(model: Model, tolerance: float = 0.0) -> dict[str, Any]:
+    """Sparsity statistics of a fitted :class:`~engine.model.Model` (see the module docstring).
+
+    Parameters
+    ----------
+    model : Model
+    tolerance : float, default 0.0
+        ``|w| <= tolerance`` counts as zero for dropped features, dead units and ``near_zero``.
+
+    Returns
+    -------
+    dict
+        See :func:`weight_stats`.
+    """
+    dense = model.network.dense_layers
+    names = [getattr(layer, "name", None) or f"dense{k}" for k, layer in enumerate(dense)]
+    return weight_stats(
+        [layer.params["W"] for layer in dense],
+        groups=model.preprocessor.groups,
+        feature_names=model.feature_names,
+        tolerance=tolerance,
+        layer_names=names,
+    )

@@ -1,0 +1,225 @@
+"""normalize_spec: defaults, idempotence and one SpecError (loc, code) per kind of bad field."""
+
+import copy
+import json
+
+import pytest
+
+import engine
+from engine import SpecError, normalize_spec
+
+
+def test_empty_spec_gets_documented_defaults():
+    spec = normalize_spec({})
+    assert spec == {
+        "task": "classification",
+        "model": {
+            "hidden_layers": [64, 32],
+            "activation": "relu",
+            "init": "he",
+            "leaky_slope": 0.01,
+        },
+        "loss": "softmax_cross_entropy",
+        "loss_params": {"huber_delta": 1.0, "hinge_margin": 1.0, "eps": 1e-7},
+        "regularization": {"l1": 0.0, "l2": 0.0, "group_l1": 0.0, "l1_method": "proximal"},
+        "dropout": {"input": 0.0, "hidden": 0.0, "mode": "inverted"},
+        "optimizer": {
+            "name": "sgd",
+            "learning_rate": 0.01,
+            "momentum": 0.0,
+            "nesterov": False,
+            "decay": 0.0,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "eps": 1e-8,
+            "rho": 0.9,
+        },
+        "epochs": 20,
+        "batch_size": 32,
+        "validation_split": 0.0,
+        "shuffle": True,
+        "seed": 0,
+        "early_stopping": None,
+        "standardize": True,
+        "dtype": "float32",
+    }
+
+
+def test_none_spec_is_the_default_spec():
+    assert normalize_spec(None) == normalize_spec({}) == engine.default_spec()
+
+
+def test_partial_sections_are_merged_over_defaults():
+    spec = normalize_spec({"optimizer": {"name": "adam", "learning_rate": 0.001}, "epochs": 5})
+    assert spec["optimizer"]["name"] == "adam"
+    assert spec["optimizer"]["learning_rate"] == 0.001
+    assert spec["optimizer"]["beta2"] == 0.999
+    assert spec["epochs"] == 5
+
+
+def test_task_is_inferred_from_loss():
+    assert normalize_spec({"loss": "huber"})["task"] == "regression"
+    assert normalize_spec({"loss": "multiclass_hinge"})["task"] == "classification"
+
+
+def test_regression_task_defaults_to_mse():
+    assert normalize_spec({"task": "regression"})["loss"] == "mse"
+
+
+def test_normalization_is_idempotent_and_json_able():
+    raw = {
+        "task": "regression",
+        "model": {"hidden_layers": [8], "init": "glorot"},
+        "regularization": {"l1": 1e-3},
+        "validation_split": 0.2,
+        "early_stopping": {"patience": 3},
+    }
+    once = normalize_spec(raw)
+    assert normalize_spec(once) == once
+    assert json.loads(json.dumps(once)) == once
+
+
+def test_input_is_not_modified():
+    raw = {"model": {"hidden_layers": [4]}, "optimizer": {"name": "adam"}}
+    before = copy.deepcopy(raw)
+    normalize_spec(raw)
+    assert raw == before
+
+
+def test_init_alias_is_stored_canonically():
+    assert normalize_spec({"model": {"init": "glorot"}})["model"]["init"] == "glorot_uniform"
+
+
+def test_integral_floats_become_ints():
+    spec = normalize_spec({"epochs": 3.0, "model": {"hidden_layers": [4.0]}})
+    assert spec["epochs"] == 3 and isinstance(spec["epochs"], int)
+    assert spec["model"]["hidden_layers"] == [4]
+
+
+def test_int_rates_become_floats():
+    spec = normalize_spec({"regularization": {"l2": 1}, "optimizer": {"learning_rate": 1}})
+    assert spec["regularization"]["l2"] == 1.0 and isinstance(spec["regularization"]["l2"], float)
+    assert isinstance(spec["optimizer"]["learning_rate"], float)
+
+
+def test_none_fields_take_defaults():
+    spec = normalize_spec({"seed": None, "optimizer": {"momentum": None}})
+    assert spec["seed"] == 0
+    assert spec["optimizer"]["momentum"] == 0.0
+
+
+def test_early_stopping_monitor_defaults_follow_validation_split():
+    assert normalize_spec({"early_stopping": {}})["early_stopping"] == {
+        "monitor": "loss",
+        "patience": 5,
+        "min_delta": 0.0,
+    }
+    with_val = normalize_spec({"early_stopping": True, "validation_split": 0.1})
+    assert with_val["early_stopping"]["monitor"] == "val_loss"
+
+
+def test_linear_fista_is_accepted():
+    spec = normalize_spec({"optimizer": {"name": "fista"}, "model": {"hidden_layers": []}})
+    assert spec["optimizer"]["name"] == "fista"
+
+
+def test_every_registry_value_is_accepted():
+    for loss in engine.LOSSES:
+        assert normalize_spec({"loss": loss})["task"] == engine.LOSS_TASKS[loss]
+    for act in engine.ACTIVATIONS:
+        assert normalize_spec({"model": {"activation": act}})["model"]["activation"] == act
+    for mode in engine.DROPOUT_MODES:
+        assert normalize_spec({"dropout": {"mode": mode}})["dropout"]["mode"] == mode
+    for name in engine.OPTIMIZERS:
+        hidden = [] if name == "fista" else [4]
+        spec = {"optimizer": {"name": name}, "model": {"hidden_layers": hidden}}
+        assert normalize_spec(spec)["optimizer"]["name"] == name
+
+
+INVALID = [
+    # (spec, loc, code)
+    ({"bogus": 1}, ("bogus",), "unknown_field"),
+    ({"optimizer": {"lr": 0.1}}, ("optimizer", "lr"), "unknown_field"),
+    ({"model": {"layers": [3]}}, ("model", "layers"), "unknown_field"),
+    ({"task": "clustering"}, ("task",), "unknown_task"),
+    ({"loss": "cross_entropy"}, ("loss",), "unknown_loss"),
+    ({"loss": 3}, ("loss",), "type_error"),
+    ({"task": "regression", "loss": "softmax_cross_entropy"}, ("loss",), "loss_task_mismatch"),
+    ({"task": "classification", "loss": "mse"}, ("loss",), "loss_task_mismatch"),
+    ({"model": {"activation": "swish"}}, ("model", "activation"), "unknown_activation"),
+    ({"model": {"init": "zeros"}}, ("model", "init"), "unknown_init"),
+    ({"model": {"hidden_layers": 64}}, ("model", "hidden_layers"), "type_error"),
+    ({"model": {"hidden_layers": [64, 0]}}, ("model", "hidden_layers", 1), "out_of_range"),
+    ({"model": {"hidden_layers": [2.5]}}, ("model", "hidden_layers", 0), "type_error"),
+    ({"model": {"hidden_layers": [True]}}, ("model", "hidden_layers", 0), "type_error"),
+    ({"model": {"leaky_slope": -0.1}}, ("model", "leaky_slope"), "out_of_range"),
+    ({"loss_params": {"huber_delta": 0}}, ("loss_params", "huber_delta"), "out_of_range"),
+    ({"loss_params": {"hinge_margin": -1}}, ("loss_params", "hinge_margin"), "out_of_range"),
+    ({"loss_params": {"eps": 0.5}}, ("loss_params", "eps"), "out_of_range"),
+    ({"regularization": {"l1": -0.1}}, ("regularization", "l1"), "out_of_range"),
+    ({"regularization": {"l2": float("inf")}}, ("regularization", "l2"), "out_of_range"),
+    ({"regularization": {"l2": float("nan")}}, ("regularization", "l2"), "out_of_range"),
+    ({"regularization": {"group_l1": -1e-9}}, ("regularization", "group_l1"), "out_of_range"),
+    ({"regularization": {"l1": "0.1"}}, ("regularization", "l1"), "type_error"),
+    ({"regularization": {"l1": True}}, ("regularization", "l1"), "type_error"),
+    (
+        {"regularization": {"l1_method": "admm"}},
+        ("regularization", "l1_method"),
+        "unknown_l1_method",
+    ),
+    ({"dropout": {"input": 1.0}}, ("dropout", "input"), "out_of_range"),
+    ({"dropout": {"hidden": -0.1}}, ("dropout", "hidden"), "out_of_range"),
+    ({"dropout": {"mode": "gaussian"}}, ("dropout", "mode"), "unknown_dropout_mode"),
+    ({"optimizer": {"name": "lbfgs"}}, ("optimizer", "name"), "unknown_optimizer"),
+    ({"optimizer": {"learning_rate": 0}}, ("optimizer", "learning_rate"), "out_of_range"),
+    ({"optimizer": {"learning_rate": -0.1}}, ("optimizer", "learning_rate"), "out_of_range"),
+    ({"optimizer": {"momentum": 1.0}}, ("optimizer", "momentum"), "out_of_range"),
+    ({"optimizer": {"beta1": 1.0}}, ("optimizer", "beta1"), "out_of_range"),
+    ({"optimizer": {"beta2": -0.5}}, ("optimizer", "beta2"), "out_of_range"),
+    ({"optimizer": {"rho": 1.5}}, ("optimizer", "rho"), "out_of_range"),
+    ({"optimizer": {"eps": 0.0}}, ("optimizer", "eps"), "out_of_range"),
+    ({"optimizer": {"decay": -1e-6}}, ("optimizer", "decay"), "out_of_range"),
+    ({"optimizer": {"nesterov": "yes"}}, ("optimizer", "nesterov"), "type_error"),
+    ({"optimizer": {"name": "fista"}}, ("optimizer", "name"), "requires_linear"),
+    ({"optimizer": "adam"}, ("optimizer",), "type_error"),
+    ({"epochs": 0}, ("epochs",), "out_of_range"),
+    ({"epochs": 10**9}, ("epochs",), "out_of_range"),
+    ({"epochs": 2.5}, ("epochs",), "type_error"),
+    ({"batch_size": 0}, ("batch_size",), "out_of_range"),
+    ({"validation_split": 1.0}, ("validation_split",), "out_of_range"),
+    ({"validation_split": -0.1}, ("validation_split",), "out_of_range"),
+    ({"shuffle": 1}, ("shuffle",), "type_error"),
+    ({"seed": -1}, ("seed",), "out_of_range"),
+    ({"seed": "42"}, ("seed",), "type_error"),
+    ({"standardize": "true"}, ("standardize",), "type_error"),
+    ({"dtype": "float16"}, ("dtype",), "unknown_dtype"),
+    (
+        {"early_stopping": {"monitor": "val_loss"}},
+        ("early_stopping", "monitor"),
+        "requires_validation",
+    ),
+    ({"early_stopping": {"monitor": "acc"}}, ("early_stopping", "monitor"), "unknown_monitor"),
+    ({"early_stopping": {"patience": 0}}, ("early_stopping", "patience"), "out_of_range"),
+    ({"early_stopping": {"min_delta": -1}}, ("early_stopping", "min_delta"), "out_of_range"),
+    ({"early_stopping": {"wait": 3}}, ("early_stopping", "wait"), "unknown_field"),
+    ({"early_stopping": 5}, ("early_stopping",), "type_error"),
+]
+
+
+@pytest.mark.parametrize(("raw", "loc", "code"), INVALID, ids=[f"{c[2]}:{c[1]}" for c in INVALID])
+def test_invalid_field_raises_spec_error_naming_it(raw, loc, code):
+    with pytest.raises(SpecError) as info:
+        normalize_spec(raw)
+    err = info.value
+    assert err.loc == loc
+    assert err.code == code
+    # The message names the field so a user can find it without reading loc.
+    assert str(loc[-1]) in err.msg
+    assert isinstance(err, ValueError)
+
+
+def test_non_mapping_spec_is_a_type_error():
+    with pytest.raises(SpecError) as info:
+        normalize_spec([("epochs", 3)])
+    assert info.value.loc == ()
+    assert info.value.code == "type_error"
