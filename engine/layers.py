@@ -1,0 +1,264 @@
+"""Layers: Dense (affine, optional DropConnect), activations and Dropout.
+
+Every layer follows one protocol (cs231n style):
+
+- ``forward(x, training) -> out`` computes the output and keeps in ``self.cache`` only what
+  ``backward`` reads;
+- ``backward(dout) -> dx`` returns the gradient with respect to the input and *fills*
+  ``self.grads[name]`` (same shape as ``self.params[name]``) for every parameter.
+
+Shapes: ``x (N, D)`` is a batch of ``N`` rows with ``D`` features, a Dense layer has ``W (D, M)``
+and ``b (M,)`` and returns ``out (N, M)``. ``d<var>`` always has the shape of ``<var>``.
+
+All arrays stay in the dtype of the parameters (float32 by default): scalars are python floats,
+which NumPy >= 2 never lets upcast an array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ACTIVATIONS: tuple[str, ...] = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "linear")
+DROPOUT_MODES: tuple[str, ...] = ("inverted", "standard", "dropconnect")
+
+PRELU_INIT = 0.25  # He et al. 2015's initial slope for PReLU
+
+
+class Layer:
+    """Base class: named parameters, their gradients, and the forward cache."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.cache: object = None
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _keep_mask(
+    rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: np.dtype, scale: bool
+) -> np.ndarray:
+    """Bernoulli keep-mask in ``dtype``: 1 (or ``1/keep`` if ``scale``) with probability keep."""
+    keep = 1.0 - rate
+    u = rng.random(shape, dtype=dtype)
+    mask = np.less(u, keep).astype(dtype, copy=False)
+    if scale:
+        mask *= 1.0 / keep
+    return mask
+
+
+class Dense(Layer):
+    """Affine layer ``out = x @ W + b``.
+
+    Parameters
+    ----------
+    W : ndarray (D, M)
+    b : ndarray (M,)
+    dropconnect : float
+        DropConnect drop probability ``p`` (Wan et al. 2013). At train time one Bernoulli mask
+        ``Mk (D, M)`` with keep probability ``1 - p`` is drawn *per mini-batch* (shared by the rows
+        of the batch, the usual cheap variant) and the layer uses the *inverted* scaling
+        ``W_eff = W * Mk / (1 - p)``, so predict time uses ``W`` unchanged.
+    need_dx : bool
+        ``False`` for the first layer of a network: its input gradient is never used, which saves
+        one matrix product per batch.
+
+    Notes
+    -----
+    Forward ``out (N, M) = x (N, D) @ W_eff (D, M) + b``. Backward
+    ``dW = (x.T @ dout) * Mk / (1 - p)``, ``db = sum_n dout[n]``, ``dx = dout @ W_eff.T``.
+    """
+
+    def __init__(
+        self, W: np.ndarray, b: np.ndarray, *, dropconnect: float = 0.0, need_dx: bool = True
+    ) -> None:
+        super().__init__()
+        self.params = {"W": W, "b": b}
+        self.grads = {"W": np.zeros_like(W), "b": np.zeros_like(b)}
+        self.dropconnect = float(dropconnect)
+        self.need_dx = need_dx
+        self.rng: np.random.Generator | None = None  # set by the network for DropConnect
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        W = self.params["W"]
+        mask = None
+        if training and self.dropconnect > 0.0:
+            mask = _keep_mask(self.rng, W.shape, self.dropconnect, W.dtype, scale=True)
+            W = W * mask
+        out = x @ W
+        out += self.params["b"]
+        self.cache = (x, W, mask)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        x, W_eff, mask = self.cache
+        gW = self.grads["W"]
+        np.matmul(x.T, dout, out=gW)
+        if mask is not None:
+            gW *= mask
+        np.sum(dout, axis=0, out=self.grads["b"])
+        if not self.need_dx:
+            return None
+        return dout @ W_eff.T
+
+
+class Sigmoid(Layer):
+    """``out = 1 / (1 + exp(-x))``; ``dx = dout * out * (1 - out)``. Shapes ``(N, M)``."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        out = sigmoid(x)
+        self.cache = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        out = self.cache
+        return dout * out * (1.0 - out)
+
+
+class Tanh(Layer):
+    """``out = tanh(x)``; ``dx = dout * (1 - out^2)``."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        out = np.tanh(x)
+        self.cache = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        out = self.cache
+        return dout * (1.0 - out * out)
+
+
+class ReLU(Layer):
+    """``out = max(x, 0)``; ``dx = dout * [out > 0]`` (subgradient 0 at 0)."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        out = np.maximum(x, 0.0)
+        self.cache = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout * (self.cache > 0.0)
+
+
+class LeakyReLU(Layer):
+    """``out = x if x > 0 else slope * x``; ``dx = dout * (1 if x > 0 else slope)``."""
+
+    def __init__(self, slope: float = 0.01) -> None:
+        super().__init__()
+        self.slope = float(slope)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        pos = x > 0.0
+        out = np.where(pos, x, x * self.slope)
+        self.cache = pos
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        pos = self.cache
+        return np.where(pos, dout, dout * self.slope)
+
+
+class PReLU(Layer):
+    """Parametric ReLU with one learned slope per unit (He et al. 2015).
+
+    ``out[n, m] = x[n, m] if x[n, m] > 0 else alpha[m] * x[n, m]`` with ``alpha (M,)``.
+    Backward: ``dx = dout * (1 if x > 0 else alpha)``,
+    ``dalpha[m] = sum_n dout[n, m] * x[n, m] * [x[n, m] <= 0]``.
+    Penalties never apply to ``alpha``.
+    """
+
+    def __init__(self, alpha: np.ndarray) -> None:
+        super().__init__()
+        self.params = {"alpha": alpha}
+        self.grads = {"alpha": np.zeros_like(alpha)}
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        pos = x > 0.0
+        out = np.where(pos, x, x * self.params["alpha"])
+        self.cache = (x, pos)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        x, pos = self.cache
+        neg_x = np.where(pos, 0.0, x).astype(x.dtype, copy=False)
+        np.sum(dout * neg_x, axis=0, out=self.grads["alpha"])
+        return np.where(pos, dout, dout * self.params["alpha"])
+
+
+class Linear(Layer):
+    """Identity activation: ``out = x``, ``dx = dout``."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return x
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout
+
+
+class Dropout(Layer):
+    """Dropout of activations with drop probability ``rate`` (Keras/PyTorch convention).
+
+    Modes (``keep = 1 - rate``; ``Mk`` a Bernoulli(keep) mask of the shape of ``x (N, M)``, drawn
+    from ``self.rng``, the trainer's seeded generator):
+
+    - ``inverted`` (default): train ``out = x * Mk / keep``; predict ``out = x``.
+    - ``standard`` (Srivastava et al. 2014): train ``out = x * Mk``; predict ``out = x * keep``.
+
+    Both give the same expected activation at train and predict time. Backward applies the cached
+    (scaled) mask: ``dx = dout * Mk / keep`` or ``dout * Mk``. (DropConnect is a Dense option.)
+    """
+
+    def __init__(self, rate: float, mode: str = "inverted") -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        if mode not in ("inverted", "standard"):
+            raise ValueError(f"Dropout layer mode must be 'inverted' or 'standard', got {mode!r}")
+        self.rate = float(rate)
+        self.mode = mode
+        self.rng: np.random.Generator | None = None  # set by the network / trainer
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if self.rate == 0.0:
+            self.cache = None
+            return x
+        if not training:
+            self.cache = None
+            return x if self.mode == "inverted" else x * (1.0 - self.rate)
+        mask = _keep_mask(self.rng, x.shape, self.rate, x.dtype, scale=self.mode == "inverted")
+        self.cache = mask
+        return x * mask
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        mask = self.cache
+        return dout if mask is None else dout * mask
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings: ``1 / (1 + exp(-x))``, same dtype as ``x``."""
+    with np.errstate(over="ignore"):
+        out = np.exp(-x)
+    out += 1.0
+    np.reciprocal(out, out=out)
+    return out
+
+
+def make_activation(name: str, M: int, *, dtype: np.dtype, leaky_slope: float = 0.01) -> Layer:
+    """Build the activation layer ``name`` for ``M`` units (PReLU slopes start at 0.25)."""
+    if name == "sigmoid":
+        return Sigmoid()
+    if name == "tanh":
+        return Tanh()
+    if name == "relu":
+        return ReLU()
+    if name == "leaky_relu":
+        return LeakyReLU(leaky_slope)
+    if name == "prelu":
+        return PReLU(np.full(M, PRELU_INIT, dtype=dtype))
+    if name == "linear":
+        return Linear()
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")

@@ -1,0 +1,184 @@
+"""A Sequential network built from a normalized spec.
+
+Layout for ``hidden_layers = [M_1, ..., M_H]`` (``D`` inputs, ``K`` outputs)::
+
+    [Dropout(input)] -> Dense0 (D, M_1) -> act -> [Dropout(hidden)] -> ... -> DenseH (M_H, K)
+
+Dropout layers exist only for the ``inverted``/``standard`` modes with a positive rate; in
+``dropconnect`` mode the Dense layers mask their own weights instead (input rate on ``dense0``,
+hidden rate on every later Dense, which all read a hidden activation). With no hidden layers the
+network is a linear model ``scores = x @ W + b``.
+
+The last Dense returns raw scores ``(N, K)``; the loss owns the output non-linearity, and ``output``
+applies it at predict time. ``K`` is 1 for regression and binary cross-entropy, ``C`` otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.initializers import init_weights
+from engine.layers import Dense, Dropout, Layer, PReLU, make_activation, sigmoid
+from engine.losses import softmax
+
+_REGRESSION_LOSSES = ("mse", "mae", "huber")
+
+
+class Network:
+    """Layers in order plus named access to their parameters.
+
+    Attributes
+    ----------
+    layers : list of Layer
+    dense_layers : list of Dense
+        In order; ``dense_layers[0].params["W"]`` is the input layer ``W_1 (D, M_1)``.
+    loss : str
+        The spec's loss, which decides what ``output`` returns.
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, layers: list[Layer], loss: str, dtype: np.dtype) -> None:
+        self.layers = layers
+        self.loss = loss
+        self.dtype = np.dtype(dtype)
+        self.dense_layers: list[Dense] = [la for la in layers if isinstance(la, Dense)]
+        # (name, layer, key) for every parameter, in a stable order: the optimizer's index order.
+        self.param_refs: list[tuple[str, Layer, str]] = []
+        d = p = 0
+        for layer in layers:
+            if isinstance(layer, Dense):
+                self.param_refs += [(f"dense{d}.W", layer, "W"), (f"dense{d}.b", layer, "b")]
+                d += 1
+            elif isinstance(layer, PReLU):
+                self.param_refs.append((f"prelu{p}.alpha", layer, "alpha"))
+                p += 1
+
+    @classmethod
+    def build(
+        cls,
+        spec: dict,
+        n_inputs: int,
+        n_outputs: int,
+        *,
+        rng: np.random.Generator,
+        output_bias: np.ndarray | None = None,
+    ) -> Network:
+        """Create a freshly initialised network.
+
+        Parameters
+        ----------
+        spec : dict
+            Normalized spec; reads ``model`` (``hidden_layers``, ``activation``, ``init``,
+            ``leaky_slope``), ``dropout``, ``loss`` and ``dtype``.
+        n_inputs, n_outputs : int
+            ``D`` (encoded input columns) and ``K`` (1, or the number of classes).
+        rng : numpy.random.Generator
+            Draws the initial weights, layer by layer.
+        output_bias : ndarray (K,), optional
+            Initial bias of the last layer (the regression target mean); zeros otherwise.
+        """
+        dtype = np.dtype(spec.get("dtype", "float32"))
+        model = spec.get("model", {})
+        hidden = list(model.get("hidden_layers", []))
+        activation = model.get("activation", "relu")
+        init = model.get("init", "he")
+        slope = float(model.get("leaky_slope", 0.01))
+        dropout = spec.get("dropout") or {}
+        mode = dropout.get("mode", "inverted")
+        p_in = float(dropout.get("input", 0.0) or 0.0)
+        p_hid = float(dropout.get("hidden", 0.0) or 0.0)
+
+        sizes = [int(n_inputs), *map(int, hidden), int(n_outputs)]
+        layers: list[Layer] = []
+        if p_in > 0.0 and mode != "dropconnect":
+            layers.append(Dropout(p_in, mode))
+        for k in range(len(sizes) - 1):
+            D, M = sizes[k], sizes[k + 1]
+            W = init_weights(init, D, M, rng=rng, dtype=dtype)
+            b = np.zeros(M, dtype=dtype)
+            dc = (p_in if k == 0 else p_hid) if mode == "dropconnect" else 0.0
+            layers.append(Dense(W, b, dropconnect=dc, need_dx=k > 0))
+            if k < len(sizes) - 2:
+                layers.append(make_activation(activation, M, dtype=dtype, leaky_slope=slope))
+                if p_hid > 0.0 and mode != "dropconnect":
+                    layers.append(Dropout(p_hid, mode))
+        if output_bias is not None:
+            out_b = layers[-1].params["b"]
+            out_b[...] = np.asarray(output_bias, dtype=dtype).reshape(out_b.shape)
+        net = cls(layers, spec.get("loss", "mse"), dtype)
+        net.set_rng(rng)
+        return net
+
+    # ------------------------------------------------------------------ computation
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Give every stochastic layer (Dropout, DropConnect Dense) the generator for its masks."""
+        for layer in self.layers:
+            if isinstance(layer, Dropout | Dense):
+                layer.rng = rng
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Raw scores ``(N, K)`` of the last Dense for ``x (N, D)``."""
+        out = x
+        for layer in self.layers:
+            out = layer.forward(out, training)
+        return out
+
+    def backward(self, dscores: np.ndarray) -> None:
+        """Backpropagate ``dscores (N, K)``, filling every layer's ``grads``.
+
+        Stops at the first Dense: the gradient with respect to the input is never needed.
+        """
+        dout = dscores
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+            if dout is None:
+                break
+
+    def output(self, x: np.ndarray) -> np.ndarray:
+        """Predict-time output for ``x (N, D)``.
+
+        ``(N, 1)`` values for regression, ``(N, 1)`` sigmoid probabilities for binary cross-entropy,
+        ``(N, C)`` softmax probabilities for softmax cross-entropy, ``(N, C)`` raw scores for the
+        hinge losses.
+        """
+        scores = self.forward(x, training=False)
+        if self.loss == "binary_cross_entropy":
+            return sigmoid(scores)
+        if self.loss == "softmax_cross_entropy":
+            return softmax(scores)
+        return scores
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The Dense weight matrices (the penalised parameters), input layer first."""
+        return [d.params["W"] for d in self.dense_layers]
+
+    def parameters(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(params, grads)``: live arrays in ``param_refs`` order (the optimizer's indices)."""
+        params = [layer.params[key] for _, layer, key in self.param_refs]
+        grads = [layer.grads[key] for _, layer, key in self.param_refs]
+        return params, grads
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of all parameters by name (``dense0.W``, ``dense0.b``, ``prelu0.alpha``)."""
+        return {name: layer.params[key].copy() for name, layer, key in self.param_refs}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Overwrite every parameter in place from ``weights`` (same names and shapes)."""
+        for name, layer, key in self.param_refs:
+            if name not in weights:
+                raise KeyError(f"missing weight {name!r}")
+            target = layer.params[key]
+            value = np.asarray(weights[name])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"weight {name!r} has shape {value.shape}, expected {target.shape}"
+                )
+            np.copyto(target, value, casting="same_kind")
+
+    def zero_fraction(self) -> float:
+        """Fraction of Dense weights (not biases) that are exactly 0.0."""
+        total = sum(W.size for W in self.weights)
+        zeros = sum(W.size - np.count_nonzero(W) for W in self.weights)
+        return zeros / total if total else 0.0

@@ -1,0 +1,520 @@
+"""The fit loop: mini-batch training with penalties, dropout, validation, early stopping, callbacks.
+
+Objective minimised (``R`` from ``engine.regularizers``, weights only)::
+
+    J(theta) = (1/N) sum_n loss(f(x_n; theta), y_n) + R(W)
+
+Mini-batch path (every optimizer except ``fista``), per batch:
+
+1. forward in training mode (dropout masks drawn from the trainer's seeded ``rng``), loss, backward;
+2. gradient of the smooth penalty terms: ``dW += 2 * l2 * W`` (and ``dW += l1 * sign(W)`` when
+   ``l1_method == "subgradient"``, what Keras/PyTorch do);
+3. optimizer step;
+4. proximal steps (default ``l1_method == "proximal"``): ``W <- soft_threshold(W, s * l1)`` with
+   ``s`` the optimizer's effective per-coordinate step, then for ``group_l1`` the rows of the first
+   layer's weights ``W_1 <- block_soft_threshold(W_1, s_row * group_l1)`` (``s_row`` = mean of
+   ``s`` over the row for adaptive optimizers, an approximation: the group prox has no closed form
+   for per-coordinate steps). These produce EXACT zeros.
+
+Per-epoch history record (see ``HISTORY_KEYS``): ``data_loss`` and ``metric`` on the training split
+are running means over the epoch's batches (computed in training mode while the weights move, as
+Keras reports them) rather than a second pass; ``penalty`` is ``R(W)`` at the end of the epoch and
+``loss = data_loss + penalty``. ``val_loss`` is a full predict-mode pass over the validation split
+plus the same penalty (Keras convention) and ``val_metric`` its metric. ``metric`` is accuracy for
+classification and R^2 = 1 - SSE/SST for regression.
+
+FISTA path (``optimizer.name == "fista"``): full-batch accelerated proximal gradient (Beck &
+Teboulle 2009) with backtracking on the Lipschitz constant (started from a few power iterations on
+``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015). Only for linear models (no
+hidden layers), smooth losses (mse, huber, binary_cross_entropy, softmax_cross_entropy,
+squared_hinge) and no dropout. One epoch = ``ceil(N / batch_size)`` iterations (as many updates as
+a mini-batch epoch); training stops ("completed") as soon as an iteration moves no parameter by
+more than ``tol * max(1, max|W|)``. Its ``data_loss``/``metric`` are exact full-batch values at
+the epoch's final iterate and its ``learning_rate`` is the step ``1/L``.
+
+Best weights: by ``val_loss`` with a validation split, else by ``loss``; they are restored when
+training stops early (early stopping or a callback returning True), not on normal completion.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.layers import Dropout
+from engine.losses import LOSS_TASKS, make_loss
+from engine.network import Network
+from engine.optimizers import Fista, make_optimizer
+from engine.regularizers import block_soft_threshold, penalty_value
+
+HISTORY_KEYS: tuple[str, ...] = (
+    "epoch",
+    "loss",
+    "data_loss",
+    "penalty",
+    "val_loss",
+    "metric",
+    "val_metric",
+    "zero_fraction",
+    "learning_rate",
+    "seconds",
+)
+
+FISTA_LOSSES: tuple[str, ...] = (
+    "mse",
+    "huber",
+    "binary_cross_entropy",
+    "softmax_cross_entropy",
+    "squared_hinge",
+)
+
+# Upper bound of the loss's second derivative in the scores (times 1/N): L = c * lam_max([X,1]) / N.
+_CURVATURE = {
+    "mse": 2.0,
+    "huber": 1.0,
+    "binary_cross_entropy": 0.25,
+    "softmax_cross_entropy": 0.5,
+    "squared_hinge": 2.0,
+}
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train``: per-epoch records, why it stopped, and the best epoch (1-based)."""
+
+    history: list[dict]
+    stopped: str  # "completed" | "early_stopping" | "cancelled"
+    best_epoch: int
+
+
+Callback = Callable[[dict], bool | None]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _targets(Y: np.ndarray, loss: str, dtype: np.dtype) -> np.ndarray:
+    """Targets as the loss expects them: float in ``dtype`` or integer class indices."""
+    if loss in ("softmax_cross_entropy", "multiclass_hinge", "squared_hinge"):
+        return np.asarray(Y).astype(np.intp, copy=False)
+    return np.ascontiguousarray(Y, dtype=dtype).reshape(-1)
+
+
+class _Metric:
+    """Accuracy (classification) or R^2 = 1 - SSE/SST (regression), accumulated over batches."""
+
+    def __init__(self, loss: str, Y: np.ndarray) -> None:
+        self.regression = LOSS_TASKS[loss] == "regression"
+        self.binary = loss == "binary_cross_entropy"
+        self.n = len(Y)
+        if self.regression:
+            yc = Y.astype(np.float64) - float(np.mean(Y, dtype=np.float64))
+            self.sst = float(np.dot(yc, yc))
+        self.acc = 0.0
+
+    def reset(self) -> None:
+        self.acc = 0.0
+
+    def add(self, scores: np.ndarray, y: np.ndarray) -> None:
+        if self.regression:
+            diff = scores[:, 0] - y
+            self.acc += float(np.dot(diff, diff))
+        elif self.binary:
+            self.acc += float(np.count_nonzero((scores[:, 0] > 0.0) == (y > 0.5)))
+        else:
+            self.acc += float(np.count_nonzero(scores.argmax(axis=1) == y))
+
+    def value(self) -> float:
+        if not self.regression:
+            return self.acc / self.n
+        if self.sst == 0.0:
+            return 1.0 if self.acc == 0.0 else 0.0
+        return 1.0 - self.acc / self.sst
+
+
+def _evaluate(
+    network: Network, X: np.ndarray, Y: np.ndarray, loss_fn: Callable, metric: _Metric
+) -> tuple[float, float]:
+    """Full predict-mode pass: (mean data loss, metric)."""
+    scores = network.forward(X, training=False)
+    value, _ = loss_fn(scores, Y)
+    metric.reset()
+    metric.add(scores, Y)
+    return value, metric.value()
+
+
+def _check_finite(value: float, epoch: int) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch}: the loss is {value}; "
+            "lower the learning rate or standardize the inputs"
+        )
+
+
+class _Stopper:
+    """Early stopping, best-weights tracking and callbacks at the end of an epoch."""
+
+    def __init__(self, spec: dict, network: Network, has_val: bool, callbacks: Sequence[Callback]):
+        es = spec.get("early_stopping") or None
+        self.network = network
+        self.callbacks = list(callbacks)
+        self.best_key = "val_loss" if has_val else "loss"
+        self.best_value = math.inf
+        self.best_epoch = 0
+        self.best_weights: dict[str, np.ndarray] | None = None
+        self.es = es
+        if es is not None:
+            monitor = es.get("monitor") or self.best_key
+            self.monitor = monitor if (monitor != "val_loss" or has_val) else "loss"
+            self.patience = int(es.get("patience", 5))
+            self.min_delta = float(es.get("min_delta", 0.0) or 0.0)
+            self.es_best = math.inf
+            self.wait = 0
+
+    def end_epoch(self, record: dict) -> str | None:
+        """Update the bookkeeping; return "cancelled"/"early_stopping" to stop, else None."""
+        value = record[self.best_key]
+        if value < self.best_value:
+            self.best_value = value
+            self.best_epoch = record["epoch"]
+            self.best_weights = self.network.get_weights()
+        stop = None
+        if self.es is not None:
+            current = record[self.monitor]
+            if current < self.es_best - self.min_delta:
+                self.es_best = current
+                self.wait = 0
+            else:
+                self.wait += 1
+                if self.wait >= self.patience:
+                    stop = "early_stopping"
+        for cb in self.callbacks:
+            if cb(record):
+                stop = "cancelled"
+                break
+        if stop is not None and self.best_weights is not None:
+            self.network.set_weights(self.best_weights)
+        return stop
+
+
+def _record(epoch, data_loss, pen, val, metric, val_metric, zf, lr, seconds) -> dict:
+    return {
+        "epoch": int(epoch),
+        "loss": float(data_loss + pen),
+        "data_loss": float(data_loss),
+        "penalty": float(pen),
+        "val_loss": None if val is None else float(val + pen),
+        "metric": float(metric),
+        "val_metric": None if val_metric is None else float(val_metric),
+        "zero_fraction": float(zf),
+        "learning_rate": float(lr),
+        "seconds": float(seconds),
+    }
+
+
+# ---------------------------------------------------------------------------- entry point
+def train(
+    network: Network,
+    X: np.ndarray,
+    Y: np.ndarray,
+    spec: dict,
+    *,
+    X_val: np.ndarray | None = None,
+    Y_val: np.ndarray | None = None,
+    callbacks: Sequence[Callback] = (),
+    rng: np.random.Generator,
+) -> TrainResult:
+    """Train ``network`` in place on ``X (N, D)``, ``Y (N,)``.
+
+    Parameters
+    ----------
+    network : Network
+        Built with ``Network.build`` from the same spec.
+    X : ndarray (N, D)
+        Preprocessed inputs (cast to the network's dtype if needed).
+    Y : ndarray (N,)
+        Float targets (regression), {0, 1} (binary cross-entropy) or class indices.
+    spec : dict
+        Normalized spec: reads ``loss``, ``loss_params``, ``regularization``, ``optimizer``,
+        ``epochs``, ``batch_size``, ``shuffle``, ``early_stopping``.
+    X_val, Y_val : ndarray, optional
+        Validation split.
+    callbacks : sequence of callables
+        ``cb(record) -> bool | None`` after every epoch; a truthy return stops ("cancelled").
+    rng : numpy.random.Generator
+        Shuffling and dropout masks.
+
+    Returns
+    -------
+    TrainResult
+    """
+    dtype = network.dtype
+    loss_name = spec.get("loss", "mse")
+    X = np.ascontiguousarray(X, dtype=dtype)
+    Y = _targets(Y, loss_name, dtype)
+    has_val = X_val is not None and Y_val is not None and len(X_val) > 0
+    if has_val:
+        X_val = np.ascontiguousarray(X_val, dtype=dtype)
+        Y_val = _targets(Y_val, loss_name, dtype)
+    network.set_rng(rng)
+    opt = make_optimizer(spec.get("optimizer") or {})
+    if isinstance(opt, Fista):
+        return _train_fista(network, X, Y, spec, opt, X_val if has_val else None, Y_val, callbacks)
+    return _train_minibatch(
+        network, X, Y, spec, opt, X_val if has_val else None, Y_val, callbacks, rng
+    )
+
+
+def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> TrainResult:
+    loss_name = spec.get("loss", "mse")
+    loss_fn = make_loss(loss_name, spec.get("loss_params"))
+    reg = spec.get("regularization") or {}
+    l1 = float(reg.get("l1", 0.0) or 0.0)
+    l2 = float(reg.get("l2", 0.0) or 0.0)
+    gl1 = float(reg.get("group_l1", 0.0) or 0.0)
+    proximal = (reg.get("l1_method") or "proximal") == "proximal"
+    epochs = int(spec.get("epochs", 20))
+    N = X.shape[0]
+    bs = max(1, min(int(spec.get("batch_size", 32)), N))
+    shuffle = bool(spec.get("shuffle", True))
+
+    params, grads = network.parameters()
+    # Optimizer indices of the Dense weight matrices (penalised) and scratch buffers for them.
+    names = [name for name, _, _ in network.param_refs]
+    w_idx = [i for i, name in enumerate(names) if name.endswith(".W") and name.startswith("dense")]
+    work = {i: np.empty_like(params[i]) for i in w_idx} if (l1 or l2) else {}
+    two_l2 = 2.0 * l2
+
+    metric = _Metric(loss_name, Y)
+    val_metric = _Metric(loss_name, Y_val) if X_val is not None else None
+    stopper = _Stopper(spec, network, X_val is not None, callbacks)
+    history: list[dict] = []
+    stopped = "completed"
+
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        if shuffle:
+            perm = rng.permutation(N)
+            Xs, Ys = X.take(perm, axis=0), Y.take(perm, axis=0)
+        else:
+            Xs, Ys = X, Y
+        total = 0.0
+        metric.reset()
+        for start in range(0, N, bs):
+            xb = Xs[start : start + bs]
+            yb = Ys[start : start + bs]
+            scores = network.forward(xb, training=True)
+            value, dscores = loss_fn(scores, yb)
+            total += value * xb.shape[0]
+            metric.add(scores, yb)
+            network.backward(dscores)
+            if l2 or (l1 and not proximal):
+                for i in w_idx:
+                    W, dW, tmp = params[i], grads[i], work[i]
+                    if l2:
+                        np.multiply(W, two_l2, out=tmp)
+                        dW += tmp
+                    if l1 and not proximal:
+                        np.sign(W, out=tmp)
+                        tmp *= l1
+                        dW += tmp
+            opt.step(params, grads)
+            if l1 and proximal:
+                for i in w_idx:
+                    W, tmp = params[i], work[i]
+                    s = opt.step_size(i)
+                    if np.isscalar(s):
+                        t = s * l1
+                        np.clip(W, -t, t, out=tmp)
+                    else:
+                        t = s * l1
+                        np.maximum(W, -t, out=tmp)
+                        np.minimum(tmp, t, out=tmp)
+                    W -= tmp  # |W| <= t becomes exactly 0
+            if gl1:
+                i = w_idx[0]
+                s = opt.step_size(i)
+                t = s * gl1 if np.isscalar(s) else s.mean(axis=1) * gl1
+                block_soft_threshold(params[i], t, out=params[i])
+        data_loss = total / N
+        _check_finite(data_loss, epoch)
+        pen = penalty_value(network.weights, l1, l2, gl1)
+        val = vm = None
+        if X_val is not None:
+            val, vm = _evaluate(network, X_val, Y_val, loss_fn, val_metric)
+        record = _record(
+            epoch,
+            data_loss,
+            pen,
+            val,
+            metric.value(),
+            vm,
+            network.zero_fraction(),
+            opt.current_lr,
+            time.perf_counter() - t0,
+        )
+        history.append(record)
+        stop = stopper.end_epoch(record)
+        if stop is not None:
+            stopped = stop
+            break
+    return TrainResult(history=history, stopped=stopped, best_epoch=stopper.best_epoch)
+
+
+# ---------------------------------------------------------------------------- FISTA
+def _check_fista(network: Network, loss_name: str) -> None:
+    if len(network.dense_layers) != 1:
+        raise ValueError("optimizer 'fista' needs a linear model (hidden_layers must be empty)")
+    if loss_name not in FISTA_LOSSES:
+        raise ValueError(f"optimizer 'fista' needs a smooth loss, one of {FISTA_LOSSES}")
+    if any(isinstance(la, Dropout) for la in network.layers) or network.dense_layers[0].dropconnect:
+        raise ValueError("optimizer 'fista' is full-batch and deterministic: dropout must be 0")
+
+
+def _lambda_max(X: np.ndarray, iters: int = 12) -> float:
+    """Power-iteration estimate of the largest eigenvalue of ``A.T @ A``, ``A = [X, 1] (N, D + 1)``.
+
+    A lower bound (Rayleigh quotient); the backtracking corrects it if too small.
+    """
+    D = X.shape[1]
+    v = np.ones(D, dtype=X.dtype) / math.sqrt(D + 1)
+    c = 1.0 / math.sqrt(D + 1)
+    lam = 0.0
+    for _ in range(iters):
+        u = X @ v
+        u += c
+        lam = float(np.dot(u, u))  # ||A v||^2 with ||v|| = 1
+        v = X.T @ u
+        c = float(u.sum())
+        norm = math.sqrt(float(np.dot(v, v)) + c * c)
+        if norm == 0.0:
+            return 1.0
+        v /= norm
+        c /= norm
+    return max(lam, 1e-12)
+
+
+def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> TrainResult:
+    loss_name = spec.get("loss", "mse")
+    _check_fista(network, loss_name)
+    loss_fn = make_loss(loss_name, spec.get("loss_params"))
+    reg = spec.get("regularization") or {}
+    l1 = float(reg.get("l1", 0.0) or 0.0)
+    l2 = float(reg.get("l2", 0.0) or 0.0)
+    gl1 = float(reg.get("group_l1", 0.0) or 0.0)
+    epochs = int(spec.get("epochs", 20))
+    N = X.shape[0]
+    bs = max(1, min(int(spec.get("batch_size", 32)), N))
+    iters = math.ceil(N / bs)
+    dtype = network.dtype
+    tol = max(opt.tol, 50.0 * float(np.finfo(dtype).eps))
+    rtol_f = 10.0 * float(np.finfo(dtype).eps)
+
+    dense = network.dense_layers[0]
+    W, b = dense.params["W"], dense.params["b"]
+
+    def smooth(u: np.ndarray, Wc: np.ndarray) -> tuple[float, np.ndarray]:
+        value, ds = loss_fn(u, Y)
+        if l2:
+            value += l2 * float(np.einsum("ij,ij->", Wc, Wc))
+        return value, ds
+
+    def nonsmooth(Wc: np.ndarray) -> float:
+        return penalty_value([Wc], l1, 0.0, gl1)
+
+    def prox(V: np.ndarray, step: float) -> np.ndarray:
+        if l1:
+            t = step * l1
+            V -= np.clip(V, -t, t)
+        if gl1:
+            block_soft_threshold(V, step * gl1, out=V)
+        return V
+
+    L = _CURVATURE[loss_name] * _lambda_max(X) / N + 2.0 * l2
+    x_W, x_b = W.copy(), b.copy()
+    u_x = X @ x_W
+    u_x += x_b
+    f_x, _ = smooth(u_x, x_W)
+    F_x = f_x + nonsmooth(x_W)
+    y_W, y_b, u_y = x_W.copy(), x_b.copy(), u_x.copy()
+    t_k = 1.0
+
+    metric = _Metric(loss_name, Y)
+    val_metric = _Metric(loss_name, Y_val) if X_val is not None else None
+    stopper = _Stopper(spec, network, X_val is not None, callbacks)
+    history: list[dict] = []
+    stopped = "completed"
+    converged = False
+
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            f_y, ds = smooth(u_y, y_W)
+            gW = X.T @ ds
+            if l2:
+                gW += (2.0 * l2) * y_W
+            gb = ds.sum(axis=0)
+            while True:
+                step = 1.0 / L
+                n_W = prox(y_W - step * gW, step)
+                n_b = y_b - step * gb
+                u_n = X @ n_W
+                u_n += n_b
+                f_n, _ = smooth(u_n, n_W)
+                dW = n_W - y_W
+                db = n_b - y_b
+                quad = float(np.einsum("ij,ij->", dW, dW)) + float(np.dot(db, db))
+                lin = float(np.einsum("ij,ij->", gW, dW)) + float(np.dot(gb, db))
+                bound = f_y + lin + 0.5 * L * quad
+                if f_n <= bound + rtol_f * abs(f_y) or L > 1e30:
+                    break
+                L *= 2.0
+            F_n = f_n + nonsmooth(n_W)
+            move = float(max(np.abs(dW).max(initial=0.0), np.abs(db).max(initial=0.0)))
+            scale = max(1.0, float(np.abs(n_W).max(initial=0.0)))
+            if F_n > F_x:
+                # function-value restart: drop the momentum
+                t_k = 1.0
+                y_W, y_b, u_y = n_W.copy(), n_b.copy(), u_n.copy()
+            else:
+                t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_k * t_k))
+                beta = (t_k - 1.0) / t_next
+                y_W = n_W + beta * (n_W - x_W)
+                y_b = n_b + beta * (n_b - x_b)
+                u_y = u_n + beta * (u_n - u_x)
+                t_k = t_next
+            x_W, x_b, u_x, f_x, F_x = n_W, n_b, u_n, f_n, F_n
+            if move <= tol * scale:
+                converged = True
+                break
+        W[...] = x_W
+        b[...] = x_b
+        data_loss, _ = loss_fn(u_x, Y)
+        _check_finite(data_loss, epoch)
+        metric.reset()
+        metric.add(u_x, Y)
+        pen = penalty_value([W], l1, l2, gl1)
+        val = vm = None
+        if X_val is not None:
+            val, vm = _evaluate(network, X_val, Y_val, loss_fn, val_metric)
+        record = _record(
+            epoch,
+            data_loss,
+            pen,
+            val,
+            metric.value(),
+            vm,
+            network.zero_fraction(),
+            1.0 / L,
+            time.perf_counter() - t0,
+        )
+        history.append(record)
+        stop = stopper.end_epoch(record)
+        if stop is not None:
+            stopped = stop
+            break
+        if converged:
+            break
+    return TrainResult(history=history, stopped=stopped, best_epoch=stopper.best_epoch)
