@@ -42,6 +42,7 @@ from engine.layers import DROPOUT_MODES as _DROPOUT_MODES
 from engine.losses import LOSS_TASKS as _LOSS_TASKS
 from engine.losses import LOSSES as _LOSSES
 from engine.optimizers import OPTIMIZERS as _OPTIMIZERS
+from engine.trainer import FISTA_LOSSES
 
 __all__ = [
     "ACTIVATIONS",
@@ -371,11 +372,33 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     out["standardize"] = _bool(raw["standardize"], ("standardize",))
     out["dtype"] = _choice(raw["dtype"], ("dtype",), DTYPES, "unknown_dtype")
 
-    if out["optimizer"]["name"] == "fista" and out["model"]["hidden_layers"]:
+    if out["optimizer"]["name"] == "fista":
+        _check_fista(out)
+    return out
+
+
+def _check_fista(out: dict[str, Any]) -> None:
+    """FISTA is full-batch accelerated proximal gradient: linear model, smooth loss, no dropout."""
+    if out["model"]["hidden_layers"]:
         # FISTA's convergence guarantee needs a convex objective: a linear model.
         raise SpecError(
             ("optimizer", "name"),
             "optimizer.name 'fista' trains linear models only; set model.hidden_layers to [].",
             "requires_linear",
         )
-    return out
+    if out["loss"] not in FISTA_LOSSES:
+        # Its step size 1/L needs a Lipschitz-continuous gradient, which mae and the hinge lack.
+        raise SpecError(
+            ("loss",),
+            f"loss {out['loss']!r} is not smooth; optimizer 'fista' needs one of "
+            f"{', '.join(FISTA_LOSSES)}.",
+            "requires_smooth_loss",
+        )
+    for key in ("input", "hidden"):
+        if out["dropout"][key] > 0:
+            raise SpecError(
+                ("dropout", key),
+                f"dropout.{key} must be 0 with optimizer 'fista', which is full-batch and "
+                "deterministic.",
+                "requires_no_dropout",
+            )

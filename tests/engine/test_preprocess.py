@@ -1,0 +1,213 @@
+"""Preprocessing: standardization fitted on training rows, one-hot, imputation, errors, labels."""
+
+import numpy as np
+import pytest
+
+from engine import InputError
+from engine.preprocess import (
+    Preprocessor,
+    as_columns,
+    classes_array,
+    encode_labels,
+    regression_target,
+)
+
+
+def _obj(*values):
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _fit(X, rows=None, standardize=True, feature_names=None):
+    names, columns = as_columns(X, feature_names)
+    return Preprocessor.fit(names, columns, rows=rows, standardize=standardize)
+
+
+def test_standardization_uses_training_rows_only():
+    x = np.array([1.0, 2.0, 3.0, 100.0])
+    pre = _fit({"x": x}, rows=np.array([0, 1, 2]))
+    assert pre.center[0] == pytest.approx(2.0)
+    assert pre.scale[0] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    Z = pre.transform({"x": x})
+    np.testing.assert_allclose(Z[:, 0], (x - 2.0) / np.std([1.0, 2.0, 3.0]))
+
+
+def test_standardized_training_columns_have_zero_mean_unit_std():
+    rng = np.random.default_rng(0)
+    X = rng.normal(5.0, 3.0, size=(200, 3))
+    pre = _fit(X)
+    Z = pre.transform(X)
+    np.testing.assert_allclose(Z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(Z.std(axis=0), 1.0, atol=1e-12)
+
+
+def test_constant_column_gets_scale_one():
+    pre = _fit({"c": np.full(5, 7.0)})
+    assert pre.scale[0] == 1.0
+    np.testing.assert_array_equal(pre.transform({"c": np.array([7.0, 8.0])})[:, 0], [0.0, 1.0])
+
+
+def test_standardize_off_keeps_raw_values_but_imputes_mean():
+    pre = _fit({"x": np.array([1.0, 3.0, np.nan])}, standardize=False)
+    Z = pre.transform({"x": np.array([10.0, np.nan])})
+    np.testing.assert_array_equal(Z[:, 0], [10.0, 2.0])
+
+
+def test_nan_is_imputed_with_training_mean():
+    x = np.array([1.0, np.nan, 3.0, 5.0])
+    pre = _fit({"x": x})
+    assert pre.fill[0] == pytest.approx(3.0)
+    Z = pre.transform({"x": x})
+    # The imputed mean standardizes to exactly 0.
+    assert Z[1, 0] == 0.0
+    assert not np.isnan(Z).any()
+
+
+def test_none_in_object_numeric_column_is_missing():
+    pre = _fit({"x": np.array([1.0, 2.0, 3.0])})
+    Z = pre.transform({"x": _obj(None, 2.0)})
+    np.testing.assert_array_equal(Z[:, 0], [0.0, 0.0])
+
+
+def test_one_hot_sorted_categories_and_missing_row():
+    city = _obj("Oslo", "Bergen", None, "Oslo", "Tromso")
+    pre = _fit({"city": city, "x": np.arange(5.0)})
+    assert pre.kinds == ["categorical", "numeric"]
+    assert pre.categories[0] == ["Bergen", "Oslo", "Tromso"]
+    assert pre.encoded_names == ["city=Bergen", "city=Oslo", "city=Tromso", "x"]
+    assert pre.groups == [(0, 3), (3, 4)]
+    Z = pre.transform({"city": city, "x": np.arange(5.0)})
+    np.testing.assert_array_equal(Z[:, :3], [[0, 1, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1]])
+
+
+def test_categories_come_from_training_rows_only():
+    city = _obj("a", "b", "c")
+    pre = _fit({"city": city}, rows=np.array([0, 1]))
+    assert pre.categories[0] == ["a", "b"]
+    # At fit time the validation rows may hold unseen categories: they encode as all zeros.
+    Z = pre.transform({"city": city}, unknown="ignore")
+    np.testing.assert_array_equal(Z, [[1, 0], [0, 1], [0, 0]])
+
+
+def test_unknown_category_at_predict_names_column_and_row():
+    pre = _fit({"city": _obj("a", "b"), "x": np.array([1.0, 2.0])})
+    with pytest.raises(InputError) as info:
+        pre.transform({"city": _obj("a", "b", "zzz"), "x": np.zeros(3)})
+    err = info.value
+    assert (err.code, err.column, err.row) == ("unknown_category", "city", 2)
+    assert "zzz" in err.msg and "city" in err.msg
+
+
+def test_missing_column_names_it():
+    pre = _fit({"a": np.ones(3), "b": np.arange(3.0)})
+    with pytest.raises(InputError) as info:
+        pre.transform({"a": np.ones(2)})
+    assert (info.value.code, info.value.column) == ("missing_column", "b")
+
+
+def test_extra_columns_are_ignored_and_order_follows_fit():
+    pre = _fit({"a": np.array([0.0, 2.0]), "b": np.array([10.0, 30.0])})
+    Z = pre.transform({"zzz": np.zeros(1), "b": np.array([30.0]), "a": np.array([0.0])})
+    np.testing.assert_array_equal(Z, [[-1.0, 1.0]])
+
+
+def test_string_in_numeric_column_is_not_numeric():
+    pre = _fit({"x": np.array([1.0, 2.0])})
+    with pytest.raises(InputError) as info:
+        pre.transform({"x": _obj(1.0, "abc")})
+    assert (info.value.code, info.value.column, info.value.row) == ("not_numeric", "x", 1)
+
+
+def test_infinity_is_non_finite():
+    pre = _fit({"x": np.array([1.0, 2.0])})
+    with pytest.raises(InputError) as info:
+        pre.transform(np.array([[1.0], [np.inf]]))
+    assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "x", 1)
+
+
+def test_mixed_object_column_is_rejected_at_fit():
+    with pytest.raises(InputError) as info:
+        _fit({"m": _obj("a", 1.0)})
+    assert (info.value.code, info.value.column, info.value.row) == ("mixed_types", "m", 1)
+
+
+def test_array_input_names_columns_and_matches_mapping_path():
+    X = np.array([[1.0, 10.0], [2.0, np.nan], [4.0, 30.0]])
+    pre = _fit(X)
+    assert pre.feature_names == ["x0", "x1"]
+    from_array = pre.transform(X)
+    from_mapping = pre.transform({"x0": X[:, 0], "x1": X[:, 1]})
+    np.testing.assert_array_equal(from_array, from_mapping)
+
+
+def test_array_with_wrong_width_is_bad_shape():
+    pre = _fit(np.ones((3, 2)))
+    with pytest.raises(InputError) as info:
+        pre.transform(np.ones((1, 3)))
+    assert info.value.code == "bad_shape"
+
+
+def test_scalars_are_one_row():
+    pre = _fit({"a": np.array([0.0, 2.0]), "c": _obj("u", "v")})
+    np.testing.assert_array_equal(pre.transform({"a": 2.0, "c": "v"}), [[1.0, 0.0, 1.0]])
+
+
+def test_transform_dtype():
+    pre = _fit({"a": np.array([0.0, 2.0]), "c": _obj("u", "v")})
+    assert pre.transform({"a": [1.0], "c": ["u"]}, dtype=np.float32).dtype == np.float32
+
+
+def test_state_round_trip_transforms_identically():
+    X = {"a": np.array([1.0, np.nan, 5.0]), "c": _obj("x", None, "y")}
+    pre = _fit(X)
+    meta, arrays = pre.to_state()
+    again = Preprocessor.from_state(meta, arrays)
+    np.testing.assert_array_equal(again.transform(X), pre.transform(X))
+
+
+@pytest.mark.parametrize(
+    ("y", "classes", "kind"),
+    [
+        (np.array([3, 1, 3, 2]), [1, 2, 3], int),
+        (_obj("yes", "no", "yes"), ["no", "yes"], str),
+        (np.array(["b", "a"]), ["a", "b"], str),
+        (np.array([0.5, 1.5, 0.5]), [0.5, 1.5], float),
+        (_obj(1, 0, 1), [0, 1], int),
+        (np.array([True, False]), [False, True], bool),
+    ],
+)
+def test_labels_round_trip_with_python_types(y, classes, kind):
+    got, idx = encode_labels(y)
+    assert got == classes
+    assert all(type(c) is kind for c in got)
+    decoded = classes_array(got)[idx].tolist()
+    assert decoded == list(y)
+    assert all(type(v) is kind for v in decoded)
+
+
+def test_missing_label_names_row():
+    with pytest.raises(InputError) as info:
+        encode_labels(_obj("a", None, "b"))
+    assert (info.value.code, info.value.row) == ("missing_target", 1)
+    with pytest.raises(InputError) as info:
+        encode_labels(np.array([1.0, np.nan]))
+    assert (info.value.code, info.value.row) == ("missing_target", 1)
+
+
+def test_mixed_labels_rejected():
+    with pytest.raises(InputError) as info:
+        encode_labels(_obj("a", 1))
+    assert info.value.code == "mixed_types"
+
+
+def test_regression_target_checks():
+    np.testing.assert_array_equal(regression_target(_obj(1, 2.5)), [1.0, 2.5])
+    for y, code, row in [
+        (np.array([1.0, np.nan]), "missing_target", 1),
+        (np.array([np.inf, 1.0]), "non_finite", 0),
+        (_obj(1.0, "x"), "not_numeric", 1),
+    ]:
+        with pytest.raises(InputError) as info:
+            regression_target(y)
+        assert (info.value.code, info.value.row) == (code, row)
