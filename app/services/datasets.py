@@ -1,0 +1,174 @@
+"""Datasets: create from a spooled upload, list, get, delete, load for training, collect garbage.
+
+A dataset is a Parquet file under ``<data_dir>/datasets/`` plus a row in ``datasets``. The file is
+written under a temporary name, renamed, and only then the row committed; so a crash leaves at
+worst a file without a row, which ``gc_orphans`` removes at start-up.
+"""
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import settings
+from app.errors import NotFound
+from app.models import Dataset, new_id
+from app.services import ingest
+from app.services.common import owned
+
+log = logging.getLogger("regula.datasets")
+
+SUBDIR = "datasets"
+# Files younger than this are never collected: another API process sharing the data volume may
+# be between renaming a new dataset's file and committing its row, or still spooling an upload.
+GC_MIN_AGE_SECONDS = 600.0
+
+
+def storage_dir(data_dir: Path | None = None) -> Path:
+    """The folder holding dataset files (created if missing)."""
+    folder = Path(data_dir if data_dir is not None else settings.data_dir) / SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def new_spool_path(data_dir: Path | None = None) -> Path:
+    """A fresh temporary path for an incoming upload, on the same volume as the datasets."""
+    return storage_dir(data_dir) / f".upload-{uuid.uuid4().hex}.csv.part"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create(
+    *,
+    session: Session,
+    upload: ingest.Spooled,
+    owner_id: str | None,
+    data_dir: Path | None = None,
+) -> Dataset:
+    """Convert a spooled CSV upload to Parquet and commit its row (file renamed before commit)."""
+    root = Path(data_dir if data_dir is not None else settings.data_dir)
+    folder = storage_dir(root)
+    dataset_id = new_id()
+    relative = f"{SUBDIR}/{dataset_id}.parquet"
+    final = root / relative
+    tmp = folder / f".{dataset_id}.parquet.part"
+    result = ingest.ingest_csv(
+        upload.path, tmp, max_columns=settings.max_columns, has_quotes=upload.has_quotes
+    )
+    try:
+        # The row must never point at a file a power cut could lose.
+        _fsync(tmp)
+        os.replace(tmp, final)
+        row = Dataset(
+            id=dataset_id,
+            owner_id=owner_id,
+            name=upload.name or upload.filename or "dataset",
+            path=relative,
+            rows=result.rows,
+            size_bytes=upload.size,
+            columns=result.columns,
+        )
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        tmp.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        raise
+    return row
+
+
+def get_all(
+    *, session: Session, owner_id: str | None, limit: int = 100, offset: int = 0
+) -> list[Dataset]:
+    """The owner's datasets, newest first."""
+    stmt = owned(select(Dataset), Dataset.owner_id, owner_id)
+    stmt = stmt.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(stmt))
+
+
+def get(*, session: Session, dataset_id: str, owner_id: str | None) -> Dataset:
+    """The owner's dataset ``dataset_id``; NotFound if missing or someone else's."""
+    stmt = owned(select(Dataset).where(Dataset.id == dataset_id), Dataset.owner_id, owner_id)
+    row = session.scalar(stmt)
+    if row is None:
+        raise NotFound(
+            f"Dataset {dataset_id!r} does not exist.",
+            loc=["path", "dataset_id"],
+            code="dataset_not_found",
+        )
+    return row
+
+
+def delete(
+    *, session: Session, dataset_id: str, owner_id: str | None, data_dir: Path | None = None
+) -> None:
+    """Delete the row, then the file (a crash in between leaves only a collectable orphan)."""
+    row = get(session=session, dataset_id=dataset_id, owner_id=owner_id)
+    path = Path(data_dir if data_dir is not None else settings.data_dir) / row.path
+    session.delete(row)
+    session.commit()
+    path.unlink(missing_ok=True)
+
+
+def path_of(dataset: Dataset, data_dir: Path | None = None) -> Path:
+    """Absolute path of the dataset's Parquet file."""
+    return Path(data_dir if data_dir is not None else settings.data_dir) / dataset.path
+
+
+def load_table(
+    dataset: Dataset, *, data_dir: Path | None = None, columns: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The dataset as {column: 1-D array}: numbers float64 with NaN, strings object with None."""
+    table = pq.read_table(path_of(dataset, data_dir), columns=columns)
+    out: dict[str, np.ndarray] = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            out[name] = col.to_numpy(zero_copy_only=False).astype(object, copy=False)
+        else:
+            filled = pc.fill_null(pc.cast(col, pa.float64()), np.nan)
+            out[name] = filled.to_numpy()
+    return out
+
+
+def gc_orphans(
+    *, session: Session, data_dir: Path, min_age_seconds: float = GC_MIN_AGE_SECONDS
+) -> list[Path]:
+    """Remove files in the datasets folder that no row references; returns what was removed.
+
+    Covers interrupted uploads (spool and ``.part`` files) and files whose row was never
+    committed or was deleted. Files modified less than ``min_age_seconds`` ago are kept.
+    """
+    folder = Path(data_dir) / SUBDIR
+    if not folder.is_dir():
+        return []
+    known = {Path(p).name for p in session.scalars(select(Dataset.path))}
+    cutoff = time.time() - min_age_seconds
+    removed = []
+    for path in folder.iterdir():
+        if not path.is_file() or path.name in known:
+            continue
+        try:
+            if path.stat().st_mtime > cutoff:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    if removed:
+        log.info("removed %d orphaned dataset file(s) from %s", len(removed), folder)
+    return removed
