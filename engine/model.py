@@ -279,9 +279,9 @@ def fit(
     Raises
     ------
     SpecError
-        Invalid spec, or binary cross-entropy on a target without exactly 2 classes (``loc ==
-        ("loss",)``,
-        code ``"loss_class_mismatch"``).
+        Invalid spec; binary cross-entropy on a target without exactly 2 classes (``loc ==
+        ("loss",)``, code ``"loss_class_mismatch"``); a diverged run (non-finite loss, ``loc ==
+        ("optimizer", "learning_rate")``, code ``"diverged"``).
     InputError
         ``missing_target``, ``one_class``, ``constant_target``, ``non_finite``, ``not_numeric``,
         ``mixed_types``, ``length_mismatch``, ``too_few_rows``, ...
@@ -366,16 +366,24 @@ def fit(
         spec, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
     )
     has_val = len(val_rows) > 0
-    result = train(
-        network,
-        Z[train_rows],
-        Y[train_rows],
-        spec,
-        X_val=Z[val_rows] if has_val else None,
-        Y_val=Y[val_rows] if has_val else None,
-        callbacks=tuple(callbacks),
-        rng=rng,
-    )
+    try:
+        result = train(
+            network,
+            Z[train_rows],
+            Y[train_rows],
+            spec,
+            X_val=Z[val_rows] if has_val else None,
+            Y_val=Y[val_rows] if has_val else None,
+            callbacks=tuple(callbacks),
+            rng=rng,
+        )
+    except FloatingPointError as exc:
+        # A NaN/inf loss is nearly always a step size too large for the data's scale.
+        raise SpecError(
+            ("optimizer", "learning_rate"),
+            f"Training diverged ({exc}); lower optimizer.learning_rate.",
+            "diverged",
+        ) from exc
     history = [dict(record) for record in result.history]
     metrics = _metric_summary(history, result.best_epoch, result.stopped, task)
     metrics["n_train"] = len(train_rows)
