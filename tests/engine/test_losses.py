@@ -1,0 +1,117 @@
+"""Loss values on hand-computed cases, stability, and the sanity checks of cs231n."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.losses import LOSS_TASKS, LOSSES, make_loss, softmax
+
+
+def test_initial_softmax_loss_is_about_log_c():
+    rng = np.random.default_rng(0)
+    C = 10
+    scores = 0.001 * rng.standard_normal((500, C))  # what small initial weights produce
+    value, _ = LOSSES["softmax_cross_entropy"](scores, rng.integers(0, C, 500))
+    assert value == pytest.approx(math.log(C), rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_is_finite_at_extreme_scores(dtype):
+    scores = np.array([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 1000.0]], dtype=dtype)
+    y = np.array([1, 0])
+    value, d = LOSSES["softmax_cross_entropy"](scores, y)
+    assert math.isfinite(value) and np.isfinite(d).all()
+    # row 0: -log softmax = 2000 exactly; row 1: log(2 e^1000) - (-1000) = 2000 + ln 2
+    assert value == pytest.approx((2000.0 + 2000.0 + math.log(2)) / 2, rel=1e-6)
+    assert d.dtype == dtype
+    np.testing.assert_allclose(d, np.array([[0.5, -0.5, 0.0], [-0.5, 0.25, 0.25]]), atol=1e-7)
+    assert np.isfinite(softmax(scores)).all()
+
+
+def test_softmax_cross_entropy_known_value():
+    scores = np.array([[1.0, 2.0, 3.0]])
+    value, d = LOSSES["softmax_cross_entropy"](scores, np.array([0]))
+    p = np.exp(scores[0]) / np.exp(scores[0]).sum()
+    assert value == pytest.approx(-math.log(p[0]))
+    np.testing.assert_allclose(d[0], p - np.array([1.0, 0.0, 0.0]))
+
+
+def test_multiclass_hinge_excludes_the_correct_class():
+    # correct class 0 scores 2.0; the j = y term would add max(0, 0 + 1) = 1 if it were included
+    scores = np.array([[2.0, 1.5, -1.0]])
+    value, d = LOSSES["multiclass_hinge"](scores, np.array([0]))
+    assert value == pytest.approx(max(0, 1.5 - 2 + 1) + max(0, -1 - 2 + 1))  # 0.5
+    np.testing.assert_allclose(d, [[-1.0, 1.0, 0.0]])
+
+
+def test_multiclass_hinge_known_value_with_margin():
+    scores = np.array([[3.2, 5.1, -1.7], [1.3, 4.9, 2.0]])  # cs231n's example, columns = classes
+    y = np.array([0, 1])
+    value, _ = LOSSES["multiclass_hinge"](scores, y, hinge_margin=1.0)
+    assert value == pytest.approx((2.9 + 0.0) / 2)
+    value, _ = LOSSES["multiclass_hinge"](scores, y, hinge_margin=2.0)
+    assert value == pytest.approx((3.9 + 0.0 + 0.0) / 2 + 0.0)
+
+
+def test_squared_hinge_known_value():
+    scores = np.array([[2.0, 1.5, -1.0]])
+    value, d = LOSSES["squared_hinge"](scores, np.array([0]))
+    assert value == pytest.approx(0.25)
+    np.testing.assert_allclose(d, [[-1.0, 1.0, 0.0]])
+
+
+def test_mse_mae_huber_known_values():
+    scores = np.array([[1.0], [0.0], [4.0]])
+    y = np.array([0.0, 0.5, 1.0])  # residuals 1, -0.5, 3
+    assert LOSSES["mse"](scores, y)[0] == pytest.approx((1 + 0.25 + 9) / 3)
+    assert LOSSES["mae"](scores, y)[0] == pytest.approx((1 + 0.5 + 3) / 3)
+    # huber delta 1: 0.5*1, 0.5*0.25, 1*(3 - 0.5)
+    assert LOSSES["huber"](scores, y)[0] == pytest.approx((0.5 + 0.125 + 2.5) / 3)
+    # delta 2: 0.5, 0.125, 2*(3 - 1)
+    assert LOSSES["huber"](scores, y, huber_delta=2.0)[0] == pytest.approx((0.5 + 0.125 + 4) / 3)
+    _, d = LOSSES["huber"](scores, y)
+    np.testing.assert_allclose(d[:, 0], np.array([1.0, -0.5, 1.0]) / 3)
+    _, d = LOSSES["mse"](scores, y)
+    np.testing.assert_allclose(d[:, 0], 2 * np.array([1.0, -0.5, 3.0]) / 3)
+
+
+def test_binary_cross_entropy_known_value_and_clipping():
+    scores = np.array([[0.0], [math.log(3.0)]])  # p = 0.5 and 0.75
+    y = np.array([1.0, 0.0])
+    value, d = LOSSES["binary_cross_entropy"](scores, y)
+    assert value == pytest.approx((math.log(2) + -math.log(0.25)) / 2)
+    np.testing.assert_allclose(d[:, 0], [(0.5 - 1) / 2, 0.75 / 2])
+    # a confidently wrong logit is capped by eps instead of giving inf
+    value, d = LOSSES["binary_cross_entropy"](np.array([[-1000.0]]), np.array([1.0]), eps=1e-7)
+    assert value == pytest.approx(-math.log(1e-7))
+    np.testing.assert_allclose(d, [[-1.0]])
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_losses_keep_float32(name):
+    rng = np.random.default_rng(0)
+    if LOSS_TASKS[name] == "regression" or name == "binary_cross_entropy":
+        scores = rng.standard_normal((8, 1)).astype(np.float32)
+        y = (rng.random(8) > 0.5).astype(np.float32)
+    else:
+        scores = rng.standard_normal((8, 4)).astype(np.float32)
+        y = rng.integers(0, 4, 8)
+    value, d = LOSSES[name](scores, y)
+    assert isinstance(value, float)
+    assert d.dtype == np.float32 and d.shape == scores.shape
+
+
+def test_make_loss_binds_spec_params_and_ignores_others():
+    scores, y = np.array([[4.0]]), np.array([0.0])
+    f = make_loss("huber", {"huber_delta": 2.0, "hinge_margin": 1.0, "eps": 1e-7})
+    assert f(scores, y)[0] == pytest.approx(2.0 * (4.0 - 1.0))
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("nope")
+
+
+def test_loss_tasks_cover_every_loss():
+    assert set(LOSS_TASKS) == set(LOSSES)
+    assert {LOSS_TASKS[n] for n in ("mse", "mae", "huber")} == {"regression"}
