@@ -1,17 +1,50 @@
 """The FastAPI application: routers, error handlers and the job executor's lifetime."""
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from app.config import settings
+from app.db import get_sessionmaker
 from app.errors import install_error_handlers
 from app.routers import datasets, health, jobs, models
 
+log = logging.getLogger("regula")
+
+
+def _collect_orphan_files() -> None:
+    from app.services import datasets
+
+    with get_sessionmaker(settings.database_url)() as session:
+        datasets.gc_orphans(session=session, data_dir=settings.data_dir)
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """Start the executor, recover jobs of a previous run, start the reaper; stop them after."""
+    from app import worker
+    from app.services import prediction
+
+    await asyncio.to_thread(_collect_orphan_files)
+    # Blocking (a LocalCluster spawns processes), so off the event loop.
+    executor, reaper = await asyncio.to_thread(worker.start_service)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(worker.stop_service, executor, reaper)
+        prediction.cache.clear()
+
 
 def create_app() -> FastAPI:
-    """Build the application (routers, error handlers)."""
+    """Build the application (routers, error handlers, lifespan)."""
     app = FastAPI(
         title="Regula",
         version="0.1.0",
         summary="Train regularized NumPy models over HTTP and see what they learned to ignore.",
+        lifespan=lifespan,
     )
     install_error_handlers(app)
     for module in (datasets, jobs, models, health):

@@ -1,5 +1,146 @@
-"""/models endpoints."""
+"""/models endpoints: read, delete, predict, sparsity statistics, export."""
 
-from fastapi import APIRouter
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from app.auth import OwnerDep, current_owner
+from app.config import settings
+from app.db import get_sessionmaker
+from app.deps import SessionDep
+from app.schemas.models import (
+    PREDICT_EXAMPLES,
+    ModelRead,
+    PredictRequest,
+    PredictResponse,
+    SparsityRead,
+)
+from app.services import models as service
+from app.services import prediction
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (or not yours)."}}
+# Batches up to this size are predicted on the event loop: they take microseconds, and a hop to
+# the thread pool would cost more than the work. Larger ones go to the pool.
+INLINE_ROWS = 256
+
+
+@router.get("", response_model=list[ModelRead], summary="List models, newest first")
+def list_models(
+    session: SessionDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ModelRead]:
+    """The caller's trained models, newest first."""
+    found = service.list_(session=session, owner_id=owner, limit=limit, offset=offset)
+    return [ModelRead.model_validate(service.read(model)) for model in found]
+
+
+@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=ERRORS)
+def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
+    """Spec, metrics, feature names and classes of one model."""
+    model = service.get(session=session, model_id=model_id, owner_id=owner)
+    return ModelRead.model_validate(service.read(model))
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a model",
+    responses=ERRORS,
+)
+def delete_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    """Delete a model; its job and history stay."""
+    service.delete(session=session, model_id=model_id, owner_id=owner)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _owner_from_db(request: Request) -> str | None:
+    with get_sessionmaker(settings.database_url)() as session:
+        return current_owner(request, session)
+
+
+async def _owner(request: Request) -> str | None:
+    # No SessionDep here: without a key (and auth off) a cached prediction touches no database.
+    if not settings.auth_required and "authorization" not in request.headers:
+        return None
+    return await run_in_threadpool(_owner_from_db, request)
+
+
+@router.post(
+    "/{model_id}/predict",
+    response_model=PredictResponse,
+    summary="Predict rows",
+    responses={
+        **ERRORS,
+        413: {"description": "Too many rows in one request."},
+        422: {"description": "A bad row or value; its place is in loc."},
+    },
+)
+async def predict(
+    model_id: str,
+    body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
+    request: Request,
+) -> Response:
+    """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class."""
+    owner = await _owner(request)
+    item = prediction.cached(model_id, owner)
+    if item is None:
+        item = await run_in_threadpool(prediction.load, model_id, owner)
+    n = len(body.rows if body.rows is not None else body.instances or ())
+    if n <= INLINE_ROWS:
+        result = prediction.predict(item, rows=body.rows, instances=body.instances)
+    else:
+        result = await run_in_threadpool(
+            prediction.predict, item, rows=body.rows, instances=body.instances
+        )
+    # Serialized by hand: the result is plain lists already, and skipping the response-model
+    # round trip matters for single-row latency.
+    return Response(
+        content=json.dumps(result, separators=(",", ":")), media_type="application/json"
+    )
+
+
+@router.get(
+    "/{model_id}/sparsity",
+    response_model=SparsityRead,
+    summary="Get sparsity statistics",
+    responses=ERRORS,
+)
+def model_sparsity(
+    model_id: str,
+    owner: OwnerDep,
+    tolerance: Annotated[
+        float,
+        Query(ge=0.0, allow_inf_nan=False, description="Count |w| <= tolerance as near zero."),
+    ] = 0.0,
+) -> dict[str, Any]:
+    """Exact zeros per layer, dropped and selected features, feature importance, dead units."""
+    item = prediction.load(model_id, owner)
+    return prediction.sparsity(item, tolerance)
+
+
+@router.get(
+    "/{model_id}/export",
+    summary="Download the model (npz)",
+    response_class=Response,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The npz bytes; load them with engine.load(data).",
+        },
+    },
+)
+def export_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    """The model's weights, preprocessing and spec as npz bytes, loadable by engine.load."""
+    weights = service.get_weights(session=session, model_id=model_id, owner_id=owner)
+    return Response(
+        content=weights,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="model-{model_id}.npz"'},
+    )

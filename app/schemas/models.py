@@ -1,0 +1,99 @@
+"""Request and response schemas of /models: a model, predictions, sparsity statistics."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelRead(BaseModel):
+    """A trained model: what it was trained on, how, and how well."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str | None
+    dataset_id: str | None
+    task: str
+    target: str
+    loss: str
+    feature_names: list[str] = Field(description="Raw input columns, in order (for 'instances').")
+    classes: list[Any] | None = Field(description="Class labels (classification), else null.")
+    spec: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+    size_bytes: int = Field(description="Size of the exported npz.")
+
+
+PREDICT_EXAMPLES = {
+    "rows": {
+        "summary": "Rows as objects (feature name -> value)",
+        "value": {"rows": [{"x1": 0.5, "x2": -1.0, "color": "red"}]},
+    },
+    "instances": {
+        "summary": "Rows as arrays, in the model's feature_names order",
+        "value": {"instances": [[0.5, -1.0, "red"]]},
+    },
+}
+
+
+class PredictRequest(BaseModel):
+    """Rows to predict: either ``rows`` (objects) or ``instances`` (arrays in feature order)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [PREDICT_EXAMPLES["rows"]["value"]]}
+    )
+
+    rows: list[dict[str, Any]] | None = Field(
+        default=None, description="One object per row: {feature name: value}."
+    )
+    instances: list[list[Any]] | None = Field(
+        default=None, description="One array per row, values in the model's feature_names order."
+    )
+
+
+class PredictResponse(BaseModel):
+    """Predictions in the dataset's own label values (classification) or target units."""
+
+    predictions: list[Any]
+    probabilities: list[list[float]] | None = Field(
+        description="Per-row class probabilities in 'classes' order; null for regression and "
+        "hinge-loss classifiers."
+    )
+    classes: list[Any] | None
+
+
+class Histogram(BaseModel):
+    """Histogram of a layer's weights: ``counts[i]`` weights in ``[edges[i], edges[i + 1])``."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+class LayerSparsity(BaseModel):
+    """Sparsity statistics of one weight matrix."""
+
+    name: str
+    shape: list[int]
+    zeros: int
+    zero_fraction: float
+    near_zero: int
+    l1_norm: float
+    l2_norm: float
+    max_abs: float
+    dead_units: int
+    dead_unit_indices: list[int] = []
+    histogram: Histogram
+
+
+class SparsityRead(BaseModel):
+    """What the model learned to ignore: exact zeros, dropped features, dead units."""
+
+    tolerance: float
+    total_weights: int
+    zero_weights: int
+    zero_fraction: float
+    selected_features: list[str]
+    dropped_features: list[str]
+    feature_importance: dict[str, float]
+    layers: list[LayerSparsity]

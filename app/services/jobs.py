@@ -1,0 +1,353 @@
+"""Jobs: validate a TrainingSpec completely, queue it, list, cancel, read the history, recover.
+
+The database row is the single source of truth for a job's state. Every state change here is a
+conditional ``UPDATE ... WHERE status = ...`` so that the API, the reaper and the workers can race
+without ever moving a job backwards.
+"""
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, selectinload
+
+import engine
+from app.config import settings
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import FINISHED_STATUSES, Dataset, EpochRecord, Job, utcnow
+from app.schemas.jobs import TrainingSpec
+from app.services.common import owned
+
+log = logging.getLogger("regula.jobs")
+
+WORKER_LOST = "the worker running this job was lost"
+
+
+class SpecInvalid(InvalidInput):
+    """A spec that fails one or more checks; every failing field is listed in ``detail``."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"], loc=errors[0]["loc"], code=errors[0]["type"])
+        self.errors = errors
+
+    def detail(self) -> list[dict[str, Any]]:
+        return self.errors
+
+
+def _err(loc: list[str | int], msg: str, code: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": code}
+
+
+def _dataset_for_spec(*, session: Session, dataset_id: str, owner_id: str | None) -> Dataset:
+    stmt = owned(select(Dataset).where(Dataset.id == dataset_id), Dataset.owner_id, owner_id)
+    dataset = session.scalar(stmt)
+    if dataset is None:
+        raise SpecInvalid(
+            [
+                _err(
+                    ["dataset_id"],
+                    f"dataset_id: no dataset {dataset_id!r} exists (or it is not yours).",
+                    "dataset_not_found",
+                )
+            ]
+        )
+    return dataset
+
+
+def _check_columns(
+    spec_in: TrainingSpec, normalized: dict[str, Any], dataset: Dataset
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Resolve the feature list and check target/features against the dataset's column summaries."""
+    columns = {c["name"]: c for c in dataset.columns}
+    errors: list[dict[str, Any]] = []
+    target = spec_in.target
+    if spec_in.features is None:
+        features = [name for name in columns if name != target]
+        if not features:
+            errors.append(
+                _err(
+                    ["features"],
+                    f"features: dataset {dataset.name!r} has no column besides the target.",
+                    "no_features",
+                )
+            )
+    else:
+        features = list(spec_in.features)
+        seen: set[str] = set()
+        for i, name in enumerate(features):
+            if name not in columns:
+                errors.append(
+                    _err(
+                        ["features", i],
+                        f"features[{i}]: dataset {dataset.name!r} has no column {name!r}.",
+                        "unknown_column",
+                    )
+                )
+            elif name == target:
+                errors.append(
+                    _err(
+                        ["features", i],
+                        f"features[{i}]: {name!r} is the target; a model cannot take its "
+                        "target as an input.",
+                        "target_in_features",
+                    )
+                )
+            elif name in seen:
+                errors.append(
+                    _err(
+                        ["features", i],
+                        f"features[{i}]: {name!r} is listed twice.",
+                        "duplicate_feature",
+                    )
+                )
+            seen.add(name)
+
+    column = columns.get(target)
+    if column is None:
+        errors.append(
+            _err(
+                ["target"],
+                f"target: dataset {dataset.name!r} has no column {target!r} "
+                f"(columns: {', '.join(list(columns)[:20])}).",
+                "unknown_column",
+            )
+        )
+        return features, errors
+    if column.get("missing"):
+        errors.append(
+            _err(
+                ["target"],
+                f"target: column {target!r} has {column['missing']} missing values; "
+                "every training row needs a target.",
+                "missing_target",
+            )
+        )
+    task, loss = normalized["task"], normalized["loss"]
+    distinct = column.get("distinct")
+    if task == "regression":
+        if column.get("dtype") != "number":
+            errors.append(
+                _err(
+                    ["target"],
+                    f"target: column {target!r} holds strings, but {loss} regression needs a "
+                    "numeric target.",
+                    "target_not_numeric",
+                )
+            )
+        elif distinct == 1 or (
+            column.get("min") is not None and column.get("min") == column.get("max")
+        ):
+            errors.append(
+                _err(
+                    ["target"],
+                    f"target: column {target!r} is constant; there is nothing to regress.",
+                    "constant_target",
+                )
+            )
+    elif distinct is not None:
+        if distinct < 2:
+            errors.append(
+                _err(
+                    ["target"],
+                    f"target: column {target!r} has {distinct} distinct value; classification "
+                    "needs at least 2 classes.",
+                    "one_class",
+                )
+            )
+        elif loss == "binary_cross_entropy" and distinct != 2:
+            errors.append(
+                _err(
+                    ["loss"],
+                    f"loss: binary_cross_entropy needs exactly 2 classes, but target {target!r} "
+                    f"has {distinct}; use softmax_cross_entropy.",
+                    "not_binary",
+                )
+            )
+    return features, errors
+
+
+def _check_limits(normalized: dict[str, Any], dataset: Dataset) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    epochs, batch_size = normalized["epochs"], normalized["batch_size"]
+    if epochs > settings.max_epochs:
+        errors.append(
+            _err(
+                ["epochs"],
+                f"epochs: {epochs} is over this service's limit of {settings.max_epochs}.",
+                "limit_exceeded",
+            )
+        )
+    elif epochs * dataset.rows > settings.max_epoch_rows:
+        errors.append(
+            _err(
+                ["epochs"],
+                f"epochs: {epochs} epochs x {dataset.rows} rows is over this service's limit of "
+                f"{settings.max_epoch_rows} epoch-rows per job.",
+                "limit_exceeded",
+            )
+        )
+    if batch_size > settings.max_batch_size:
+        errors.append(
+            _err(
+                ["batch_size"],
+                f"batch_size: {batch_size} is over this service's limit of "
+                f"{settings.max_batch_size}.",
+                "limit_exceeded",
+            )
+        )
+    return errors
+
+
+def validate(
+    *, session: Session, spec_in: TrainingSpec, owner_id: str | None
+) -> tuple[Dataset, dict[str, Any]]:
+    """Check a spec completely (engine rules, dataset columns, limits); return the stored spec."""
+    try:
+        normalized = engine.normalize_spec(spec_in.engine_spec())
+    except engine.SpecError as exc:
+        raise SpecInvalid([_err(list(exc.loc), exc.msg, exc.code)]) from exc
+    dataset = _dataset_for_spec(session=session, dataset_id=spec_in.dataset_id, owner_id=owner_id)
+    features, errors = _check_columns(spec_in, normalized, dataset)
+    errors += _check_limits(normalized, dataset)
+    if errors:
+        raise SpecInvalid(errors)
+    stored = {"dataset_id": dataset.id, "target": spec_in.target, "features": features}
+    return dataset, {**stored, **normalized}
+
+
+def create(*, session: Session, spec_in: TrainingSpec, owner_id: str | None) -> Job:
+    """Validate, insert a queued job, commit, then hand it to the executor."""
+    from app import worker  # late: the worker module imports this one
+
+    dataset, spec = validate(session=session, spec_in=spec_in, owner_id=owner_id)
+    job = Job(owner_id=owner_id, dataset_id=dataset.id, spec=spec, status="queued")
+    session.add(job)
+    session.commit()
+    # Submitted only after the commit, so a worker never looks for a row that is not there yet.
+    worker.submit(job.id)
+    return job
+
+
+def get(*, session: Session, job_id: str, owner_id: str | None) -> Job:
+    """The caller's job ``job_id``; NotFound otherwise."""
+    stmt = owned(select(Job).where(Job.id == job_id), Job.owner_id, owner_id)
+    job = session.scalar(stmt.options(selectinload(Job.model)))
+    if job is None:
+        raise NotFound(f"Job {job_id!r} does not exist.", loc=["path", "job_id"])
+    return job
+
+
+def list_(
+    *, session: Session, owner_id: str | None, status: str | None, limit: int, offset: int
+) -> list[Job]:
+    """The caller's jobs, newest first, optionally of one status."""
+    stmt = owned(select(Job), Job.owner_id, owner_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    return list(session.scalars(stmt.options(selectinload(Job.model))))
+
+
+def cancel(*, session: Session, job_id: str, owner_id: str | None) -> Job:
+    """Cancel a queued job at once; ask a running one to stop after its current epoch."""
+    job = get(session=session, job_id=job_id, owner_id=owner_id)
+    now = utcnow()
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if queued.rowcount != 1:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "running")
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    session.refresh(job)
+    if queued.rowcount != 1 and job.status in FINISHED_STATUSES:
+        raise Conflict(
+            f"Job {job.id!r} has already finished ({job.status}); there is nothing to cancel.",
+            loc=["path", "job_id"],
+            code="job_finished",
+        )
+    return job
+
+
+def history(*, session: Session, job_id: str, owner_id: str | None) -> list[EpochRecord]:
+    """The job's epoch records, in epoch order."""
+    job = get(session=session, job_id=job_id, owner_id=owner_id)
+    stmt = select(EpochRecord).where(EpochRecord.job_id == job.id).order_by(EpochRecord.epoch)
+    return list(session.scalars(stmt))
+
+
+# --- recovery -------------------------------------------------------------------------------------
+
+
+def _stale_cutoff() -> datetime:
+    return utcnow() - timedelta(seconds=settings.stale_after_seconds)
+
+
+def requeue_or_fail(
+    *, session: Session, job_id: str, attempts: int, only_if_stale: bool = False
+) -> bool:
+    """Take back a running job whose worker is gone: re-queue it (True) or fail it for good (False).
+
+    ``attempts`` is the value seen when the job was judged lost; if the row changed since (a worker
+    claimed it again, finished it, or - with ``only_if_stale`` - sent a heartbeat) nothing happens
+    and False is returned.
+    """
+    requeue = attempts < settings.max_attempts
+    guard = [Job.id == job_id, Job.status == "running", Job.attempts == attempts]
+    if only_if_stale:
+        guard.append(Job.heartbeat_at.is_(None) | (Job.heartbeat_at < _stale_cutoff()))
+    if requeue:
+        values: dict[str, Any] = {
+            "status": "queued",
+            "progress": 0.0,
+            "epochs_done": 0,
+            "started_at": None,
+            "heartbeat_at": None,
+            "worker": None,
+        }
+    else:
+        values = {
+            "status": "failed",
+            "error": f"{WORKER_LOST} (after {attempts} attempts).",
+            "error_code": "worker_lost",
+            "finished_at": utcnow(),
+        }
+    result = session.execute(
+        update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    if requeue:
+        # The next attempt starts from epoch 1; its history must not interleave with this one's.
+        session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id))
+    session.commit()
+    log.warning(
+        "job %s: worker lost (attempt %d); %s",
+        job_id,
+        attempts,
+        "re-queued" if requeue else "failed",
+    )
+    return requeue
+
+
+def orphaned(*, session: Session, all_running: bool) -> list[tuple[str, int]]:
+    """Running jobs whose worker is presumed gone: all of them, or those with a stale heartbeat."""
+    stmt = select(Job.id, Job.attempts).where(Job.status == "running")
+    if not all_running:
+        stmt = stmt.where(Job.heartbeat_at.is_(None) | (Job.heartbeat_at < _stale_cutoff()))
+    return [(row.id, row.attempts) for row in session.execute(stmt)]
+
+
+def queued_ids(*, session: Session) -> list[str]:
+    """Ids of queued jobs, oldest first."""
+    stmt = select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
+    return list(session.scalars(stmt))

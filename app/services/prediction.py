@@ -1,0 +1,312 @@
+"""Prediction: an LRU cache of loaded models, and the checks that turn JSON rows into engine input.
+
+A cache hit needs no database: each entry remembers its owner, so the owner check is a string
+comparison. Every bad value is reported with its place, ``["body", "rows", row, feature]`` (or
+``["body", "instances", row, index]``), before the engine sees anything; the engine's own
+``InputError`` (an unseen category, say) is mapped to the same shape.
+"""
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+import engine
+from app.config import settings
+from app.db import get_sessionmaker
+from app.errors import InvalidInput, NotFound, PayloadTooLarge
+from app.models import Model
+from app.services.common import owned
+
+# More than this many bad values in one request: the rest are summarised, not listed.
+MAX_REPORTED = 50
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A cached, ready-to-predict model."""
+
+    id: str
+    owner_id: str | None
+    model: engine.Model
+    names: tuple[str, ...]
+    numeric: tuple[bool, ...]  # per feature: numeric (True) or categorical (False)
+    name_set: frozenset[str]
+
+
+class ModelCache:
+    """A thread-safe LRU of loaded models, keyed by model id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
+
+    def get(self, model_id: str) -> Loaded | None:
+        with self._lock:
+            item = self._items.get(model_id)
+            if item is not None:
+                self._items.move_to_end(model_id)
+            return item
+
+    def put(self, item: Loaded) -> None:
+        capacity = settings.model_cache_size
+        if capacity <= 0:
+            return
+        with self._lock:
+            self._items[item.id] = item
+            self._items.move_to_end(item.id)
+            while len(self._items) > capacity:
+                self._items.popitem(last=False)
+
+    def pop(self, model_id: str) -> None:
+        with self._lock:
+            self._items.pop(model_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+cache = ModelCache()
+
+
+def evict(model_id: str) -> None:
+    """Forget a cached model (it was deleted)."""
+    cache.pop(model_id)
+
+
+def _not_found(model_id: str) -> NotFound:
+    return NotFound(f"Model {model_id!r} does not exist.", loc=["path", "model_id"])
+
+
+def cached(model_id: str, owner_id: str | None) -> Loaded | None:
+    """The cached model if present and the caller's; NotFound if present and someone else's."""
+    item = cache.get(model_id)
+    if item is not None and item.owner_id != owner_id:
+        raise _not_found(model_id)
+    return item
+
+
+def load(model_id: str, owner_id: str | None) -> Loaded:
+    """Cache hit, or read the row, ``engine.load`` it and cache it (blocking: call off the loop)."""
+    item = cached(model_id, owner_id)
+    if item is not None:
+        return item
+    if len(model_id) > 64:  # ids are 32 hex digits; do not send absurd keys to the database
+        raise _not_found(model_id)
+    with get_sessionmaker(settings.database_url)() as session:
+        stmt = owned(select(Model.weights).where(Model.id == model_id), Model.owner_id, owner_id)
+        weights = session.scalar(stmt)
+    if weights is None:
+        raise _not_found(model_id)
+    model = engine.load(weights)
+    kinds = getattr(model.preprocessor, "kinds", None) or ["numeric"] * len(model.feature_names)
+    names = tuple(model.feature_names)
+    item = Loaded(
+        id=model_id,
+        owner_id=owner_id,
+        model=model,
+        names=names,
+        numeric=tuple(kind == "numeric" for kind in kinds),
+        name_set=frozenset(names),
+    )
+    cache.put(item)
+    return item
+
+
+# --- request checks -------------------------------------------------------------------------------
+
+
+class PredictInvalid(InvalidInput):
+    """Bad prediction input; lists every bad value found (up to MAX_REPORTED)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"], loc=errors[0]["loc"], code=errors[0]["type"])
+        self.errors = errors
+
+    def detail(self) -> list[dict[str, Any]]:
+        return self.errors
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_value(value: Any, numeric: bool, where: str) -> tuple[str, str] | None:
+    """None if ``value`` fits the feature, else (code, sentence)."""
+    if value is None:
+        return "missing_value", f"{where} is null; every feature needs a value to predict."
+    if numeric:
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return None
+            return "non_finite", f"{where} is {value}; it must be a finite number."
+        if isinstance(value, int):  # bool included: a boolean column is numeric 0/1
+            return None
+        return "not_numeric", f"{where} must be a number, got {_describe(value)}."
+    if isinstance(value, str):
+        return None
+    return "wrong_type", f"{where} must be a string (a training category), got {_describe(value)}."
+
+
+def _batch_size_check(key: str, n: int) -> None:
+    if n == 0:
+        raise InvalidInput(
+            f"{key} is empty; send at least one row.", loc=["body", key], code="empty_batch"
+        )
+    if n > settings.max_predict_rows:
+        raise PayloadTooLarge(
+            f"{key} has {n} rows; this service predicts at most {settings.max_predict_rows} "
+            "rows per request.",
+            loc=["body", key],
+            code="too_many_rows",
+        )
+
+
+def _columns_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    errors: list[dict[str, Any]] = []
+    names, numeric, name_set = item.names, item.numeric, item.name_set
+    values: list[list[Any]] = [[] for _ in names]
+    for i, row in enumerate(rows):
+        if len(row) != len(names) or not name_set.issuperset(row):
+            for key in row:
+                if key not in name_set:
+                    errors.append(
+                        {
+                            "loc": ["body", "rows", i, key],
+                            "msg": f"rows[{i}]: {key!r} is not a feature of this model "
+                            f"(features: {', '.join(names)}).",
+                            "type": "unknown_feature",
+                        }
+                    )
+            for name in names:
+                if name not in row:
+                    errors.append(
+                        {
+                            "loc": ["body", "rows", i, name],
+                            "msg": f"rows[{i}]: feature {name!r} is missing.",
+                            "type": "missing_feature",
+                        }
+                    )
+            continue
+        for j, name in enumerate(names):
+            value = row[name]
+            problem = _check_value(value, numeric[j], f"rows[{i}].{name}")
+            if problem is None:
+                values[j].append(value)
+            else:
+                errors.append(
+                    {"loc": ["body", "rows", i, name], "msg": problem[1], "type": problem[0]}
+                )
+        if len(errors) >= MAX_REPORTED:
+            break
+    if errors:
+        raise PredictInvalid(errors[:MAX_REPORTED])
+    return _arrays(item, values)
+
+
+def _columns_from_instances(item: Loaded, instances: list[list[Any]]) -> dict[str, np.ndarray]:
+    errors: list[dict[str, Any]] = []
+    names, numeric = item.names, item.numeric
+    values: list[list[Any]] = [[] for _ in names]
+    for i, instance in enumerate(instances):
+        if len(instance) != len(names):
+            errors.append(
+                {
+                    "loc": ["body", "instances", i],
+                    "msg": f"instances[{i}] has {len(instance)} values but the model takes "
+                    f"{len(names)} features, in this order: {', '.join(names)}.",
+                    "type": "wrong_width",
+                }
+            )
+            continue
+        for j, value in enumerate(instance):
+            where = f"instances[{i}][{j}] (feature {names[j]!r})"
+            problem = _check_value(value, numeric[j], where)
+            if problem is None:
+                values[j].append(value)
+            else:
+                errors.append(
+                    {"loc": ["body", "instances", i, j], "msg": problem[1], "type": problem[0]}
+                )
+        if len(errors) >= MAX_REPORTED:
+            break
+    if errors:
+        raise PredictInvalid(errors[:MAX_REPORTED])
+    return _arrays(item, values)
+
+
+def _arrays(item: Loaded, values: list[list[Any]]) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    for name, is_numeric, column in zip(item.names, item.numeric, values, strict=True):
+        if is_numeric:
+            columns[name] = np.asarray(column, dtype=np.float64)
+        else:
+            array = np.empty(len(column), dtype=object)
+            array[:] = column
+            columns[name] = array
+    return columns
+
+
+def _plain(array: np.ndarray) -> list[Any]:
+    out = array.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        # JSON has no NaN; a diverged regression model answers null rather than a 500.
+        out = [v if math.isfinite(v) else None for v in out]
+    return out
+
+
+def predict(
+    item: Loaded, *, rows: list[dict[str, Any]] | None, instances: list[list[Any]] | None
+) -> dict[str, Any]:
+    """Predictions (+ probabilities for classifiers with a likelihood loss) for a batch."""
+    if rows is not None and instances is not None:
+        raise InvalidInput(
+            "Send either 'rows' or 'instances', not both.",
+            loc=["body", "rows"],
+            code="rows_and_instances",
+        )
+    if rows is None and instances is None:
+        raise InvalidInput(
+            "Send 'rows' (a list of {feature: value} objects) or 'instances' (a list of value "
+            "lists in feature_names order).",
+            loc=["body", "rows"],
+            code="rows_or_instances",
+        )
+    key = "rows" if rows is not None else "instances"
+    if rows is not None:
+        _batch_size_check(key, len(rows))
+        X = _columns_from_rows(item, rows)
+    else:
+        assert instances is not None
+        _batch_size_check(key, len(instances))
+        X = _columns_from_instances(item, instances)
+    model = item.model
+    try:
+        predictions = model.predict(X)
+        probabilities = model.predict_proba(X) if model.has_proba else None
+    except engine.InputError as exc:
+        loc: list[str | int] = ["body", key]
+        if exc.row is not None:
+            loc.append(exc.row)
+            if exc.column is not None:
+                loc.append(exc.column if key == "rows" else item.names.index(exc.column))
+        raise InvalidInput(exc.msg, loc=loc, code=exc.code) from exc
+    return {
+        "predictions": _plain(predictions),
+        "probabilities": None if probabilities is None else probabilities.tolist(),
+        "classes": model.classes,
+    }
+
+
+def sparsity(item: Loaded, tolerance: float) -> dict[str, Any]:
+    """The engine's sparsity statistics of a loaded model."""
+    return engine.sparsity(item.model, tolerance=tolerance)
