@@ -260,11 +260,12 @@ def train(
         Y_val = _targets(Y_val, loss_name, dtype)
     network.set_rng(rng)
     opt = make_optimizer(spec.get("optimizer") or {})
-    if isinstance(opt, Fista):
-        return _train_fista(network, X, Y, spec, opt, X_val if has_val else None, Y_val, callbacks)
-    return _train_minibatch(
-        network, X, Y, spec, opt, X_val if has_val else None, Y_val, callbacks, rng
-    )
+    X_val = X_val if has_val else None
+    # Overflow shows up as a non-finite epoch loss, reported by _check_finite with a clear message.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(opt, Fista):
+            return _train_fista(network, X, Y, spec, opt, X_val, Y_val, callbacks)
+        return _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng)
 
 
 def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> TrainResult:
