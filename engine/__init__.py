@@ -4,18 +4,16 @@ Public API (everything the service may use)::
 
     import engine
 
-    spec = engine.normalize_spec(spec_dict)          # defaults + validation; raises
-    engine.SpecError
+    spec = engine.normalize_spec(spec_dict)          # defaults + validation, or SpecError
     model = engine.fit(spec_dict, X, y, callbacks=[cb])
     model.predict(X); model.predict_proba(X); model.history; model.metrics; model.classes
     data = model.to_bytes(); model2 = engine.load(data)
     stats = engine.sparsity(model, tolerance=0.0)
 
-Errors: :class:`SpecError` (bad spec, with ``loc``/``msg``/``code``), :class:`InputError` (bad
-data, with
-``column``/``row``/``msg``/``code``), :class:`ModelFormatError` (bytes that are not a model). All
-are
-``ValueError`` subclasses. Registries (tuples of names) describe the valid spec values for schemas.
+Errors: :class:`SpecError` (bad spec, with ``loc``/``msg``/``code``), :class:`InputError` (bad data,
+with ``column``/``row``/``msg``/``code``), :class:`ModelFormatError` (bytes that are not a model).
+All are ``ValueError`` subclasses. Registries (tuples of names) describe the valid spec values for
+schemas.
 """
 
 from engine.errors import InputError, ModelFormatError, SpecError

@@ -1,12 +1,9 @@
 """Errors raised by the engine's public API.
 
 Every error carries a stable machine-readable ``code`` and a ``msg`` sentence naming the field,
-column or
-row at fault, so the service can turn it into FastAPI's ``{"loc", "msg", "type"}`` shape without
-parsing
-strings. All of them are ``ValueError`` subclasses: callers that only know the standard library
-still catch
-them.
+column or row at fault, so the service can turn it into FastAPI's ``{"loc", "msg", "type"}`` shape
+without parsing strings. All of them are ``ValueError`` subclasses: callers that only know the
+standard library still catch them.
 """
 
 from __future__ import annotations
@@ -45,8 +42,8 @@ class InputError(ValueError):
         A sentence naming the column and/or row at fault.
     code : str
         Stable machine-readable code, e.g. ``"missing_column"``, ``"unknown_category"``,
-        ``"not_numeric"``,
-        ``"missing_target"``, ``"one_class"``, ``"constant_target"``, ``"non_finite"``.
+        ``"not_numeric"``, ``"missing_target"``, ``"one_class"``, ``"constant_target"``,
+        ``"non_finite"``.
     column : str or None
         The raw input column at fault (``None`` for the target or for the table as a whole).
     row : int or None
@@ -64,8 +61,7 @@ class InputError(ValueError):
 
 
 class ModelFormatError(ValueError):
-    """Bytes that are not a model written by ``Model.to_bytes`` (corrupt, truncated or another
-    version).
+    """Bytes that are not a model written by ``Model.to_bytes`` (corrupt, truncated, other version).
 
     Attributes
     ----------

@@ -1,10 +1,9 @@
 """The fitted model and ``fit``, the engine's front door.
 
 ``fit(spec, X, y)`` validates the spec and the data, splits off a seeded validation set, fits the
-preprocessing
-on the training split only, builds the network, trains it and returns a :class:`Model` that
-predicts from raw
-rows in the original label values. Same seed + same spec + same data = bit-identical weights.
+preprocessing on the training split only, builds the network, trains it and returns a :class:`Model`
+that predicts from raw rows in the original label values. Same seed + same spec + same data =
+bit-identical weights.
 """
 
 from __future__ import annotations
@@ -55,11 +54,9 @@ class Model:
         ``val_metric``, ``zero_fraction``, ``learning_rate``, ``seconds``).
     metrics : dict
         Summary of the returned weights: ``loss``, ``val_loss``, ``metric``, ``val_metric`` (of the
-        best
-        epoch when training stopped early and best weights were restored, else of the last epoch),
-        ``metric_name`` (``"accuracy"`` | ``"r2"``), ``epochs`` (epochs run), ``best_epoch``,
-        ``stopped``,
-        ``n_train``, ``n_val``, ``seconds``.
+        best epoch when training stopped early and best weights were restored, else of the last
+        epoch), ``metric_name`` (``"accuracy"`` | ``"r2"``), ``epochs`` (epochs run),
+        ``best_epoch``, ``stopped``, ``n_train``, ``n_val``, ``seconds``.
     stopped : {"completed", "early_stopping", "cancelled"}
     network : engine.network.Network
     preprocessor : engine.preprocess.Preprocessor
@@ -99,17 +96,18 @@ class Model:
 
     @property
     def has_proba(self) -> bool:
-        """Whether :meth:`predict_proba` is available (classifiers trained with a likelihood
-        loss)."""
+        """Whether :meth:`predict_proba` works: a classifier trained with a likelihood loss."""
         return self.task == "classification" and self.spec["loss"] not in HINGE_LOSSES
 
     def _encode(self, X: Any) -> np.ndarray:
         return self.preprocessor.transform(X, dtype=self._dtype)
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Network output for raw ``X``: ``(N, 1)`` regression values or BCE probabilities, ``(N,
-        C)`` softmax
-        probabilities or hinge scores, as float64."""
+        """Network output for raw ``X`` as float64.
+
+        ``(N, 1)`` regression values or binary cross-entropy probabilities; ``(N, C)`` softmax
+        probabilities or hinge scores.
+        """
         return np.asarray(self.network.output(self._encode(X)), dtype=np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -124,10 +122,8 @@ class Model:
         -------
         ndarray (N,)
             Regression: float64 values in the target's units. Classification: labels from
-            ``classes`` (an object
-            array of ``str`` for string labels, else int / float / bool); ``p >= 0.5 ->
-            classes[1]`` for
-            binary cross-entropy, ``argmax`` of the scores otherwise.
+            ``classes`` (an object array of ``str`` for string labels, else int / float / bool);
+            ``p >= 0.5 -> classes[1]`` for binary cross-entropy, ``argmax`` of the scores otherwise.
 
         Raises
         ------
@@ -151,8 +147,7 @@ class Model:
         ------
         InputError
             ``no_probabilities`` for regression models and hinge losses (whose scores are not
-            calibrated
-            probabilities), or bad rows as in :meth:`predict`.
+            calibrated probabilities), or bad rows as in :meth:`predict`.
         """
         if not self.has_proba:
             why = (
@@ -176,8 +171,7 @@ class Model:
         return sparsity(self, tolerance)
 
     def to_bytes(self) -> bytes:
-        """Serialize (npz + JSON, no pickle); ``engine.load(model.to_bytes())`` predicts
-        identically."""
+        """npz + JSON bytes, no pickle; ``engine.load(model.to_bytes())`` predicts identically."""
         from engine.serialize import model_to_bytes
 
         return model_to_bytes(self)
@@ -199,8 +193,7 @@ def _split(
     """Seeded train/validation split of ``range(n)``, stratified by ``labels`` when given.
 
     Each class keeps at least one training row, so every class is learned; both index arrays are
-    sorted so that
-    ``shuffle=False`` trains in the original row order.
+    sorted so that ``shuffle=False`` trains in the original row order.
     """
     perm = rng.permutation(n)
     if fraction <= 0:
@@ -260,14 +253,12 @@ def fit(
         A (partial) training spec; see :func:`engine.spec.normalize_spec`.
     X : mapping of str to array-like (N,), or array-like (N, D)
         Numeric columns (NaN = missing, imputed with the training mean) and/or string columns
-        (``None`` =
-        missing, encoded as all-zero one-hot).
+        (``None`` = missing, encoded as all-zero one-hot).
     y : array-like (N,)
         Labels (classification: numbers, bools or strings) or float targets (regression).
     feature_names : sequence of str, optional
-        For a mapping: which columns to use, in order (default: all). For an array: its column
-        names (default
-        ``"x0", "x1", ...``).
+        For a mapping: which columns to use, in order (default: all). For an array: its column names
+        (default ``"x0", "x1", ...``).
     callbacks : iterable of callables
         ``cb(record) -> bool | None`` after every epoch; ``True`` stops training (``stopped ==
         "cancelled"``).
@@ -343,8 +334,7 @@ def fit(
             "empty",
         )
     # Encode every row at once (errors then name the original row); categories seen only in the
-    # validation
-    # split encode as all zeros, like a missing value, since the model never saw them.
+    # validation split encode as all zeros, like a missing value, since the model never saw them.
     Z = preprocessor.transform(
         dict(zip(names, columns, strict=True)), dtype=dtype, unknown="ignore"
     )

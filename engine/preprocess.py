@@ -1,31 +1,23 @@
 """Feature preprocessing and label encoding, fitted on the training split and stored with the model.
 
 Raw input ``X`` is either a mapping ``{column name: 1-D array}`` or a 2-D array ``(N, D)`` whose
-columns are
-named by ``feature_names``. Each raw column is one of two kinds, decided at fit time from its
-values:
+columns are named by ``feature_names``. Each raw column is one of two kinds, decided at fit time
+from its values:
 
-- **numeric** (bool, int, float, or an object array of numbers / ``None``): a value ``v`` is
-  encoded as
-  ``z = (v - center) / scale`` with ``center = mean`` and ``scale = std`` (population std,
-  ``ddof=0``, of the
-  training split, ``std == 0 -> 1``) when ``standardize`` is on, else ``center = 0, scale = 1``. A
-  missing value
-  (NaN or ``None``) is first imputed with the training mean, so it encodes to ``(mean - center) /
-  scale``
-  (``0`` under standardization). ``+-inf`` is an error (``non_finite``).
-- **categorical** (str values, ``None`` for missing): one-hot over the sorted categories seen in
-  the training
-  split. Missing encodes to an all-zero row; a category not seen in training is an error at predict
-  (``unknown_category``) and an all-zero row for the validation split at fit.
+- **numeric** (bool, int, float, or an object array of numbers / ``None``): a value ``v`` is encoded
+  as ``z = (v - center) / scale`` with ``center = mean`` and ``scale = std`` (population std,
+  ``ddof=0``, of the training split, ``std == 0 -> 1``) when ``standardize`` is on, else ``center =
+  0, scale = 1``. A missing value (NaN or ``None``) is first imputed with the training mean, so it
+  encodes to ``(mean - center) / scale`` (``0`` under standardization). ``+-inf`` is an error
+  (``non_finite``).
+- **categorical** (str values, ``None`` for missing): one-hot over the sorted categories seen in the
+  training split. Missing encodes to an all-zero row; a category not seen in training is an error at
+  predict (``unknown_category``) and an all-zero row for the validation split at fit.
 
 The encoded matrix ``Z (N, F)`` keeps the raw column order; a categorical column with ``K``
-categories takes ``K``
-consecutive columns. Labels for classification are encoded as indices into ``classes``, the sorted
-unique
-original labels as plain python values (``int``, ``float``, ``str``, ``bool``) so they are
-JSON-able and come back
-unchanged from ``predict``.
+categories takes ``K`` consecutive columns. Labels for classification are encoded as indices into
+``classes``, the sorted unique original labels as plain python values (``int``, ``float``, ``str``,
+``bool``) so they are JSON-able and come back unchanged from ``predict``.
 """
 
 from __future__ import annotations
@@ -80,8 +72,7 @@ def as_columns(
         The raw table.
     feature_names : sequence of str, optional
         For a mapping: the columns to use, in order (default: all keys, in mapping order). For a
-        2-D array:
-        the names of its ``D`` columns (default ``"x0", "x1", ...``).
+        2-D array: the names of its ``D`` columns (default ``"x0", "x1", ...``).
 
     Returns
     -------
@@ -181,9 +172,8 @@ def _column_kind(col: np.ndarray, name: str) -> str:
     return first_kind or NUMERIC
 
 
-def _numeric_values(col: np.ndarray, name: str) -> np.ndarray:
-    """Raw numeric column as float64 (N,), NaN for missing; ``not_numeric`` / ``non_finite``
-    errors."""
+def _numeric_values(col: np.ndarray, name: str, *, check_inf: bool = True) -> np.ndarray:
+    """Raw numeric column as float64 (N,), NaN for missing; raises not_numeric / non_finite."""
     if col.dtype.kind in "biuf":
         v = col.astype(np.float64, copy=False)
     else:
@@ -200,7 +190,8 @@ def _numeric_values(col: np.ndarray, name: str) -> np.ndarray:
                     column=name,
                     row=row,
                 )
-    _check_no_inf(v, name)
+    if check_inf:
+        _check_no_inf(v, name)
     return v
 
 
@@ -231,8 +222,7 @@ class Preprocessor:
         Sorted training categories per raw column (``[]`` for numeric columns).
     center, scale, fill : ndarray (D,)
         Numeric encoding ``z = (v - center) / scale``, missing ``v`` replaced by ``fill`` (the
-        training mean).
-        Unused (0, 1, 0) for categorical columns.
+        training mean). Unused (0, 1, 0) for categorical columns.
     standardize : bool
     groups : list of (int, int)
         ``[start, stop)`` of each raw column's encoded columns in ``Z``.
@@ -337,8 +327,8 @@ class Preprocessor:
                 fill[j] = mean
                 if standardize:
                     center[j] = mean
-                    # A constant column carries no signal; scale 1 keeps it at 0 instead of
-                    # dividing by 0.
+                    # A constant column carries no signal; scale 1 keeps it at 0 instead of dividing
+                    # by 0.
                     scale[j] = std if std > 0 and np.isfinite(std) else 1.0
                 categories.append([])
             else:
@@ -358,9 +348,8 @@ class Preprocessor:
         Parameters
         ----------
         X : mapping of str to array-like, or array-like (N, D)
-            A mapping must contain every feature (extra keys are ignored); a 2-D array must have
-            the ``D``
-            columns in ``feature_names`` order.
+            A mapping must contain every feature (extra keys are ignored); a 2-D array must have the
+            ``D`` columns in ``feature_names`` order.
         dtype : numpy dtype
             dtype of ``Z``.
         unknown : {"error", "ignore"}
@@ -403,15 +392,22 @@ class Preprocessor:
         if raw is not None and self._all_numeric and raw.dtype.kind in "biuf":
             # Fast path: the whole matrix at once.
             R = raw.astype(np.float64, copy=False)
-            if not np.isfinite(R).all():
-                for j, name in enumerate(self.feature_names):
-                    _check_no_inf(R[:, j], name)
         else:
             if columns is None:
                 columns = [raw[:, j] for j in range(raw.shape[1])]
             R = np.empty((n, len(self._num_idx)), dtype=np.float64)
             for k, j in enumerate(self._num_idx):
-                R[:, k] = _numeric_values(columns[j], self.feature_names[j])
+                col = columns[j]
+                # Float columns are copied as they are; others go through the checked conversion.
+                R[:, k] = (
+                    col
+                    if col.dtype.kind == "f"
+                    else _numeric_values(col, self.feature_names[j], check_inf=False)
+                )
+        # One finiteness check for the whole matrix; only a failure pays for finding the column.
+        if np.isinf(R).any():
+            for k, j in enumerate(self._num_idx):
+                _check_no_inf(R[:, k], self.feature_names[j])
 
         nan = np.isnan(R)
         if nan.any():
@@ -555,9 +551,8 @@ def classes_array(classes: Sequence[Any]) -> np.ndarray:
     """Array for decoding predictions: ``classes_array(classes)[idx]``.
 
     Strings stay an object array of python ``str`` (the engine's convention for string columns);
-    numbers and
-    bools use their natural numpy dtype, whose ``tolist()`` gives back python ``int`` / ``float`` /
-    ``bool``.
+    numbers and bools use their natural numpy dtype, whose ``tolist()`` gives back python ``int`` /
+    ``float`` / ``bool``.
     """
     if any(isinstance(c, str) for c in classes):
         out = np.empty(len(classes), dtype=object)

@@ -3,17 +3,15 @@
 Archive members:
 
 - ``meta``: the JSON metadata blob as a ``uint8`` array: ``format``, ``version``, the normalized
-  ``spec``, ``task``,
-  ``classes``, ``n_inputs``, ``n_outputs``, ``history``, ``metrics``, ``stopped``, the
-  preprocessing metadata
-  (feature names, kinds, categories) and the ``weights`` names.
+  ``spec``, ``task``, ``classes``, ``n_inputs``, ``n_outputs``, ``history``, ``metrics``,
+  ``stopped``, the preprocessing metadata (feature names, kinds, categories) and the ``weights``
+  names.
 - ``w/<name>``: every array of ``Network.get_weights()``, in its own dtype (so predictions are
   bit-identical).
 - ``pre/<name>``: the float64 preprocessing arrays (``center``, ``scale``, ``fill``).
 
-``load`` opens the archive with ``np.load(allow_pickle=False)``, rebuilds the network from the
-saved spec and
-sizes, then sets the weights. Anything that is not such an archive raises
+``load`` opens the archive with ``np.load(allow_pickle=False)``, rebuilds the network from the saved
+spec and sizes, then sets the weights. Anything that is not such an archive raises
 :class:`~engine.errors.ModelFormatError` (a ``ValueError``).
 """
 
@@ -57,8 +55,8 @@ def model_to_bytes(model: Model) -> bytes:
         "preprocess": pre_meta,
         "weights": list(weights),
     }
-    # NaN losses from a diverged run are kept (Python's json writes NaN); the blob is only read
-    # back by load.
+    # NaN losses from a diverged run are kept (Python's json writes NaN); the blob is only read back
+    # by load.
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     arrays: dict[str, np.ndarray] = {"meta": blob}
     arrays.update({_W + name: np.asarray(value) for name, value in weights.items()})

@@ -1,26 +1,21 @@
 """Sparsity statistics of a trained network (DESIGN section 5).
 
 For each weight matrix ``W (D, M)`` (biases are never counted): size, exact zeros, near-zeros under
-a tolerance,
-``||W||_1``, ``||W||_2`` (Frobenius), ``max |w|``, a histogram and the dead units. For the input
-layer: each raw
-feature's importance and which features the model dropped.
+a tolerance, ``||W||_1``, ``||W||_2`` (Frobenius), ``max |w|``, a histogram and the dead units. For
+the input layer: each raw feature's importance and which features the model dropped.
 
 Definitions, with ``zero(w) := |w| <= tolerance`` (exact ``w == 0`` when ``tolerance == 0``):
 
 - importance of raw feature ``j`` with encoded columns ``G_j`` (one numeric column, or all one-hot
-  columns of a
-  categorical): ``||W1[G_j, :]||_2``; the feature is *dropped* iff ``zero(w)`` for every ``w in
-  W1[G_j, :]``
-  (a categorical with no training categories has no weights and is dropped).
+  columns of a categorical): ``||W1[G_j, :]||_2``; the feature is *dropped* iff ``zero(w)`` for
+  every ``w in W1[G_j, :]`` (a categorical with no training categories has no weights and is
+  dropped).
 - unit ``m`` of layer ``k`` (column ``m`` of ``W_k``) is *dead* iff all its incoming weights
-  ``W_k[:, m]`` are zero,
-  or, for a hidden layer, all its outgoing weights ``W_{k+1}[m, :]`` are zero. Output units count
-  only the
-  incoming rule. Either way the unit's value no longer depends on the input.
+  ``W_k[:, m]`` are zero, or, for a hidden layer, all its outgoing weights ``W_{k+1}[m, :]`` are
+  zero. Output units count only the incoming rule. Either way the unit's value no longer depends on
+  the input.
 - ``zeros``, ``zero_weights`` and ``zero_fraction`` always count EXACT zeros (what L1's proximal
-  step
-  produces); ``near_zero`` uses the tolerance.
+  step produces); ``near_zero`` uses the tolerance.
 """
 
 from __future__ import annotations
@@ -68,11 +63,10 @@ def weight_stats(
     -------
     dict
         The section-5 shape: ``tolerance``, ``total_weights``, ``zero_weights``, ``zero_fraction``,
-        ``selected_features``, ``dropped_features``, ``feature_importance`` and ``layers`` (one
-        dict per
-        matrix: ``name``, ``shape``, ``zeros``, ``zero_fraction``, ``near_zero``, ``l1_norm``,
-        ``l2_norm``,
-        ``max_abs``, ``dead_units``, ``dead_unit_indices``, ``histogram {edges, counts}``).
+        ``selected_features``, ``dropped_features``, ``feature_importance`` and ``layers`` (one dict
+        per matrix: ``name``, ``shape``, ``zeros``, ``zero_fraction``, ``near_zero``, ``l1_norm``,
+        ``l2_norm``, ``max_abs``, ``dead_units``, ``dead_unit_indices``, ``histogram {edges,
+        counts}``).
     """
     tolerance = float(tolerance)
     if not np.isfinite(tolerance) or tolerance < 0:

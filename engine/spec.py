@@ -1,10 +1,9 @@
 """The training spec: defaults and validation.
 
-``normalize_spec`` turns a user's (partial) spec into the complete, JSON-able engine spec that
-every other
-module reads. Unknown keys are rejected, numbers are range-checked and the loss must fit the task;
-every
-failure is a :class:`~engine.errors.SpecError` whose ``loc`` is the path of the field at fault.
+``normalize_spec`` turns a user's (partial) spec into the complete, JSON-able engine spec that every
+other module reads. Unknown keys are rejected, numbers are range-checked and the loss must fit the
+task; every failure is a :class:`~engine.errors.SpecError` whose ``loc`` is the path of the field at
+fault.
 
 Normalized shape (defaults shown)::
 
@@ -24,8 +23,7 @@ Normalized shape (defaults shown)::
     }
 
 A field given as ``None`` counts as absent (its default applies), except ``early_stopping`` where
-``None``
-means "off". ``early_stopping: true`` switches it on with defaults.
+``None`` means "off". ``early_stopping: true`` switches it on with defaults.
 """
 
 from __future__ import annotations
@@ -67,8 +65,7 @@ ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
 DROPOUT_MODES: tuple[str, ...] = tuple(_DROPOUT_MODES)
 OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZERS)
 INITIALIZERS: tuple[str, ...] = tuple(_INITIALIZERS)
-# Accepted on input, stored under the canonical name so a saved spec has one spelling per
-# initializer.
+# Accepted on input, stored under the canonical name: a saved spec has one spelling per init.
 INIT_ALIASES: dict[str, str] = {"glorot": "glorot_uniform", "xavier": "glorot_uniform"}
 L1_METHODS: tuple[str, ...] = ("proximal", "subgradient")
 DTYPES: tuple[str, ...] = ("float32", "float64")
@@ -186,8 +183,7 @@ def _choice(value: Any, loc: tuple[str | int, ...], choices: tuple[str, ...], co
 
 
 def _section(raw: Any, loc: tuple[str, ...], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge a sub-mapping over its defaults, rejecting unknown keys; ``None`` values count as
-    absent."""
+    """Merge a sub-mapping over its defaults, rejecting unknown keys; ``None`` counts as absent."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -314,8 +310,7 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     ----------
     spec : mapping or None
         A (partial) spec as documented in the module docstring. Not modified. Already-normalized
-        specs pass
-        through unchanged (normalization is idempotent).
+        specs pass through unchanged (normalization is idempotent).
 
     Returns
     -------
@@ -327,10 +322,10 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     SpecError
         With ``loc`` = path of the first field at fault and one of the codes ``unknown_field``,
         ``type_error``, ``out_of_range``, ``unknown_task``, ``unknown_loss``,
-        ``loss_task_mismatch``,
-        ``unknown_activation``, ``unknown_init``, ``unknown_l1_method``, ``unknown_dropout_mode``,
-        ``unknown_optimizer``, ``unknown_monitor``, ``requires_validation``, ``requires_linear``,
-        ``unknown_dtype``.
+        ``loss_task_mismatch``, ``unknown_activation``, ``unknown_init``, ``unknown_l1_method``,
+        ``unknown_dropout_mode``, ``unknown_optimizer``, ``unknown_monitor``,
+        ``requires_validation``, ``unknown_dtype``; for ``optimizer.name == "fista"`` also
+        ``requires_linear``, ``requires_smooth_loss``, ``requires_no_dropout``.
     """
     raw = _section(spec, (), _DEFAULTS)
     out: dict[str, Any] = {}
@@ -365,8 +360,7 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
         raw["validation_split"], ("validation_split",), lo=0.0, hi=1.0, hi_open=True
     )
     out["shuffle"] = _bool(raw["shuffle"], ("shuffle",))
-    # default_rng rejects negative seeds; 2**63 keeps the seed storable as a signed 64-bit DB
-    # integer.
+    # default_rng rejects negative seeds; < 2**63 keeps the seed storable as a signed 64-bit int.
     out["seed"] = _int(raw["seed"], ("seed",), lo=0, hi=2**63 - 1)
     out["early_stopping"] = _early_stopping(raw["early_stopping"], out["validation_split"])
     out["standardize"] = _bool(raw["standardize"], ("standardize",))

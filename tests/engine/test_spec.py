@@ -181,6 +181,16 @@ INVALID = [
     ({"optimizer": {"decay": -1e-6}}, ("optimizer", "decay"), "out_of_range"),
     ({"optimizer": {"nesterov": "yes"}}, ("optimizer", "nesterov"), "type_error"),
     ({"optimizer": {"name": "fista"}}, ("optimizer", "name"), "requires_linear"),
+    (
+        {"optimizer": {"name": "fista"}, "model": {"hidden_layers": []}, "loss": "mae"},
+        ("loss",),
+        "requires_smooth_loss",
+    ),
+    (
+        {"optimizer": {"name": "fista"}, "model": {"hidden_layers": []}, "dropout": {"input": 0.1}},
+        ("dropout", "input"),
+        "requires_no_dropout",
+    ),
     ({"optimizer": "adam"}, ("optimizer",), "type_error"),
     ({"epochs": 0}, ("epochs",), "out_of_range"),
     ({"epochs": 10**9}, ("epochs",), "out_of_range"),
