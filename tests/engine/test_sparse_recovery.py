@@ -1,0 +1,128 @@
+"""Exact sparsity: a linear model with mse + L1 is the Lasso, and recovers the true support.
+
+Scaling. Our objective for a linear model ``scores = X w + b`` with mse and penalties is::
+
+    F(w, b) = (1/n) ||y - X w - b||^2 + l1 ||w||_1 + l2 ||w||^2
+
+scikit-learn's Lasso minimises ``(1/(2n)) ||y - X w - b||^2 + alpha ||w||_1`` and its ElasticNet
+``(1/(2n)) ||y - X w - b||^2 + alpha * l1_ratio ||w||_1 + 0.5 * alpha * (1 - l1_ratio) ||w||^2``.
+Multiplying those by 2 gives ``F`` with ``l1 = 2 * alpha`` (Lasso), and
+``l1 = 2 * alpha * l1_ratio``, ``l2 = alpha * (1 - l1_ratio)`` (ElasticNet): same minimiser, and
+``F = 2 * sklearn objective``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import ElasticNet, Lasso
+
+from engine.network import Network
+from engine.trainer import train
+
+N, D = 500, 50
+SUPPORT = np.array([3, 11, 19, 27, 42])
+COEF = np.array([2.0, -1.5, 1.0, -0.8, 0.6])
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(42)
+    X = rng.standard_normal((N, D))
+    X = (X - X.mean(axis=0)) / X.std(axis=0)  # standardized, as engine.fit would do
+    w = np.zeros(D)
+    w[SUPPORT] = COEF
+    y = X @ w + 0.5 + 0.1 * rng.standard_normal(N)
+    return X, y
+
+
+def objective(X, y, w, b, l1, l2=0.0) -> float:
+    r = y - X @ w - b
+    return float(r @ r / len(y) + l1 * np.abs(w).sum() + l2 * (w @ w))
+
+
+def fit_linear(
+    X,
+    y,
+    *,
+    l1,
+    l2=0.0,
+    method="proximal",
+    optimizer=None,
+    epochs=50,
+    batch_size=32,
+    dtype="float64",
+):
+    spec = {
+        "model": {"hidden_layers": [], "activation": "linear", "init": "glorot_uniform"},
+        "loss": "mse",
+        "regularization": {"l1": l1, "l2": l2, "group_l1": 0.0, "l1_method": method},
+        "dropout": {"input": 0.0, "hidden": 0.0, "mode": "inverted"},
+        "optimizer": optimizer or {"name": "fista"},
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "shuffle": True,
+        "dtype": dtype,
+    }
+    net = Network.build(spec, D, 1, rng=np.random.default_rng(0), output_bias=np.array([y.mean()]))
+    result = train(net, X.astype(dtype), y.astype(dtype), spec, rng=np.random.default_rng(1))
+    w = net.dense_layers[0].params["W"][:, 0].astype(np.float64)
+    b = float(net.dense_layers[0].params["b"][0])
+    return w, b, result
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lasso_recovers_the_support_and_matches_sklearn(data, dtype):
+    X, y = data
+    alpha = 0.05
+    l1 = 2 * alpha  # see the module docstring
+    w, b, _ = fit_linear(X, y, l1=l1, dtype=dtype)
+    assert set(np.flatnonzero(w)) == set(SUPPORT)  # exact zeros everywhere else
+
+    sk = Lasso(alpha=alpha, tol=1e-10, max_iter=100_000).fit(X, y)
+    assert set(np.flatnonzero(sk.coef_)) == set(SUPPORT)
+    ours = objective(X, y, w, b, l1)
+    best = objective(X, y, sk.coef_, sk.intercept_, l1)  # = 2 * sklearn's own objective
+    assert ours <= 1.01 * best
+    np.testing.assert_allclose(w, sk.coef_, atol=1e-3 if dtype == "float64" else 1e-2)
+
+
+def test_sgd_with_proximal_l1_and_decay_gets_close_with_exact_zeros(data):
+    X, y = data
+    l1 = 0.1
+    opt = {"name": "sgd", "learning_rate": 0.02, "decay": 1e-3}
+    # batches of 100 keep the gradient noise of the irrelevant coefficients below l1, so the
+    # soft-threshold holds them at exactly zero
+    w, b, _ = fit_linear(X, y, l1=l1, optimizer=opt, epochs=60, batch_size=100)
+    assert set(SUPPORT) <= set(np.flatnonzero(w))
+    noise = np.delete(w, SUPPORT)
+    # close to the Lasso, not equal: a borderline coefficient may keep a tiny stochastic value
+    assert np.count_nonzero(noise == 0.0) >= len(noise) - 3
+    assert np.abs(noise).max() < 1e-3
+    sk = Lasso(alpha=l1 / 2, tol=1e-10, max_iter=100_000).fit(X, y)
+    assert objective(X, y, w, b, l1) <= 1.01 * objective(X, y, sk.coef_, sk.intercept_, l1)
+
+
+def test_subgradient_l1_leaves_almost_no_exact_zeros(data):
+    X, y = data
+    opt = {"name": "sgd", "learning_rate": 0.02, "decay": 1e-3}
+    w, _, result = fit_linear(
+        X, y, l1=0.1, method="subgradient", optimizer=opt, epochs=60, batch_size=100
+    )
+    assert np.count_nonzero(w == 0.0) <= 2
+    assert result.history[-1]["zero_fraction"] <= 2 / D
+    # ...although the noise coefficients are small: the subgradient only jitters around zero
+    noise = np.delete(w, SUPPORT)
+    assert np.abs(noise).max() < 0.05
+
+
+def test_elastic_net_matches_sklearn(data):
+    X, y = data
+    alpha, l1_ratio = 0.1, 0.5
+    l1, l2 = 2 * alpha * l1_ratio, alpha * (1 - l1_ratio)  # see the module docstring
+    w, b, _ = fit_linear(X, y, l1=l1, l2=l2)
+    sk = ElasticNet(alpha=alpha, l1_ratio=l1_ratio, tol=1e-10, max_iter=100_000).fit(X, y)
+    ours = objective(X, y, w, b, l1, l2)
+    best = objective(X, y, sk.coef_, sk.intercept_, l1, l2)
+    assert ours <= 1.01 * best
+    assert set(np.flatnonzero(w)) == set(np.flatnonzero(sk.coef_)) == set(SUPPORT)
