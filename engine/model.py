@@ -192,17 +192,15 @@ def _split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split of ``range(n)``, stratified by ``labels`` when given.
 
-    Each class keeps at least one training row, so every class is learned; both index arrays are
-    sorted so that ``shuffle=False`` trains in the original row order.
+    Each class keeps at least one training row, so every class is learned. When every class is too
+    small to give a validation row, the split falls back to a plain random one. Both index arrays
+    are sorted so that ``shuffle=False`` trains in the original row order.
     """
     perm = rng.permutation(n)
     if fraction <= 0:
         return np.arange(n), np.empty(0, dtype=np.intp)
-    if labels is None:
-        n_val = round(n * fraction)
-        n_val = min(max(n_val, 1), n - 1)
-        val = perm[:n_val]
-    else:
+    val = np.empty(0, dtype=perm.dtype)
+    if labels is not None:
         parts = []
         shuffled = labels[perm]
         for c in np.unique(labels):
@@ -210,6 +208,9 @@ def _split(
             n_val = min(round(len(members) * fraction), len(members) - 1)
             parts.append(members[:n_val])
         val = np.concatenate(parts)
+    if len(val) == 0:
+        n_val = min(max(round(n * fraction), 1), n - 1)
+        val = perm[:n_val]
     mask = np.zeros(n, dtype=bool)
     mask[val] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -182,6 +182,29 @@ def test_validation_split_keeps_a_training_row_per_class():
     assert 4 in train
 
 
+def test_tiny_classes_fall_back_to_a_random_split():
+    from engine.model import _split
+
+    labels = np.repeat(np.arange(5), 2)
+    train, val = _split(10, 0.2, np.random.default_rng(0), labels)
+    assert (len(train), len(val)) == (8, 2)
+
+
+def test_preprocessing_statistics_come_from_the_training_split():
+    from engine.model import _split
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2)) * [1.0, 100.0]
+    y = (X[:, 0] > 0).astype(int)
+    model = engine.fit(_spec(epochs=1, validation_split=0.3, seed=5), X, y)
+    # fit draws the split first from default_rng(seed), so it can be replayed here.
+    train, val = _split(50, 0.3, np.random.default_rng(5), y)
+    assert model.metrics["n_val"] == len(val)
+    np.testing.assert_allclose(model.preprocessor.center, X[train].mean(axis=0))
+    np.testing.assert_allclose(model.preprocessor.scale, X[train].std(axis=0))
+    assert not np.allclose(model.preprocessor.center, X.mean(axis=0))
+
+
 def test_array_input_with_feature_names():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(80, 2))
