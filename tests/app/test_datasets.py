@@ -1,0 +1,272 @@
+"""POST/GET/DELETE /datasets: upload statistics, delimiters, storage, orphans and owner scoping."""
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth import create_key
+from app.config import settings
+from app.db import get_sessionmaker
+from app.models import Dataset
+from app.services import datasets as service
+
+SMALL_CSV = b"age,income,city,flag\n30,1.5,Paris,1\n40,,Lyon,0\n,3.5,Paris,1\n50,4.0,NA,1\n"
+
+
+def upload(client: TestClient, content: bytes, filename: str = "small.csv", **kwargs):
+    return client.post("/datasets", files={"file": (filename, content, "text/csv")}, **kwargs)
+
+
+def _row(dataset_id: str) -> Dataset:
+    with get_sessionmaker(settings.database_url)() as s:
+        return s.get_one(Dataset, dataset_id)
+
+
+def dataset_files() -> list[Path]:
+    folder = Path(settings.data_dir) / "datasets"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def test_upload_returns_exact_column_stats(client: TestClient) -> None:
+    r = upload(client, SMALL_CSV)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["name"] == "small.csv"
+    assert body["rows"] == 4
+    assert body["size_bytes"] == len(SMALL_CSV)
+    assert r.headers["location"].endswith(f"/datasets/{body['id']}")
+    age, income, city, flag = body["columns"]
+    assert age == {
+        "name": "age",
+        "dtype": "number",
+        "missing": 1,
+        "min": 30.0,
+        "max": 50.0,
+        "mean": 40.0,
+        "distinct": None,
+    }
+    assert income["dtype"] == "number" and income["missing"] == 1
+    assert (income["min"], income["max"]) == (1.5, 4.0)
+    assert income["mean"] == pytest.approx(3.0, abs=1e-12)
+    assert city == {
+        "name": "city",
+        "dtype": "string",
+        "missing": 1,
+        "min": None,
+        "max": None,
+        "mean": None,
+        "distinct": 2,
+    }
+    assert flag["dtype"] == "number" and flag["mean"] == pytest.approx(0.75)
+
+
+def test_upload_uses_name_field(client: TestClient) -> None:
+    r = upload(client, SMALL_CSV, data={"name": "credit, first try"})
+    assert r.status_code == 201
+    assert r.json()["name"] == "credit, first try"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a;b;c\n1;2.5;x\n2;3.5;y\n",
+        b"a\tb\tc\n1\t2.5\tx\n2\t3.5\ty\n",
+        b"\xef\xbb\xbfa,b,c\n1,2.5,x\n2,3.5,y\n",
+        b"\xef\xbb\xbfa;b;c\r\n1;2.5;x\r\n2;3.5;y\r\n",
+        b'"a","b","c"\n1,2.5,"x"\n2,3.5,"y"\n',
+    ],
+    ids=["semicolon", "tab", "bom", "bom-semicolon-crlf", "quoted"],
+)
+def test_upload_delimiter_and_bom_variants(client: TestClient, content: bytes) -> None:
+    r = upload(client, content)
+    assert r.status_code == 201, r.text
+    cols = r.json()["columns"]
+    assert [c["name"] for c in cols] == ["a", "b", "c"]
+    assert [c["dtype"] for c in cols] == ["number", "number", "string"]
+    assert cols[1]["mean"] == pytest.approx(3.0)
+    assert cols[2]["distinct"] == 2
+
+
+def test_missing_cell_spellings_are_counted(client: TestClient) -> None:
+    content = b"x,s\n1,a\n,\nNA,NA\nNaN,null\nnan,N/A\nnull,None\n2,b\n"
+    r = upload(client, content)
+    assert r.status_code == 201, r.text
+    x, s = r.json()["columns"]
+    assert (x["dtype"], x["missing"], x["mean"]) == ("number", 5, 1.5)
+    assert (s["dtype"], s["missing"], s["distinct"]) == ("string", 5, 2)
+
+
+def test_quoted_newline_field_is_one_cell(client: TestClient) -> None:
+    r = upload(client, b'id,text\n1,"two\nlines"\n2,"a, b"\n')
+    assert r.status_code == 201, r.text
+    assert r.json()["rows"] == 2
+    ds = client.get(f"/datasets/{r.json()['id']}").json()
+    assert ds["columns"][1]["distinct"] == 2
+
+
+def test_late_string_in_numeric_column_becomes_string(client: TestClient) -> None:
+    # Past pyarrow's first block (1 MiB) a number column turns out to hold text.
+    content = b"n,v\n" + b"1,2\n" * 400_000 + b"x,2.5\n"
+    r = upload(client, content)
+    assert r.status_code == 201, r.text
+    n, v = r.json()["columns"]
+    assert n["dtype"] == "string" and n["distinct"] == 2
+    assert v["dtype"] == "number" and v["max"] == 2.5
+    assert r.json()["rows"] == 400_001
+
+
+def test_booleans_and_dates_are_kept_as_text(client: TestClient) -> None:
+    r = upload(client, b"d,b,y\n2020-01-01,true,1\n2020-01-02,False,2\n")
+    assert r.status_code == 201, r.text
+    d, b, _ = r.json()["columns"]
+    assert (d["dtype"], d["distinct"]) == ("string", 2)
+    assert (b["dtype"], b["distinct"]) == ("string", 2)
+    table = service.load_table(_row(r.json()["id"]))
+    assert list(table["b"]) == ["true", "False"]
+
+
+def test_load_table_types_and_missing(client: TestClient) -> None:
+    r = upload(client, SMALL_CSV)
+    table = service.load_table(_row(r.json()["id"]))
+    assert list(table) == ["age", "income", "city", "flag"]
+    assert table["age"].dtype == np.float64
+    np.testing.assert_array_equal(table["age"], [30.0, 40.0, np.nan, 50.0])
+    np.testing.assert_array_equal(table["income"], [1.5, np.nan, 3.5, 4.0])
+    assert table["city"].dtype == object
+    assert list(table["city"]) == ["Paris", "Lyon", "Paris", None]
+
+
+def test_parquet_keeps_int64_when_all_ints(client: TestClient) -> None:
+    r = upload(client, b"i,f\n1,1\n2,2.5\n3,\n")
+    schema = pq.read_schema(Path(settings.data_dir) / _row(r.json()["id"]).path)
+    assert str(schema.field("i").type) == "int64"
+    assert str(schema.field("f").type) == "double"
+
+
+def test_list_newest_first_and_get(client: TestClient) -> None:
+    ids = [upload(client, SMALL_CSV, filename=f"{i}.csv").json()["id"] for i in range(3)]
+    listed = client.get("/datasets")
+    assert listed.status_code == 200
+    assert [d["id"] for d in listed.json()] == ids[::-1]
+    assert [d["id"] for d in client.get("/datasets?limit=2&offset=1").json()] == ids[1::-1]
+    got = client.get(f"/datasets/{ids[0]}")
+    assert got.status_code == 200
+    assert got.json()["name"] == "0.csv" and got.json()["rows"] == 4
+
+
+def test_get_unknown_dataset_is_404_in_error_shape(client: TestClient) -> None:
+    r = client.get("/datasets/does-not-exist")
+    assert r.status_code == 404
+    assert r.json() == {
+        "detail": [
+            {
+                "loc": ["path", "dataset_id"],
+                "msg": "Dataset 'does-not-exist' does not exist.",
+                "type": "dataset_not_found",
+            }
+        ]
+    }
+
+
+def test_parquet_file_exists_after_upload_and_is_gone_after_delete(
+    client: TestClient, session: Session
+) -> None:
+    r = upload(client, SMALL_CSV)
+    dataset_id = r.json()["id"]
+    path = Path(settings.data_dir) / _row(dataset_id).path
+    assert path.is_file()
+    assert pq.read_table(path).num_rows == 4
+    assert dataset_files() == [path]  # no spool or .part file left behind
+
+    deleted = client.delete(f"/datasets/{dataset_id}")
+    assert deleted.status_code == 204
+    assert deleted.content == b""
+    assert not path.exists()
+    assert session.scalar(select(func.count()).select_from(Dataset)) == 0
+    assert client.get(f"/datasets/{dataset_id}").status_code == 404
+    assert client.delete(f"/datasets/{dataset_id}").status_code == 404
+
+
+def test_gc_orphans_removes_files_without_rows(client: TestClient, session: Session) -> None:
+    kept = Path(settings.data_dir) / _row(upload(client, SMALL_CSV).json()["id"]).path
+    folder = kept.parent
+    orphan = folder / "0123456789abcdef0123456789abcdef.parquet"
+    orphan.write_bytes(b"PAR1")
+    partial = folder / ".upload-abc.csv.part"
+    partial.write_bytes(b"a,b\n1,")
+    fresh = folder / "fresh.parquet"
+    fresh.write_bytes(b"PAR1")
+    old = time.time() - 3600
+    for p in (orphan, partial, kept):
+        os.utime(p, (old, old))
+
+    removed = service.gc_orphans(session=session, data_dir=settings.data_dir)
+
+    assert sorted(removed) == sorted([orphan, partial])
+    assert kept.exists() and fresh.exists()  # referenced, and too young to judge
+    assert service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0) == [
+        fresh
+    ]
+    assert dataset_files() == [kept]
+
+
+def test_gc_orphans_without_data_dir_is_a_no_op(session: Session, tmp_path: Path) -> None:
+    assert service.gc_orphans(session=session, data_dir=tmp_path / "nowhere") == []
+
+
+def test_datasets_are_scoped_to_their_api_key(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "auth_required", True)
+    _, alice = create_key(session=session, name="alice")
+    _, bob = create_key(session=session, name="bob")
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    as_bob = {"Authorization": f"Bearer {bob}"}
+
+    assert upload(client, SMALL_CSV).status_code == 401
+    created = upload(client, SMALL_CSV, headers=as_alice)
+    assert created.status_code == 201
+    dataset_id = created.json()["id"]
+
+    assert client.get(f"/datasets/{dataset_id}", headers=as_alice).status_code == 200
+    assert client.get(f"/datasets/{dataset_id}", headers=as_bob).status_code == 404
+    assert client.get("/datasets", headers=as_bob).json() == []
+    assert [d["id"] for d in client.get("/datasets", headers=as_alice).json()] == [dataset_id]
+    assert client.delete(f"/datasets/{dataset_id}", headers=as_bob).status_code == 404
+    assert client.delete(f"/datasets/{dataset_id}", headers=as_alice).status_code == 204
+
+
+def test_openapi_documents_every_dataset_endpoint(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    ops = {
+        (path, method): op
+        for path, item in spec["paths"].items()
+        if path.startswith("/datasets")
+        for method, op in item.items()
+    }
+    assert set(ops) == {
+        ("/datasets", "post"),
+        ("/datasets", "get"),
+        ("/datasets/{dataset_id}", "get"),
+        ("/datasets/{dataset_id}", "delete"),
+    }
+    assert all(op.get("summary") for op in ops.values())
+    upload_body = ops[("/datasets", "post")]["requestBody"]["content"]["multipart/form-data"]
+    assert upload_body["schema"]["required"] == ["file"]
+    assert "example" in spec["components"]["schemas"]["DatasetRead"]
+    assert {"201", "413", "415", "422"} <= set(ops[("/datasets", "post")]["responses"])
+
+
+def test_column_stats_mean_is_exact_for_large_values(client: TestClient) -> None:
+    r = upload(client, b"v\n1e300\n1e300\n-1e300\n")
+    assert r.status_code == 201, r.text
+    (v,) = r.json()["columns"]
+    assert math.isclose(v["mean"], 1e300 / 3)
