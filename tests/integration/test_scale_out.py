@@ -296,8 +296,8 @@ def test_twenty_jobs_run_once_each_spread_over_both_workers(cluster: Cluster) ->
 def test_a_worker_killed_mid_job_leaves_no_job_running(cluster: Cluster) -> None:
     alive = {a for a, p in cluster.workers.items() if p.poll() is None}
     assert len(alive) == 2, "the kill test needs both workers"
-    dataset_id = _upload(cluster, rows=1500, features=8, seed=1)
-    epochs = 40
+    dataset_id = _upload(cluster, rows=3000, features=8, seed=1)
+    epochs = 60
     job_ids = _submit_all(cluster, [_spec(dataset_id, i, epochs, [32]) for i in range(4)])
 
     def both_busy() -> dict[str, str] | None:
@@ -317,8 +317,13 @@ def test_a_worker_killed_mid_job_leaves_no_job_running(cluster: Cluster) -> None
     os.killpg(cluster.workers[victim].pid, signal.SIGKILL)  # nanny and worker, no clean-up
     cluster.workers[victim].wait(timeout=20)
 
+    killed_at = time.monotonic()
     jobs = _wait_finished(cluster, job_ids, timeout=100)
     rows = _rows(cluster, job_ids)
+    summary = {j: (r.status, r.attempts, r.worker, r.error) for j, r in rows["jobs"].items()}
+    elapsed = time.monotonic() - killed_at
+    print(f"killed {victim} running {victim_job}; all finished {elapsed:.1f}s later")
+    print("\n".join(f"  {j}: {v}" for j, v in summary.items()))
     for job_id, job in jobs.items():
         row = rows["jobs"][job_id]
         assert row.status in ("succeeded", "failed"), (job_id, row.status)
