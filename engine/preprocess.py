@@ -42,6 +42,8 @@ __all__ = [
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+# Above this many rows one-hot encoding is vectorised; below, a dict lookup per value is faster.
+_VECTOR_MIN_ROWS = 64
 
 
 # --- raw input ------------------------------------------------------------------------------------
@@ -145,6 +147,12 @@ def _column_kind(col: np.ndarray, name: str) -> str:
             "unsupported_type",
             column=name,
         )
+    # Fast path: the set of python types is found at C speed; only odd columns take the row loop.
+    types = set(map(type, col.tolist()))
+    if types <= {str, type(None)}:
+        return CATEGORICAL
+    if types <= {int, float, bool, type(None)}:
+        return NUMERIC
     first_kind = None
     for row, value in enumerate(col):
         if _is_missing(value):
@@ -170,6 +178,22 @@ def _column_kind(col: np.ndarray, name: str) -> str:
                 row=row,
             )
     return first_kind or NUMERIC
+
+
+def _present_as_str(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, values)``: indices of the non-missing entries of a categorical column and those
+    entries as a unicode array (non-str values through ``str``)."""
+    if col.dtype.kind != "O":
+        return np.arange(len(col)), col.astype(str)
+    # np.equal(col, None) / col != col compare element-wise in C: None and NaN are missing.
+    missing = np.equal(col, None) | (col != col)
+    rows = np.flatnonzero(~missing)
+    return rows, col[rows].astype(str)
+
+
+def _categories(col: np.ndarray) -> list[str]:
+    """Sorted distinct non-missing values of a categorical column."""
+    return np.unique(_present_as_str(col)[1]).tolist()
 
 
 def _numeric_values(col: np.ndarray, name: str, *, check_inf: bool = True) -> np.ndarray:
@@ -276,6 +300,8 @@ class Preprocessor:
             j: {cat: self.groups[j][0] + k for k, cat in enumerate(self.categories[j])}
             for j in self._cat_idx
         }
+        # Sorted unicode arrays for np.searchsorted in the vectorised one-hot of large inputs.
+        self._cat_sorted = {j: np.array(self.categories[j], dtype=str) for j in self._cat_idx}
         self._all_numeric = not self._cat_idx
 
     @property
@@ -332,12 +358,7 @@ class Preprocessor:
                     scale[j] = std if std > 0 and np.isfinite(std) else 1.0
                 categories.append([])
             else:
-                seen = {
-                    value if isinstance(value, str) else str(value)
-                    for value in train.tolist()
-                    if not _is_missing(value)
-                }
-                categories.append(sorted(seen))
+                categories.append(_categories(train))
         return cls(names, kinds, categories, center, scale, fill, standardize=standardize)
 
     # -- transform --
@@ -423,6 +444,10 @@ class Preprocessor:
         return Z
 
     def _one_hot(self, Z: np.ndarray, col: np.ndarray, j: int, unknown: str) -> None:
+        if len(col) > _VECTOR_MIN_ROWS:
+            self._one_hot_vectorised(Z, col, j, unknown)
+            return
+        # A dict lookup per value: cheapest for the few rows of a predict request.
         lookup = self._cat_lookup[j]
         for row, value in enumerate(col.tolist()):
             if _is_missing(value):
@@ -431,15 +456,32 @@ class Preprocessor:
             if pos is not None:
                 Z[row, pos] = 1.0
             elif unknown == "error":
-                name = self.feature_names[j]
-                raise InputError(
-                    f"Column {name!r}, row {row}: category {value!r} was not seen in training "
-                    f"(known: {', '.join(map(repr, self.categories[j][:20]))}"
-                    f"{', ...' if len(self.categories[j]) > 20 else ''}).",
-                    "unknown_category",
-                    column=name,
-                    row=row,
-                )
+                raise self._unknown_category(j, row, value)
+
+    def _one_hot_vectorised(self, Z: np.ndarray, col: np.ndarray, j: int, unknown: str) -> None:
+        rows, values = _present_as_str(col)
+        cats = self._cat_sorted[j]
+        if len(cats) == 0:
+            pos = np.zeros(len(values), dtype=np.intp)
+            known = np.zeros(len(values), dtype=bool)
+        else:
+            pos = np.minimum(np.searchsorted(cats, values), len(cats) - 1)
+            known = cats[pos] == values
+        if unknown == "error" and not known.all():
+            row = int(rows[np.flatnonzero(~known)[0]])
+            raise self._unknown_category(j, row, col[row])
+        Z[rows[known], self.groups[j][0] + pos[known]] = 1.0
+
+    def _unknown_category(self, j: int, row: int, value: Any) -> InputError:
+        name = self.feature_names[j]
+        known = self.categories[j]
+        return InputError(
+            f"Column {name!r}, row {row}: category {value!r} was not seen in training "
+            f"(known: {', '.join(map(repr, known[:20]))}{', ...' if len(known) > 20 else ''}).",
+            "unknown_category",
+            column=name,
+            row=row,
+        )
 
     # -- serialization --
 
@@ -511,40 +553,55 @@ def encode_labels(y: Any) -> tuple[list[Any], np.ndarray]:
         ``missing_target``, ``non_finite``, ``mixed_types``, ``bad_shape``.
     """
     y = _target(y)
+    if y.dtype.kind == "O":
+        y = _typed_labels(y)
     if y.dtype.kind == "f":
         if np.isnan(y).any():
             raise _missing_target(int(np.flatnonzero(np.isnan(y))[0]))
         if np.isinf(y).any():
             row = int(np.flatnonzero(np.isinf(y))[0])
             raise InputError(f"The target in row {row} is {y[row]}.", "non_finite", row=row)
-    elif y.dtype.kind == "O":
-        kinds = set()
-        for row, value in enumerate(y):
-            if _is_missing(value):
-                raise _missing_target(row)
-            if isinstance(value, bool | np.bool_):
-                kinds.add("bool")
-            elif isinstance(value, str):
-                kinds.add("str")
-            elif _is_real(value):
-                if not np.isfinite(value):
-                    raise InputError(f"The target in row {row} is {value}.", "non_finite", row=row)
-                kinds.add("number")
-            else:
-                raise InputError(
-                    f"The target in row {row} is {value!r}; labels must be numbers or strings.",
-                    "unsupported_type",
-                    row=row,
-                )
-            if len(kinds) > 1:
-                raise InputError(
-                    f"The target mixes {' and '.join(sorted(kinds))} labels (row {row}).",
-                    "mixed_types",
-                    row=row,
-                )
     uniq, idx = np.unique(y, return_inverse=True)
     classes = [_python_value(value) for value in uniq.tolist()]
     return classes, idx.reshape(-1).astype(np.int64)
+
+
+def _typed_labels(y: np.ndarray) -> np.ndarray:
+    """An object label array as a typed array when it is homogeneous (so np.unique sorts in C),
+    else validated row by row and returned as is."""
+    values = y.tolist()
+    types = set(map(type, values))
+    typed = {str: str, float: np.float64, bool: np.bool_, int: np.int64}
+    if len(types) == 1 and next(iter(types)) in typed:
+        try:
+            return np.array(values, dtype=typed[next(iter(types))])
+        except OverflowError:  # python ints beyond int64 stay objects
+            pass
+    kinds = set()
+    for row, value in enumerate(y):
+        if _is_missing(value):
+            raise _missing_target(row)
+        if isinstance(value, bool | np.bool_):
+            kinds.add("bool")
+        elif isinstance(value, str):
+            kinds.add("str")
+        elif _is_real(value):
+            if not np.isfinite(value):
+                raise InputError(f"The target in row {row} is {value}.", "non_finite", row=row)
+            kinds.add("number")
+        else:
+            raise InputError(
+                f"The target in row {row} is {value!r}; labels must be numbers or strings.",
+                "unsupported_type",
+                row=row,
+            )
+        if len(kinds) > 1:
+            raise InputError(
+                f"The target mixes {' and '.join(sorted(kinds))} labels (row {row}).",
+                "mixed_types",
+                row=row,
+            )
+    return y
 
 
 def classes_array(classes: Sequence[Any]) -> np.ndarray:

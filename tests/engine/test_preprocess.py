@@ -211,3 +211,26 @@ def test_regression_target_checks():
         with pytest.raises(InputError) as info:
             regression_target(y)
         assert (info.value.code, info.value.row) == (code, row)
+
+
+def test_large_inputs_take_the_vectorised_one_hot_with_the_same_result():
+    rng = np.random.default_rng(0)
+    values = rng.choice(["a", "b", "c"], size=300).astype(object)
+    values[::11] = None
+    values[5] = float("nan")
+    pre = _fit({"v": values})
+    big = pre.transform({"v": values})
+    rows = [pre.transform({"v": values[i : i + 1]})[0] for i in range(0, 300, 7)]
+    np.testing.assert_array_equal(big[::7], np.array(rows))
+    assert big[0].sum() == 0 and big[5].sum() == 0
+    assert (big.sum(axis=1) <= 1).all()
+
+
+def test_unknown_category_in_a_large_input_names_the_first_bad_row():
+    pre = _fit({"v": _obj(*(["a", "b"] * 50))})
+    values = _obj(*(["a", "b"] * 50))
+    values[77] = "zzz"
+    values[90] = "yyy"
+    with pytest.raises(InputError) as info:
+        pre.transform({"v": values})
+    assert (info.value.code, info.value.row) == ("unknown_category", 77)
