@@ -131,7 +131,9 @@ class Model:
             Bad rows (``missing_column``, ``unknown_category``, ``not_numeric``, ``non_finite``,
             ...).
         """
-        out = self.decision_function(X)
+        return self._labels(self.decision_function(X))
+
+    def _labels(self, out: np.ndarray) -> np.ndarray:
         if self.task == "regression":
             return out[:, 0]
         if self.spec["loss"] == "binary_cross_entropy":
@@ -139,6 +141,21 @@ class Model:
         else:
             idx = out.argmax(axis=1)
         return self._classes_arr[idx]
+
+    def _proba(self, out: np.ndarray) -> np.ndarray:
+        if self.spec["loss"] == "binary_cross_entropy":
+            p = out[:, 0]
+            return np.stack([1.0 - p, p], axis=1)
+        return out
+
+    def predict_with_proba(self, X: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(predict(X), predict_proba(X) or None)`` from one encoding and one forward pass.
+
+        The probabilities are ``None`` when :attr:`has_proba` is false (regression, hinge losses)
+        instead of an error, so a caller serving both needs a single call per request.
+        """
+        out = self.decision_function(X)
+        return self._labels(out), (self._proba(out) if self.has_proba else None)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(N, C)`` float64, columns in ``classes`` order; rows sum to 1.
@@ -158,11 +175,7 @@ class Model:
             raise InputError(
                 f"predict_proba is not available: the model is {why}.", "no_probabilities"
             )
-        out = self.decision_function(X)
-        if self.spec["loss"] == "binary_cross_entropy":
-            p = out[:, 0]
-            return np.stack([1.0 - p, p], axis=1)
-        return out
+        return self._proba(self.decision_function(X))
 
     def sparsity(self, tolerance: float = 0.0) -> dict[str, Any]:
         """Same as ``engine.sparsity(self, tolerance)``."""

@@ -73,6 +73,18 @@ def test_predict_proba_columns_follow_classes_and_sum_to_one():
     )
 
 
+def test_predict_with_proba_matches_the_two_calls():
+    X, y = _table()
+    model = engine.fit(_spec(epochs=2), X, y)
+    labels, proba = model.predict_with_proba(X)
+    np.testing.assert_array_equal(labels, model.predict(X))
+    np.testing.assert_array_equal(proba, model.predict_proba(X))
+    hinge = engine.fit(_spec(epochs=2, loss="multiclass_hinge"), X, y)
+    labels, proba = hinge.predict_with_proba(X)
+    assert proba is None
+    np.testing.assert_array_equal(labels, hinge.predict(X))
+
+
 def test_hinge_model_has_no_probabilities():
     X, y = _table()
     model = engine.fit(_spec(loss="multiclass_hinge"), X, y)
