@@ -67,7 +67,7 @@ def create(
     final = root / relative
     tmp = folder / f".{dataset_id}.parquet.part"
     result = ingest.ingest_csv(
-        upload.path, tmp, max_columns=settings.max_columns, has_quotes=upload.has_quotes
+        upload.path, tmp, max_columns=settings.max_columns, quotes=upload.quotes
     )
     try:
         # The row must never point at a file a power cut could lose.

@@ -52,6 +52,9 @@ MAX_NAME_CHARS = 255
 # 1 MiB blocks parse fastest; a file with longer rows is re-read with blocks up to 64 MiB.
 BLOCK_BYTES = 1024 * 1024
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
+# The csv module (used only to locate errors pyarrow reports) caps fields at 128 KiB by default;
+# a field may legitimately be as long as the upload.
+csv.field_size_limit(2**31 - 1)
 # Blocks are gathered into Parquet row groups of about this many rows.
 ROW_GROUP_ROWS = 128 * 1024
 
@@ -64,8 +67,9 @@ class Spooled:
     filename: str | None = None
     name: str | None = None
     size: int = 0
-    # Quoted fields may hold newlines; pyarrow is faster when told there are none.
-    has_quotes: bool = False
+    # Number of '"' bytes: with none, pyarrow may assume no field holds a newline (faster);
+    # an odd number hints at a quote that is never closed.
+    quotes: int = 0
 
 
 @dataclass
@@ -178,6 +182,13 @@ class _MultipartSpooler:
                 "(REGULA_MAX_UPLOAD_MB).",
                 loc=FILE_LOC,
             )
+        if offset == 0 and chunk.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise InvalidInput(
+                "The file is UTF-16 text (it starts with a UTF-16 byte-order mark); "
+                "save the CSV as UTF-8.",
+                loc=[*FILE_LOC, "line", 1],
+                code="not_utf8",
+            )
         nul = chunk.find(b"\0")
         if nul >= 0:
             line = self._lines + chunk.count(b"\n", 0, nul)
@@ -203,8 +214,7 @@ class _MultipartSpooler:
                     code="not_utf8",
                 ) from None
         self._lines += chunk.count(b"\n")
-        if not self.result.has_quotes and b'"' in chunk:
-            self.result.has_quotes = True
+        self.result.quotes += chunk.count(b'"')
         self.out.write(chunk)
         self.result.size += len(chunk)
 
@@ -513,6 +523,21 @@ def _options(
     }
 
 
+def _unclosed_quote(src: Path, delimiter: str) -> int | None:
+    """The line where a quoted field that never closes starts, if any (strict csv module)."""
+    start = 1
+    try:
+        with open(src, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
+            for _record in reader:
+                start = reader.line_num + 1
+    except csv.Error as exc:
+        return start if "unexpected end of data" in str(exc) else None
+    except UnicodeDecodeError:
+        return None
+    return None
+
+
 def _ragged_row(src: Path, delimiter: str, expected: int) -> tuple[int, int] | None:
     """(line, fields) of the first record whose field count is not ``expected``."""
     try:
@@ -651,7 +676,7 @@ def _convert(
     return Ingested(rows=rows, columns=[s.summary() for s in stats])
 
 
-def ingest_csv(src: Path, dest: Path, *, max_columns: int, has_quotes: bool = True) -> Ingested:
+def ingest_csv(src: Path, dest: Path, *, max_columns: int, quotes: int | None = None) -> Ingested:
     """Convert the CSV at ``src`` to Parquet at ``dest``; summarize its columns.
 
     The header is required; the delimiter (comma, semicolon or tab) is sniffed from it. Types come
@@ -660,6 +685,15 @@ def ingest_csv(src: Path, dest: Path, *, max_columns: int, has_quotes: bool = Tr
     any error.
     """
     delimiter = sniff_header(src, max_columns=max_columns)
+    if quotes is not None and quotes % 2 == 1:
+        line = _unclosed_quote(src, delimiter)
+        if line is not None:
+            raise InvalidInput(
+                f"The quoted field starting on line {line} is never closed (odd number of '\"').",
+                loc=[*FILE_LOC, "line", line],
+                code="unclosed_quote",
+            )
+    has_quotes = quotes is None or quotes > 0
     block_bytes = BLOCK_BYTES
     try:
         while True:
