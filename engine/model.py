@@ -50,8 +50,7 @@ class Model:
         regression.
     history : list of dict
         One record per epoch (keys: ``epoch``, ``loss``, ``data_loss``, ``penalty``, ``val_loss``,
-        ``metric``,
-        ``val_metric``, ``zero_fraction``, ``learning_rate``, ``seconds``).
+        ``metric``, ``val_metric``, ``zero_fraction``, ``learning_rate``, ``seconds``).
     metrics : dict
         Summary of the returned weights: ``loss``, ``val_loss``, ``metric``, ``val_metric`` (of the
         best epoch when training stopped early and best weights were restored, else of the last
@@ -92,6 +91,7 @@ class Model:
 
     @property
     def feature_names(self) -> list[str]:
+        """Raw input columns, in order (the preprocessor's)."""
         return self.preprocessor.feature_names
 
     @property

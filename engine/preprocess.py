@@ -275,8 +275,7 @@ class Preprocessor:
         self._compile()
 
     def _compile(self) -> None:
-        # Everything transform needs per call is precomputed here, so predicting one row stays
-        # cheap.
+        # Everything transform needs per call is precomputed here: predicting one row stays cheap.
         self.groups: list[tuple[int, int]] = []
         self.encoded_names: list[str] = []
         start = 0
@@ -335,8 +334,8 @@ class Preprocessor:
         Raises
         ------
         InputError
-            ``mixed_types``, ``unsupported_type``, ``not_numeric``, ``non_finite`` (with column and
-            row).
+            ``mixed_types``, ``unsupported_type``, ``not_numeric``, ``non_finite`` (with column
+            and row).
         """
         kinds, categories = [], []
         d = len(names)
@@ -353,8 +352,7 @@ class Preprocessor:
                 fill[j] = mean
                 if standardize:
                     center[j] = mean
-                    # A constant column carries no signal; scale 1 keeps it at 0 instead of dividing
-                    # by 0.
+                    # A constant column carries no signal: scale 1 keeps it at 0, no division by 0.
                     scale[j] = std if std > 0 and np.isfinite(std) else 1.0
                 categories.append([])
             else:

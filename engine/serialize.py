@@ -55,8 +55,7 @@ def model_to_bytes(model: Model) -> bytes:
         "preprocess": pre_meta,
         "weights": list(weights),
     }
-    # NaN losses from a diverged run are kept (Python's json writes NaN); the blob is only read back
-    # by load.
+    # NaN in history is kept (Python's json writes NaN): the blob is only read back by load.
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     arrays: dict[str, np.ndarray] = {"meta": blob}
     arrays.update({_W + name: np.asarray(value) for name, value in weights.items()})
@@ -74,8 +73,7 @@ def _read(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             arrays = {name: archive[name] for name in archive.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        # ValueError also covers "Object arrays cannot be loaded when allow_pickle=False" and bad
-        # JSON.
+        # ValueError also covers bad JSON and numpy's refusal to unpickle object arrays.
         raise ModelFormatError(f"Not a Regula model archive: {exc}.") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFormatError("Not a Regula model archive: its metadata has no Regula format tag.")
