@@ -27,12 +27,15 @@ from engine.spec import normalize_spec
 if TYPE_CHECKING:
     from engine.network import Network
 
-__all__ = ["HINGE_LOSSES", "Callback", "Model", "fit"]
+__all__ = ["HINGE_LOSSES", "MAX_CLASSES", "Callback", "Model", "fit"]
 
 Callback = Callable[[dict[str, Any]], bool | None]
 # Hinge losses train margins, not likelihoods: their scores are not calibrated probabilities.
 HINGE_LOSSES = frozenset({"multiclass_hinge", "squared_hinge"})
 _METRIC_NAMES = {"classification": "accuracy", "regression": "r2"}
+# A continuous target sent to a classifier by mistake would otherwise build an (N, C) softmax
+# with one class per distinct value.
+MAX_CLASSES = 1000
 
 
 class Model:
@@ -288,8 +291,9 @@ def fit(
         ("loss",)``, code ``"loss_class_mismatch"``); a diverged run (non-finite loss, ``loc ==
         ("optimizer", "learning_rate")``, code ``"diverged"``).
     InputError
-        ``missing_target``, ``one_class``, ``constant_target``, ``non_finite``, ``not_numeric``,
-        ``mixed_types``, ``length_mismatch``, ``too_few_rows``, ...
+        ``missing_target``, ``one_class``, ``too_many_classes``, ``constant_target``,
+        ``non_finite``, ``not_numeric``, ``mixed_types``, ``length_mismatch``, ``too_few_rows``,
+        ...
     """
     # Imported here so `import engine` (spec validation, registries) stays light for the service.
     from engine.network import Network
@@ -318,6 +322,12 @@ def fit(
             raise InputError(
                 f"The target has a single class ({classes[0]!r}); a classifier needs at least two.",
                 "one_class",
+            )
+        if len(classes) > MAX_CLASSES:
+            raise InputError(
+                f"The target has {len(classes)} distinct values, more than the {MAX_CLASSES} "
+                "classes a classifier supports; for a numeric target use task 'regression'.",
+                "too_many_classes",
             )
         if spec["loss"] == "binary_cross_entropy" and len(classes) != 2:
             raise SpecError(

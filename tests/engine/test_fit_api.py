@@ -263,6 +263,15 @@ def test_bad_targets(spec, y, code):
     assert info.value.code == code
 
 
+def test_continuous_target_for_a_classifier_is_too_many_classes():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 1))
+    with pytest.raises(InputError) as info:
+        engine.fit(_spec(epochs=1), X, X[:, 0] * 3.0)
+    assert info.value.code == "too_many_classes"
+    assert "regression" in info.value.msg
+
+
 def test_infinite_feature_is_non_finite_with_column_and_row():
     X = {"a": np.array([1.0, 2.0, np.inf, 4.0])}
     with pytest.raises(InputError) as info:
