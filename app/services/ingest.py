@@ -189,8 +189,17 @@ class _MultipartSpooler:
                 loc=[*FILE_LOC, "line", 1],
                 code="not_utf8",
             )
+        # Whichever comes first is reported: a NUL byte (binary) or a byte that is not UTF-8.
         nul = chunk.find(b"\0")
-        if nul >= 0:
+        invalid: tuple[int, str] | None = None
+        # ASCII chunks are valid UTF-8 on their own unless a multi-byte character is pending.
+        if not (chunk.isascii() and not self._decoder.getstate()[0]):
+            pending = len(self._decoder.getstate()[0])
+            try:
+                self._decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                invalid = (max(exc.start - pending, 0), exc.object[exc.start : exc.start + 1].hex())
+        if nul >= 0 and (invalid is None or nul < invalid[0]):
             line = self._lines + chunk.count(b"\n", 0, nul)
             raise InvalidInput(
                 f"The file is binary, not CSV text: NUL byte at line {line} "
@@ -198,21 +207,15 @@ class _MultipartSpooler:
                 loc=[*FILE_LOC, "line", line],
                 code="binary_file",
             )
-        # ASCII chunks are valid UTF-8 on their own unless a multi-byte character is pending.
-        if not (chunk.isascii() and not self._decoder.getstate()[0]):
-            pending = len(self._decoder.getstate()[0])
-            try:
-                self._decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                pos = max(exc.start - pending, 0)
-                line = self._lines + chunk.count(b"\n", 0, pos)
-                bad = exc.object[exc.start : exc.start + 1].hex()
-                raise InvalidInput(
-                    f"The file is not UTF-8 text: invalid byte 0x{bad} at line {line} "
-                    f"(byte offset {offset + pos}). Save the CSV as UTF-8.",
-                    loc=[*FILE_LOC, "line", line],
-                    code="not_utf8",
-                ) from None
+        if invalid is not None:
+            pos, bad = invalid
+            line = self._lines + chunk.count(b"\n", 0, pos)
+            raise InvalidInput(
+                f"The file is not UTF-8 text: invalid byte 0x{bad} at line {line} "
+                f"(byte offset {offset + pos}). Save the CSV as UTF-8.",
+                loc=[*FILE_LOC, "line", line],
+                code="not_utf8",
+            )
         self._lines += chunk.count(b"\n")
         self.result.quotes += chunk.count(b'"')
         self.out.write(chunk)
