@@ -125,6 +125,12 @@ def _check_columns(
         )
     task, loss = normalized["task"], normalized["loss"]
     distinct = column.get("distinct")
+    if (
+        distinct is None
+        and column.get("min") is not None
+        and column.get("min") == column.get("max")
+    ):
+        distinct = 1  # numeric summaries carry min/max, not a distinct count
     if task == "regression":
         if column.get("dtype") != "number":
             errors.append(
@@ -135,9 +141,7 @@ def _check_columns(
                     "target_not_numeric",
                 )
             )
-        elif distinct == 1 or (
-            column.get("min") is not None and column.get("min") == column.get("max")
-        ):
+        elif distinct == 1:
             errors.append(
                 _err(
                     ["target"],
