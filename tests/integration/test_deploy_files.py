@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -491,3 +492,46 @@ def _job_module_file() -> str:
     import app.worker
 
     return str(app.worker.__file__)
+
+
+def test_regular_wheel_install_migrates_outside_the_source_tree(tmp_path: Path) -> None:
+    # The image installs the project as a regular wheel (not editable) and runs from
+    # site-packages, so the migrations must ship inside the wheel.
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = wheels.glob("regula-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(site)  # a pure-Python wheel installs by unpacking
+    assert {"app/cli.py", "app/worker.py", "engine/__init__.py", "migrations/env.py"} <= names
+    assert any(re.fullmatch(r"migrations/versions/\w+\.py", n) for n in names)
+
+    db = tmp_path / "wheel.db"
+    env = _base_env(tmp_path) | {"PYTHONPATH": str(site), "REGULA_DATABASE_URL": f"sqlite:///{db}"}
+    script = "import app, engine; print(app.__file__); from app.cli import main; main(['migrate'])"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert Path(result.stdout.splitlines()[0]).is_relative_to(site)
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "models", "epoch_records", "alembic_version"} <= tables
