@@ -12,9 +12,9 @@ Mini-batch path (every optimizer except ``fista``), per batch:
 3. optimizer step;
 4. proximal steps (default ``l1_method == "proximal"``): ``W <- soft_threshold(W, s * l1)`` with
    ``s`` the optimizer's effective per-coordinate step, then for ``group_l1`` the rows of the first
-   layer's weights ``W_1 <- block_soft_threshold(W_1, s_row * group_l1)`` (``s_row`` = mean of
-   ``s`` over the row for adaptive optimizers, an approximation: the group prox has no closed form
-   for per-coordinate steps). These produce EXACT zeros.
+   layer's weights ``W_1 <- block_soft_threshold(W_1, s_row * group_l1)`` (``s_row`` = harmonic
+   mean of ``s`` over the row for adaptive optimizers, an approximation: the group prox has no
+   closed form for per-coordinate steps). These produce EXACT zeros.
 
 Per-epoch history record (see ``HISTORY_KEYS``): ``data_loss`` and ``metric`` on the training split
 are running means over the epoch's batches (computed in training mode while the weights move, as
@@ -337,7 +337,10 @@ def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> 
             if gl1:
                 i = w_idx[0]
                 s = opt.step_size(i)
-                t = s * gl1 if np.isscalar(s) else s.mean(axis=1) * gl1
+                # adaptive: harmonic mean of the row's steps (the step of the row's mean
+                # denominator); an arithmetic mean would let one dead unit (step lr/eps) zero
+                # every row
+                t = s * gl1 if np.isscalar(s) else gl1 * s.shape[1] / np.sum(1.0 / s, axis=1)
                 block_soft_threshold(params[i], t, out=params[i])
         data_loss = total / N
         _check_finite(data_loss, epoch)
