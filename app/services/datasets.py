@@ -133,8 +133,16 @@ def path_of(dataset: Dataset, data_dir: Path | None = None) -> Path:
 def load_table(
     dataset: Dataset, *, data_dir: Path | None = None, columns: list[str] | None = None
 ) -> dict[str, np.ndarray]:
-    """The dataset as {column: 1-D array}: numbers float64 with NaN, strings object with None."""
-    table = pq.read_table(path_of(dataset, data_dir), columns=columns)
+    """The dataset as {column: 1-D array}: numbers float64 with NaN, strings object with None.
+
+    ``columns`` selects (and orders) columns; names the file does not have are left out, so the
+    caller can report them. Raises FileNotFoundError if the file is gone.
+    """
+    path = path_of(dataset, data_dir)
+    if columns is not None:
+        present = set(pq.read_schema(path).names)
+        columns = [c for c in dict.fromkeys(columns) if c in present]
+    table = pq.read_table(path, columns=columns)
     out: dict[str, np.ndarray] = {}
     for name, col in zip(table.column_names, table.columns, strict=True):
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):

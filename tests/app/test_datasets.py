@@ -144,6 +144,20 @@ def test_load_table_types_and_missing(client: TestClient) -> None:
     assert list(table["city"]) == ["Paris", "Lyon", "Paris", None]
 
 
+def test_load_table_selects_columns_and_skips_unknown_ones(client: TestClient) -> None:
+    row = _row(upload(client, SMALL_CSV).json()["id"])
+    table = service.load_table(row, columns=["city", "age", "nope", "city"])
+    assert list(table) == ["city", "age"]
+    assert len(table["age"]) == 4
+
+
+def test_load_table_of_deleted_file_raises_file_not_found(client: TestClient) -> None:
+    row = _row(upload(client, SMALL_CSV).json()["id"])
+    (Path(settings.data_dir) / row.path).unlink()
+    with pytest.raises(FileNotFoundError):
+        service.load_table(row)
+
+
 def test_parquet_keeps_int64_when_all_ints(client: TestClient) -> None:
     r = upload(client, b"i,f\n1,1\n2,2.5\n3,\n")
     schema = pq.read_schema(Path(settings.data_dir) / _row(r.json()["id"]).path)
