@@ -209,13 +209,13 @@ def _params(cases: list[Case]) -> Any:
     return pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
 
 
-# Codes we accept: the service's own code, or pydantic's when the schema layer catches it first.
-MISSING = ("missing_column", "missing_feature", "missing")
-EXTRA = ("extra_column", "extra_feature", "unknown_feature", "unknown_column", "extra_forbidden")
-NOT_NUMERIC = ("not_numeric", "float_type", "float_parsing", "invalid_type", "wrong_type")
-NON_FINITE = ("non_finite", "finite_number", "not_finite")
-MISSING_VALUE = ("missing_value", "null_value", "not_null", *NOT_NUMERIC, *NON_FINITE)
-NOT_CATEGORY = ("unknown_category", "string_type", "invalid_type", "wrong_type", "not_string")
+# The stable codes: the service's own, or pydantic's where the schema layer answers first.
+MISSING = ("missing_feature",)
+EXTRA = ("unknown_feature",)
+NOT_NUMERIC = ("not_numeric",)
+NON_FINITE = ("non_finite",)
+MISSING_VALUE = ("missing_value",)
+NOT_CATEGORY = ("wrong_type",)
 
 MISSING_FEATURE = [
     Case("numeric", _predict(_rows_with(_drop("x1"))), (422,), MISSING, ("x1",), BAD_ROW),
@@ -246,21 +246,21 @@ WRONG_TYPE = [
         "nan",
         _raw('{"rows": [{"x1": NaN, "x2": 0.1, "color": "red"}]}'),
         (422,),
-        (*NON_FINITE, "json_invalid"),
+        NON_FINITE,
         ("x1",),
     ),
     Case(
         "infinity",
         _raw('{"rows": [{"x1": 1.0, "x2": -Infinity, "color": "red"}]}'),
         (422,),
-        (*NON_FINITE, "json_invalid"),
+        NON_FINITE,
         ("x2",),
     ),
     Case(
         "overflow",
         _raw('{"rows": [{"x1": 1e999, "x2": 0.1, "color": "red"}]}'),
         (422,),
-        (*NON_FINITE, "json_invalid"),
+        NON_FINITE,
         ("x1",),
     ),
 ]
@@ -272,8 +272,8 @@ UNSEEN_CATEGORY = [
 ]
 
 EMPTY_BATCH = [
-    Case("rows", _predict({"rows": []}), (422,), ("empty_batch", "too_short")),
-    Case("instances", _predict({"instances": []}), (422,), ("empty_batch", "too_short")),
+    Case("rows", _predict({"rows": []}), (422,), ("empty_batch",)),
+    Case("instances", _predict({"instances": []}), (422,), ("empty_batch",)),
 ]
 
 HUGE = MAX_PREDICT_ROWS + 1
@@ -282,13 +282,13 @@ HUGE_BATCH = [
         "rows",
         _predict({"rows": [VALID_ROWS[0]] * HUGE}),
         (413, 422),
-        ("too_many_rows", "too_large", "too_long"),
+        ("too_many_rows",),
     ),
     Case(
         "instances",
         _predict({"instances": [VALID_INSTANCES[0]] * HUGE}),
         (413, 422),
-        ("too_many_rows", "too_large", "too_long"),
+        ("too_many_rows",),
     ),
 ]
 
@@ -310,11 +310,11 @@ UNKNOWN_MODEL = [
 ]
 
 MALFORMED = [
-    Case("truncated", _raw('{"rows": [{"x1": 1'), (400, 422), ("json_invalid",)),
-    Case("not-json", _raw("rows=1&x1=2"), (400, 422), ("json_invalid",)),
-    Case("empty-body", _raw(""), (400, 422), ("missing", "json_invalid")),
-    Case("array", _raw("[1, 2, 3]"), (422,), ("model_attributes_type", "dict_type")),
-    Case("string", _raw('"rows"'), (422,), ("model_attributes_type", "dict_type")),
+    Case("truncated", _raw('{"rows": [{"x1": 1'), (422,), ("json_invalid",)),
+    Case("not-json", _raw("rows=1&x1=2"), (422,), ("json_invalid",)),
+    Case("empty-body", _raw(""), (422,), ("missing",), ("body",)),
+    Case("array", _raw("[1, 2, 3]"), (422,), ("model_attributes_type",)),
+    Case("string", _raw('"rows"'), (422,), ("model_attributes_type",)),
     Case("rows-object", _predict({"rows": {"x1": 1}}), (422,), ("list_type",), ("rows",)),
     Case("row-number", _predict({"rows": [1, 2]}), (422,), ("dict_type",), ("rows",)),
     Case(
@@ -324,19 +324,21 @@ MALFORMED = [
             headers={"content-type": "application/json"},
         ),
         (400, 422),
-        ("json_invalid", "http_error"),
+        ("json_invalid",),
+        ("body",),
     ),
     Case(
         "deep-nesting",
         _raw('{"rows": ' + "[" * 100_000 + "]" * 100_000 + "}"),
         (400, 422),
-        ("json_invalid", "http_error", "too_deep"),
+        ("json_invalid",),
+        ("body",),
     ),
     Case(
         "form-encoded",
         _predict(content=b"rows=1", headers={"content-type": "application/x-www-form-urlencoded"}),
-        (400, 415, 422),
-        ("json_invalid", "model_attributes_type", "unsupported_media_type", "missing"),
+        (422,),
+        ("model_attributes_type",),
     ),
 ]
 
@@ -345,26 +347,26 @@ ROWS_AND_INSTANCES = [
         "both",
         _predict({"rows": VALID_ROWS, "instances": VALID_INSTANCES}),
         (422,),
-        ("rows_and_instances", "ambiguous_input", "value_error", "both_given"),
+        ("rows_and_instances",),
         ("rows",),
     ),
     Case(
         "neither",
         _predict({}),
         (422,),
-        ("rows_or_instances", "missing_input", "value_error", "missing", "neither_given"),
+        ("rows_or_instances",),
         ("rows",),
     ),
     Case(
         "both-null",
         _predict({"rows": None, "instances": None}),
         (422,),
-        ("rows_or_instances", "missing_input", "value_error", "missing", "neither_given"),
+        ("rows_or_instances",),
         ("rows",),
     ),
 ]
 
-WIDTH = ("wrong_width", "instance_width", "wrong_length", "too_short", "too_long")
+WIDTH = ("wrong_width",)
 INSTANCE_WIDTH = [
     Case(
         "narrow",
@@ -410,11 +412,9 @@ def _spec(dataset_id: Callable[[World], str]) -> Callable[[World], dict[str, Any
     return build
 
 
-DATASET_GONE = ("dataset_not_found", "not_found", "unknown_dataset")
+DATASET_GONE = ("dataset_not_found",)
 DELETED_DATASET = [
-    Case(
-        "deleted", _spec(lambda w: w.deleted_dataset_id), (404, 422), DATASET_GONE, ("dataset_id",)
-    ),
+    Case("deleted", _spec(lambda w: w.deleted_dataset_id), (422,), DATASET_GONE, ("dataset_id",)),
     Case(
         "never-existed",
         _spec(lambda w: uuid.uuid4().hex),
@@ -422,7 +422,7 @@ DELETED_DATASET = [
         DATASET_GONE,
         ("dataset_id",),
     ),
-    Case("model-id", _spec(lambda w: w.model_id), (404, 422), DATASET_GONE, ("dataset_id",)),
+    Case("model-id", _spec(lambda w: w.model_id), (422,), DATASET_GONE, ("dataset_id",)),
 ]
 
 CATALOGUE = {
