@@ -249,7 +249,7 @@ def test_concurrent_claims_from_processes_run_a_job_once(any_url: str) -> None:
     migrate.upgrade(any_url)
     (job_id,) = _queued_jobs(any_url, 1)
     ctx = multiprocessing.get_context("spawn")
-    contenders = 4
+    contenders = 3
     barrier = ctx.Barrier(contenders)
     results = ctx.Queue()
     procs = [
