@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
-    results = [run_section(name, args) for name in args.sections]
+    from bench.server import close_shared
+
+    try:
+        results = [run_section(name, args) for name in args.sections]
+    finally:
+        close_shared()
     checks = [c for r in results for c in r.checks]
     passed = sum(c.passed for c in checks)
     print(

@@ -208,7 +208,7 @@ def thread_limit(threads: int):
 
 
 def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile: bool) -> None:
-    n_rows = 1_024 if quick else 60_000
+    n_rows = 512 if quick else 60_000
     batch_sizes = (32, 128, 512)
     X, y = make_data(n_rows)
     X64 = X.astype(np.float64)

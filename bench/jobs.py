@@ -1,0 +1,105 @@
+"""Section 5: jobs: latency from ``POST /jobs`` to running and to succeeded; two workers at once.
+
+- Latency: a one-epoch job on a tiny dataset (200 x 5), polled every 5 ms with ``GET /jobs/{id}``
+  as a client would; the first observation that is no longer ``queued`` counts as "running" (an
+  upper bound when the job finished between two polls). Median over several jobs; goal < 0.5 s to
+  running.
+- Parallelism: the wall time from submitting to both succeeded for two equal jobs (each ~2 s of
+  training alone) on ``regula serve`` with 2 workers, against one such job alone. Goal <= 1.2x.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import api
+from bench.common import SectionResult, best_of, median
+from bench.server import regula_for
+
+GOAL_RUNNING = 0.5
+GOAL_PARALLEL = 1.2
+
+
+def submit_and_watch(client: httpx.Client, spec: dict, poll: float = 0.005) -> tuple[float, float]:
+    """(seconds to first non-queued status, seconds to succeeded), measured from the POST."""
+    t0 = time.perf_counter()
+    job = api.submit(client, spec)
+    to_running = None
+    deadline = t0 + 300
+    while time.perf_counter() < deadline:
+        status = client.get(f"/jobs/{job['id']}").json()["status"]
+        now = time.perf_counter() - t0
+        if status != "queued" and to_running is None:
+            to_running = now
+        if status in api.TERMINAL:
+            if status != "succeeded":
+                raise RuntimeError(f"job {job['id']} {status}")
+            return to_running, now
+        time.sleep(poll)
+    raise RuntimeError(f"job {job['id']} did not finish in 300 s")
+
+
+def run_together(client: httpx.Client, specs: list[dict]) -> float:
+    """Submit all ``specs`` at once; seconds until every job succeeded."""
+    t0 = time.perf_counter()
+    ids = [api.submit(client, s)["id"] for s in specs]
+    for job_id in ids:
+        api.wait(client, job_id, poll=0.02)
+    return time.perf_counter() - t0
+
+
+def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile: bool) -> None:
+    n_latency = 3 if quick else 7
+    big_rows, big_epochs = (2_000, 1) if quick else (20_000, 3)
+    with tempfile.TemporaryDirectory(prefix="regula-bench-") as tmp:
+        tiny = Path(tmp) / "tiny.csv"
+        big = Path(tmp) / "big.csv"
+        api.write_csv(tiny, 200, 5)
+        api.write_csv(big, big_rows, 50, seed=1)
+        with regula_for(quick=quick) as server, httpx.Client(base_url=server.url) as client:
+            _, tiny_ds = api.upload(client, tiny)
+            _, big_ds = api.upload(client, big)
+            tiny_spec = api.train_spec(tiny_ds["id"], epochs=1, batch_size=32)
+            # Warm-up: the first job imports the engine in the worker processes.
+            submit_and_watch(client, tiny_spec)
+            submit_and_watch(client, tiny_spec)
+            lat = [submit_and_watch(client, tiny_spec) for _ in range(n_latency)]
+            res.check(
+                "POST /jobs -> running (median)",
+                median([a for a, _ in lat]),
+                "1 second",
+                1.0,
+                "s",
+                "<=",
+                GOAL_RUNNING,
+                note=f"{n_latency} one-epoch jobs on 200 x 5, polled every 5 ms",
+            )
+            res.info("POST /jobs -> succeeded (median)", median([b for _, b in lat]), "s")
+
+            big_spec = api.train_spec(
+                big_ds["id"], model={"hidden_layers": [128, 64]}, epochs=big_epochs, batch_size=64
+            )
+            run_together(client, [big_spec])  # warm-up (data cache, imports)
+            one, two = [], []
+            for _ in range(repeats):
+                one.append(run_together(client, [big_spec]))
+                two.append(run_together(client, [big_spec, big_spec]))
+            res.info(
+                "one job alone (submit -> succeeded)",
+                best_of(one),
+                "s",
+                note=f"{big_rows:,} x 50, hidden [128, 64], {big_epochs} epoch(s)",
+            )
+            res.check(
+                "two equal jobs on 2 workers",
+                best_of(two),
+                "one job alone",
+                best_of(one),
+                "s",
+                "<=",
+                GOAL_PARALLEL,
+            )
