@@ -533,3 +533,72 @@ def test_regular_wheel_install_migrates_outside_the_source_tree(tmp_path: Path) 
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"jobs", "models", "epoch_records", "alembic_version"} <= tables
+
+
+# --------------------------------------------------------------------------------------------
+# Makefile and .ci/run
+# --------------------------------------------------------------------------------------------
+
+
+def _stub_bin(folder: Path, scripts: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text(f'#!/bin/sh\necho {name} "$@" >> {folder / "calls.log"}\n{body}\n')
+        path.chmod(0o755)
+
+
+@pytest.mark.parametrize(("pytest_code", "make_code"), [(0, 0), (5, 0), (1, 2)])
+def test_make_test_runs_lint_then_pytest_and_tolerates_no_tests_only(
+    tmp_path: Path, pytest_code: int, make_code: int
+) -> None:
+    venv = tmp_path / "venv"
+    ok = "exit 0"
+    _stub_bin(
+        venv / "bin",
+        {"python": ok, "pip": ok, "ruff": ok, "pytest": f"exit {pytest_code}"},
+    )
+    result = subprocess.run(
+        ["make", "-s", "test", f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == make_code, result.stdout + result.stderr
+    calls = (venv / "bin" / "calls.log").read_text().splitlines()
+    assert calls == [
+        "pip install --quiet -e .[dev]",
+        "ruff check .",
+        "ruff format --check .",
+        "pytest",
+    ]
+
+
+def test_make_test_creates_the_venv_when_missing(tmp_path: Path) -> None:
+    venv = tmp_path / "fresh"
+    result = subprocess.run(
+        ["make", "-n", "test", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"python3 -m venv {venv}"
+    assert any("pip install --quiet -e '.[dev]'" in line for line in lines)
+
+
+def test_ci_run_runs_make_test_and_fails_when_it_fails(tmp_path: Path) -> None:
+    script = ROOT / ".ci" / "run"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    for code in (0, 3):
+        stubs = tmp_path / f"bin{code}"
+        _stub_bin(stubs, {"make": f"exit {code}"})
+        env = os.environ | {"PATH": f"{stubs}:{os.environ['PATH']}", "CI": "true"}
+        result = subprocess.run(
+            ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert result.returncode == code, result.stdout + result.stderr
+        assert (stubs / "calls.log").read_text().splitlines() == ["make test"]
