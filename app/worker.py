@@ -15,7 +15,9 @@ job is (re)submitted - the body's atomic claim makes a double submission harmles
 import logging
 import queue
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -324,11 +326,23 @@ def reap_once(executor: Executor) -> dict[str, int]:
 
 
 class Reaper:
-    """A thread that runs ``reap_once`` every few seconds (or at once when a task ends)."""
+    """A thread that runs ``reap_once`` every few seconds (or at once when a task ends).
 
-    def __init__(self, executor: Executor, interval: float | None = None) -> None:
+    ``housekeeping`` (e.g. collecting orphaned dataset files) runs every ``housekeeping_every``
+    seconds on the same thread.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        interval: float | None = None,
+        housekeeping: Callable[[], None] | None = None,
+        housekeeping_every: float = 300.0,
+    ) -> None:
         self.executor = executor
         self.interval = interval or max(0.5, min(5.0, settings.stale_after_seconds / 4))
+        self.housekeeping = housekeeping
+        self.housekeeping_every = housekeeping_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="regula-reaper", daemon=True)
 
@@ -341,6 +355,7 @@ class Reaper:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        last_housekeeping = time.monotonic()
         while not self._stop.is_set():
             self.executor.wakeup.wait(self.interval)
             self.executor.wakeup.clear()
@@ -348,17 +363,23 @@ class Reaper:
                 return
             try:
                 reap_once(self.executor)
+                if (
+                    self.housekeeping is not None
+                    and time.monotonic() - last_housekeeping > self.housekeeping_every
+                ):
+                    last_housekeeping = time.monotonic()
+                    self.housekeeping()
             except Exception:  # the database may be briefly unreachable; try again next pass
                 log.warning("reaper pass failed", exc_info=True)
 
 
-def start_service() -> tuple[Executor, Reaper]:
+def start_service(housekeeping: Callable[[], None] | None = None) -> tuple[Executor, Reaper]:
     """Lifespan start: executor, recovery, reaper."""
     executor = make_executor(settings.executor)
     executor.start()
     set_executor(executor)
     recover(executor)
-    reaper = Reaper(executor)
+    reaper = Reaper(executor, housekeeping=housekeeping)
     reaper.start()
     return executor, reaper
 
