@@ -5,16 +5,10 @@ it can kill it with SIGKILL and start it again on the same database and data fol
 fault the SQLite file must pass ``PRAGMA integrity_check``.
 """
 
-import contextlib
 import hashlib
-import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,124 +17,25 @@ import numpy as np
 import psutil
 import pytest
 
+from tests.integration.conftest import RegulaServer, ServerFactory
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_all(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(procs, timeout=30)
-
-
-class Server:
-    """One ``regula serve`` on a fixed database and data folder; can be killed and restarted."""
-
-    def __init__(self, workdir: Path, **env: str) -> None:
-        self.workdir = workdir
-        self.db_path = workdir / "regula.db"
-        self.data_dir = workdir / "data"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "REGULA_DATABASE_URL": f"sqlite:///{self.db_path}",
-            "REGULA_DATA_DIR": str(self.data_dir),
-            "REGULA_EXECUTOR": "local",
-            "REGULA_WORKERS": "1",
-            "REGULA_HOST": "127.0.0.1",
-            "REGULA_PORT": str(self.port),
-            "REGULA_HEARTBEAT_SECONDS": "0.5",
-            "REGULA_STALE_AFTER_SECONDS": "4",
-            "REGULA_LOG_LEVEL": "info",
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 90.0) -> None:
-        """Start the server and wait until /readyz answers."""
-        self.starts += 1
-        log = open(self.workdir / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - lives with proc
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server did not become ready:\n{self.logs()}")
-
-    def logs(self) -> str:
-        path = self.workdir / f"server-{self.starts}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
-
-    def descendants(self) -> list[psutil.Process]:
-        assert self.proc is not None
-        try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def kill(self) -> None:
-        """SIGKILL the server (a crash), then its orphaned worker processes."""
-        assert self.proc is not None
-        children = self.descendants()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        # The workers of a crashed server are orphans; a real host would lose them with the
-        # container. Kill them by pid so they cannot keep writing to the database.
-        _kill_all(children)
-        self.proc = None
-
-    def stop(self) -> None:
-        """SIGTERM and wait (graceful shutdown); SIGKILL if it hangs."""
-        if self.proc is None:
-            return
-        children = self.descendants()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        _kill_all(children)
-        self.proc = None
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None:
-            srv.kill()
+def server(regula_server: ServerFactory) -> RegulaServer:
+    """A not-yet-started server (S2's restartable fixture) on its own database and data folder."""
+    return regula_server(start=False)
+
+
+def db_path(server: RegulaServer) -> Path:
+    return server.workdir / "regula.db"
+
+
+def data_dir(server: RegulaServer) -> Path:
+    return server.workdir / "data"
 
 
 def csv_bytes(n: int, d: int = 4, seed: int = 0) -> bytes:
@@ -199,10 +94,11 @@ def data_files(data_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
 
 
-def worker_pid(server: Server, address: str) -> int:
+def worker_pid(server: RegulaServer, address: str) -> int:
     """The pid of the server's descendant that listens on the Dask worker ``address``."""
+    assert server.proc is not None
     port = int(address.rsplit(":", 1)[1])
-    for proc in server.descendants():
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
         try:
             for conn in proc.net_connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
@@ -221,7 +117,7 @@ def job_row(db_path: Path, job_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_worker_killed_mid_epoch_never_leaves_job_running(server: Server) -> None:
+def test_worker_killed_mid_epoch_never_leaves_job_running(server: RegulaServer) -> None:
     server.start()
     with server.client() as client:
         dataset = upload(client, csv_bytes(6000, d=20))
@@ -231,7 +127,7 @@ def test_worker_killed_mid_epoch_never_leaves_job_running(server: Server) -> Non
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            row = job_row(server.db_path, job["id"])
+            row = job_row(db_path(server), job["id"])
             if row["status"] == "running" and row["epochs_done"] >= 1 and row["worker"]:
                 break
             time.sleep(0.1)
@@ -256,10 +152,10 @@ def test_worker_killed_mid_epoch_never_leaves_job_running(server: Server) -> Non
                 json={"instances": [[0.0] * 20, [1.0] * 20]},
             )
             assert predicted.status_code == 200, predicted.text
-        after = job_row(server.db_path, job["id"])
+        after = job_row(db_path(server), job["id"])
         assert after["attempts"] >= 2 or final["status"] == "failed", after
     server.stop()
-    assert integrity_check(server.db_path) == "ok"
+    assert integrity_check(db_path(server)) == "ok"
 
 
 def _slow_upload(url: str, total: int, chunk: int, sent_before_kill: int) -> socket.socket:
@@ -293,33 +189,33 @@ def _slow_upload(url: str, total: int, chunk: int, sent_before_kill: int) -> soc
     return sock
 
 
-def test_server_killed_mid_upload_leaves_no_partial_dataset(server: Server) -> None:
+def test_server_killed_mid_upload_leaves_no_partial_dataset(server: RegulaServer) -> None:
     server.start()
     with server.client() as client:
         kept = upload(client, csv_bytes(200), name="kept.csv")
-    files_before = data_files(server.data_dir)
+    files_before = data_files(data_dir(server))
     sock = _slow_upload(server.url, total=50_000_000, chunk=64_000, sent_before_kill=3_000_000)
     try:
         # Wait until the server is visibly mid-upload (its spool file exists), then crash it.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and data_files(server.data_dir) == files_before:
+        while time.monotonic() < deadline and data_files(data_dir(server)) == files_before:
             time.sleep(0.05)
-        spooled = sorted(set(data_files(server.data_dir)) - set(files_before))
+        spooled = sorted(set(data_files(data_dir(server))) - set(files_before))
         assert spooled, "the upload never reached the data folder"
         server.kill()
     finally:
         sock.close()
-    assert integrity_check(server.db_path) == "ok"
+    assert integrity_check(db_path(server)) == "ok"
 
     server.start()
     with server.client() as client:
         listed = client.get("/datasets").json()
         assert [d["id"] for d in listed] == [kept["id"]]
         assert client.get(f"/datasets/{kept['id']}").json()["rows"] == 200
-    leftovers = sorted(set(data_files(server.data_dir)) - set(files_before))
+    leftovers = sorted(set(data_files(data_dir(server))) - set(files_before))
     assert leftovers == [], f"orphan files after restart: {leftovers} (spooled: {spooled})"
     server.stop()
-    assert integrity_check(server.db_path) == "ok"
+    assert integrity_check(db_path(server)) == "ok"
 
 
 def _everything(client: httpx.Client, dataset_id: str, job_id: str, model_id: str) -> dict:
@@ -349,7 +245,9 @@ def _everything(client: httpx.Client, dataset_id: str, job_id: str, model_id: st
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
-def test_restart_keeps_datasets_models_histories_and_predictions(server: Server, how: str) -> None:
+def test_restart_keeps_datasets_models_histories_and_predictions(
+    server: RegulaServer, how: str
+) -> None:
     server.start()
     with server.client() as client:
         dataset = upload(client, csv_bytes(400))
@@ -358,7 +256,7 @@ def test_restart_keeps_datasets_models_histories_and_predictions(server: Server,
         before = _everything(client, dataset["id"], job["id"], job["model_id"])
     assert len(before[f"/jobs/{job['id']}/history"]["epochs"]) == 6
     server.kill() if how == "sigkill" else server.stop()
-    assert integrity_check(server.db_path) == "ok"
+    assert integrity_check(db_path(server)) == "ok"
 
     server.start()
     with server.client() as client:
@@ -366,4 +264,4 @@ def test_restart_keeps_datasets_models_histories_and_predictions(server: Server,
     for key in before:
         assert after[key] == before[key], key
     server.stop()
-    assert integrity_check(server.db_path) == "ok"
+    assert integrity_check(db_path(server)) == "ok"
