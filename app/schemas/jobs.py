@@ -5,10 +5,10 @@ Numeric ranges mirror ``engine.normalize_spec``; the service still runs ``normal
 pydantic, so the engine stays the one authority on what a spec means (and fills every default).
 """
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 import engine
 
@@ -20,6 +20,14 @@ Initializer = Literal[(*engine.INITIALIZERS, "glorot", "xavier")]  # type: ignor
 DropoutMode = Literal[engine.DROPOUT_MODES]  # type: ignore[valid-type]
 OptimizerName = Literal[engine.OPTIMIZERS]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; every timestamp we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class _Strict(BaseModel):
@@ -166,9 +174,9 @@ class JobRead(BaseModel):
     error_code: str | None = Field(description="Stable machine-readable failure code.")
     model_id: str | None
     dataset_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
     epochs_done: int
     attempts: int
     cancel_requested: bool

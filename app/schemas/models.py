@@ -1,9 +1,10 @@
 """Request and response schemas of /models: a model, predictions, sparsity statistics."""
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.jobs import UTCDateTime
 
 
 class ModelRead(BaseModel):
@@ -21,7 +22,7 @@ class ModelRead(BaseModel):
     classes: list[Any] | None = Field(description="Class labels (classification), else null.")
     spec: dict[str, Any]
     metrics: dict[str, Any]
-    created_at: datetime
+    created_at: UTCDateTime
     size_bytes: int = Field(description="Size of the exported npz.")
 
 
