@@ -304,12 +304,16 @@ class Fista:
     Parameters
     ----------
     tol : float
-        Stop when the largest change of any parameter in one iteration is below
-        ``tol * max(1, max |W|)``.
+        Lasso / elastic net (mse without group_l1): stop when the duality gap is at most
+        ``tol * var(y)`` (scikit-learn's ``tol`` for its coordinate descent, same default).
+    step_tol : float
+        Other losses: stop when no parameter moves by more than ``step_tol * max(1, max |W|)``
+        in one iteration.
     """
 
-    def __init__(self, tol: float = 1e-7) -> None:
+    def __init__(self, tol: float = 1e-4, step_tol: float = 1e-7) -> None:
         self.tol = _check("tol", tol, 0.0, math.inf, False, True)
+        self.step_tol = _check("step_tol", step_tol, 0.0, math.inf, False, True)
         self.learning_rate = 0.0  # the step is 1/L from the data; the trainer reports it per epoch
 
 
@@ -347,5 +351,5 @@ def make_optimizer(opt_spec: dict) -> Optimizer | Fista:
     if name == "adam":
         return Adam(**kw, **pick("beta1", "beta2", "eps"))
     if name == "fista":
-        return Fista(**pick("tol"))
+        return Fista(**pick("tol", "step_tol"))
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")

@@ -28,9 +28,11 @@ Teboulle 2009) with backtracking on the Lipschitz constant (started from a few p
 ``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015). Only for linear models (no
 hidden layers), smooth losses (mse, huber, binary_cross_entropy, softmax_cross_entropy,
 squared_hinge) and no dropout. One epoch = ``ceil(N / batch_size)`` iterations (as many updates as
-a mini-batch epoch); training stops ("completed") as soon as an iteration moves no parameter by
-more than ``tol * max(1, max|W|)``. Its ``data_loss``/``metric`` are exact full-batch values at
-the epoch's final iterate and its ``learning_rate`` is the step ``1/L``.
+a mini-batch epoch); training stops ("completed") once converged: for mse without group_l1 (the
+Lasso / elastic net) when the duality gap is at most ``tol * var(y)`` (scikit-learn's criterion),
+otherwise when an iteration moves no parameter by more than ``step_tol * max(1, max|W|)``. Its
+``data_loss``/``metric`` are exact full-batch values at the epoch's final iterate and its
+``learning_rate`` is the step ``1/L``.
 
 Best weights: by ``val_loss`` with a validation split, else by ``loss``; they are restored when
 training stops early (early stopping or a callback returning True), not on normal completion.
@@ -377,10 +379,11 @@ def _check_fista(network: Network, loss_name: str) -> None:
         raise ValueError("optimizer 'fista' is full-batch and deterministic: dropout must be 0")
 
 
-def _lambda_max(X: np.ndarray, iters: int = 12) -> float:
+def _lambda_max(X: np.ndarray, iters: int = 4) -> float:
     """Power-iteration estimate of the largest eigenvalue of ``A.T @ A``, ``A = [X, 1] (N, D + 1)``.
 
-    A lower bound (Rayleigh quotient); the backtracking corrects it if too small.
+    A lower bound (Rayleigh quotient) from a few iterations: a slightly small ``L`` means longer
+    steps, and the backtracking raises it wherever the descent condition fails.
     """
     D = X.shape[1]
     v = np.ones(D, dtype=X.dtype) / math.sqrt(D + 1)
@@ -400,6 +403,44 @@ def _lambda_max(X: np.ndarray, iters: int = 12) -> float:
     return max(lam, 1e-12)
 
 
+def _lasso_gap(
+    Xt_r: np.ndarray,
+    r: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    colsum: np.ndarray,
+    l1: float,
+    l2: float,
+) -> float:
+    """Duality gap of the elastic net ``F = (1/N)||r||^2 + l1 ||w||_1 + l2 ||w||^2``.
+
+    An upper bound of ``F(w, b) - min F`` at ``w (D,)`` with residual ``r = y - X w - b (N,)`` and
+    ``Xt_r = X.T @ r (D,)``, ``colsum = X.T @ 1 (D,)`` (all float64). It is scikit-learn's gap for
+    ``0.5 ||r||^2 + a ||w||_1 + 0.5 c ||w||^2`` (``a = N l1 / 2``, ``c = N l2``) on the centred
+    residual (the intercept eliminated; ``X.T @ (r - mean r) = Xt_r - mean(r) * colsum``, so X
+    needs no centring), times ``2 / N``, plus ``mean(r)^2``, the part of ``F`` that the optimal
+    ``b`` for this ``w`` would remove.
+    """
+    N = r.shape[0]
+    r_mean = float(r.mean())
+    rc = r - r_mean
+    a, c = 0.5 * N * l1, N * l2
+    XtA = Xt_r - r_mean * colsum
+    if c:
+        XtA -= c * w
+    dual_norm = float(np.abs(XtA).max(initial=0.0))
+    r_norm2 = float(rc @ rc)
+    if dual_norm > a:
+        const = a / dual_norm
+        gap = 0.5 * r_norm2 * (1.0 + const * const)
+    else:
+        const = 1.0
+        gap = r_norm2
+    gap += a * float(np.abs(w).sum()) - const * float(rc @ y)
+    gap += 0.5 * c * (1.0 + const * const) * float(w @ w)
+    return 2.0 / N * gap + r_mean * r_mean
+
+
 def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> TrainResult:
     loss_name = spec.get("loss", "mse")
     _check_fista(network, loss_name)
@@ -413,8 +454,18 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
     bs = max(1, min(int(spec.get("batch_size", 32)), N))
     iters = math.ceil(N / bs)
     dtype = network.dtype
-    tol = max(opt.tol, 50.0 * float(np.finfo(dtype).eps))
+    step_tol = max(opt.step_tol, 50.0 * float(np.finfo(dtype).eps))
     rtol_f = 10.0 * float(np.finfo(dtype).eps)
+    # Lasso / elastic net: stop on the duality gap (scikit-learn's criterion), relative to the
+    # variance of y, i.e. to the objective of the model that predicts the mean. The gap is taken
+    # at the extrapolated point from the gradient computed there anyway, so it costs O(N + D); the
+    # prox-gradient step from that point can only lower the objective, so the returned iterate is
+    # at least as close to the optimum.
+    use_gap = loss_name == "mse" and not gl1
+    if use_gap:
+        y64 = Y.astype(np.float64)
+        gap_tol = opt.tol * float(np.var(y64))
+        colsum = X.sum(axis=0, dtype=np.float64)
 
     dense = network.dense_layers[0]
     W, b = dense.params["W"], dense.params["b"]
@@ -457,6 +508,13 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
         for _ in range(iters):
             f_y, ds = smooth(u_y, y_W)
             gW = X.T @ ds
+            if use_gap:
+                # mse: ds = -2 r / N, so r and X.T @ r come for free from ds and gW
+                scale_r = -0.5 * N
+                r_y = scale_r * ds[:, 0].astype(np.float64)
+                Xt_r = scale_r * gW[:, 0].astype(np.float64)
+                w_y = y_W[:, 0].astype(np.float64)
+                converged = _lasso_gap(Xt_r, r_y, y64, w_y, colsum, l1, l2) <= gap_tol
             if l2:
                 gW += (2.0 * l2) * y_W
             gb = ds.sum(axis=0)
@@ -476,8 +534,9 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
                     break
                 L *= 2.0
             F_n = f_n + nonsmooth(n_W)
-            move = float(max(np.abs(dW).max(initial=0.0), np.abs(db).max(initial=0.0)))
-            scale = max(1.0, float(np.abs(n_W).max(initial=0.0)))
+            if not use_gap:
+                move = float(max(np.abs(dW).max(initial=0.0), np.abs(db).max(initial=0.0)))
+                converged = move <= step_tol * max(1.0, float(np.abs(n_W).max(initial=0.0)))
             if F_n > F_x:
                 # function-value restart: drop the momentum
                 t_k = 1.0
@@ -490,8 +549,7 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
                 u_y = u_n + beta * (u_n - u_x)
                 t_k = t_next
             x_W, x_b, u_x, f_x, F_x = n_W, n_b, u_n, f_n, F_n
-            if move <= tol * scale:
-                converged = True
+            if converged:
                 break
         W[...] = x_W
         b[...] = x_b
