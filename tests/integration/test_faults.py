@@ -139,6 +139,10 @@ def test_worker_killed_mid_epoch_never_leaves_job_running(server: RegulaServer) 
         victim.wait(timeout=30)
 
         final = wait_job(client, job["id"], timeout=180)
+        print(
+            f"\nworker killed at epoch {row['epochs_done']}: job {final['status']}, "
+            f"attempts {final.get('attempts')}, error {final['error']!r}"
+        )
         assert final["status"] in ("succeeded", "failed"), final
         if final["status"] == "failed":
             assert final["error"], "a failed job must say why"
