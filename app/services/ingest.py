@@ -106,7 +106,6 @@ class _MultipartSpooler:
         self._target: str | None = None  # "file", "name" or None (ignored field)
         self._name_buf = bytearray()
         self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._lines = 1
 
     def callbacks(self) -> dict[str, Any]:
         return {
@@ -200,7 +199,7 @@ class _MultipartSpooler:
             except UnicodeDecodeError as exc:
                 invalid = (max(exc.start - pending, 0), exc.object[exc.start : exc.start + 1].hex())
         if nul >= 0 and (invalid is None or nul < invalid[0]):
-            line = self._lines + chunk.count(b"\n", 0, nul)
+            line = self._line_at(chunk, nul)
             raise InvalidInput(
                 f"The file is binary, not CSV text: NUL byte at line {line} "
                 f"(byte offset {offset + nul}).",
@@ -209,17 +208,28 @@ class _MultipartSpooler:
             )
         if invalid is not None:
             pos, bad = invalid
-            line = self._lines + chunk.count(b"\n", 0, pos)
+            line = self._line_at(chunk, pos)
             raise InvalidInput(
                 f"The file is not UTF-8 text: invalid byte 0x{bad} at line {line} "
                 f"(byte offset {offset + pos}). Save the CSV as UTF-8.",
                 loc=[*FILE_LOC, "line", line],
                 code="not_utf8",
             )
-        self._lines += chunk.count(b"\n")
-        self.result.quotes += chunk.count(b'"')
+        # Counting is slow next to a membership test, and most numeric files have no quotes.
+        if b'"' in chunk:
+            self.result.quotes += chunk.count(b'"')
         self.out.write(chunk)
         self.result.size += len(chunk)
+
+    def _line_at(self, chunk: bytes, pos: int) -> int:
+        """1-based line of byte ``pos`` of ``chunk`` (counted from disk: errors only)."""
+        assert self.out is not None
+        self.out.flush()
+        lines = 1
+        with open(self.dest, "rb") as f:
+            while block := f.read(1024 * 1024):
+                lines += block.count(b"\n")
+        return lines + chunk.count(b"\n", 0, pos)
 
     def on_part_end(self) -> None:
         if self._target == "name":

@@ -308,3 +308,62 @@ def test_oversized_upload_is_refused_while_streaming(
     assert_error(r, 413, "too_large", "1 MB", "REGULA_MAX_UPLOAD_MB")
     assert consumed <= max_consumed < total
     assert snapshot(session) == baseline
+
+
+def post_in_chunks(client: TestClient, body: bytes, size: int) -> httpx.Response:
+    """POST a multipart body to the app in ``size``-byte pieces (TestClient sends one piece)."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), size):
+            yield body[i : i + size]
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.post(
+                "/datasets", content=pieces(), headers={"content-type": BOUNDARY_CT}
+            )
+
+    return asyncio.run(send())
+
+
+SPLIT_CASES = [
+    ("latin-1-late", b"name\n" + b"ok\n" * 5000 + "café\n".encode("latin-1"), 422, "not_utf8",
+     ["line 5002"]),
+    ("nul-late", b"a,b\n" + b"1,2\n" * 5000 + b"3,\x00\n", 422, "binary_file", ["line 5002"]),
+    ("utf8-split-across-chunks", "v,s\n1,é\n2,日本\n".encode() * 300, 201, None, []),
+    ("bom-split", b"\xef\xbb\xbfa;b\n1;2\n", 201, None, []),
+    ("truncated-utf8-at-end", b"a\n1\n\xe6\x97", 422, "not_utf8", ["multi-byte"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code", "fragments", "size"),
+    [
+        pytest.param(c, s, code, f, size, id=f"{i}-{size}")
+        for i, c, s, code, f in SPLIT_CASES
+        for size in (1, 7, 4096)
+        if size > 1 or len(c) < 2000  # byte by byte only for short bodies
+    ],
+)
+def test_chunk_boundaries_do_not_change_the_verdict(
+    client: TestClient,
+    session: Session,
+    baseline: tuple[int, list[str]],
+    content: bytes,
+    status: int,
+    code: str | None,
+    fragments: list[str],
+    size: int,
+) -> None:
+    """Multi-byte characters, BOMs and line counts survive any split of the body."""
+    r = post_in_chunks(client, multipart([("file", "split.csv", content)]), size)
+    if code is None:
+        assert r.status_code == status, r.text
+        rows, files = snapshot(session)
+        assert rows == baseline[0] + 1 and len(files) == len(baseline[1]) + 1
+        assert r.json()["columns"][0]["name"] in ("v", "a")
+        assert client.delete(f"/datasets/{r.json()['id']}").status_code == 204
+    else:
+        assert_error(r, status, code, *fragments)
+    assert snapshot(session) == baseline
