@@ -130,3 +130,14 @@ def test_buffers_are_per_parameter():
     opt.step([A, B], [np.ones(2), np.ones((3, 1))])
     assert set(opt.state) == {0, 1}
     assert opt.state[0]["m"].shape == (2,) and opt.state[1]["v"].shape == (3, 1)
+
+
+def test_momentum_effective_step_is_lr_over_one_minus_mu():
+    # a steady gradient g moves heavy-ball momentum by lr * g / (1 - mu) per update
+    opt = make_optimizer({"name": "momentum", "learning_rate": 0.1, "momentum": 0.75})
+    W = np.zeros(1)
+    for _ in range(200):
+        before = W.copy()
+        opt.step([W], [np.array([1.0])])
+    assert before[0] - W[0] == pytest.approx(opt.step_size(0))
+    assert opt.step_size(0) == pytest.approx(0.1 / 0.25)

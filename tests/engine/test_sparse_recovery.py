@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import ElasticNet, Lasso
+from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression
 
 from engine.network import Network
 from engine.trainer import train
@@ -126,3 +126,63 @@ def test_elastic_net_matches_sklearn(data):
     best = objective(X, y, sk.coef_, sk.intercept_, l1, l2)
     assert ours <= 1.01 * best
     assert set(np.flatnonzero(w)) == set(np.flatnonzero(sk.coef_)) == set(SUPPORT)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "sgd", "learning_rate": 0.002, "momentum": 0.9, "decay": 1e-3},
+        {"name": "nesterov", "learning_rate": 0.002, "momentum": 0.9, "decay": 1e-3},
+        {"name": "adam", "learning_rate": 0.05, "decay": 1e-2},
+        {"name": "rmsprop", "learning_rate": 0.02, "decay": 1e-2},
+        {"name": "adagrad", "learning_rate": 0.5},
+        {"name": "adadelta", "learning_rate": 1.0, "eps": 1e-4},
+    ],
+    ids=lambda o: o["name"],
+)
+def test_proximal_l1_reaches_the_lasso_with_every_optimizer(data, optimizer):
+    # the threshold uses each optimizer's effective step (lr/(1-mu) with momentum, per coordinate
+    # for adaptive ones), so the penalty keeps its meaning: the same Lasso optimum for all
+    X, y = data
+    l1 = 0.1
+    w, b, _ = fit_linear(X, y, l1=l1, optimizer=optimizer, epochs=60, batch_size=100)
+    assert set(SUPPORT) <= set(np.flatnonzero(w))
+    assert np.count_nonzero(np.delete(w, SUPPORT) == 0.0) >= D - len(SUPPORT) - 3
+    sk = Lasso(alpha=l1 / 2, tol=1e-10, max_iter=100_000).fit(X, y)
+    assert objective(X, y, w, b, l1) <= 1.01 * objective(X, y, sk.coef_, sk.intercept_, l1)
+
+
+def test_fista_l1_logistic_regression_matches_sklearn():
+    # sklearn minimises C * sum_n logloss_n + ||w||_1 (intercept not penalised with saga);
+    # dividing by C * n gives our mean logloss + l1 ||w||_1 with l1 = 1 / (C * n).
+    rng = np.random.default_rng(3)
+    n, d = 400, 30
+    X = rng.standard_normal((n, d))
+    w_true = np.zeros(d)
+    w_true[:4] = [2.0, -2.0, 1.5, 1.0]
+    y = (X @ w_true + 0.3 + rng.logistic(size=n) > 0).astype(float)
+    C = 0.1
+    l1 = 1.0 / (C * n)
+    spec = {
+        "model": {"hidden_layers": [], "activation": "linear", "init": "glorot_uniform"},
+        "loss": "binary_cross_entropy",
+        "regularization": {"l1": l1, "l2": 0.0, "group_l1": 0.0, "l1_method": "proximal"},
+        "optimizer": {"name": "fista"},
+        "epochs": 200,
+        "batch_size": 40,
+        "dtype": "float64",
+    }
+    net = Network.build(spec, d, 1, rng=np.random.default_rng(0))
+    train(net, X, y, spec, rng=np.random.default_rng(1))
+    w = net.dense_layers[0].params["W"][:, 0]
+    b = float(net.dense_layers[0].params["b"][0])
+
+    def obj(w, b):
+        s = X @ w + b
+        return float(np.mean(np.logaddexp(0.0, s) - y * s) + l1 * np.abs(w).sum())
+
+    sk = LogisticRegression(C=C, l1_ratio=1.0, solver="saga", tol=1e-10, max_iter=100_000)
+    sk.fit(X, y)
+    best = obj(sk.coef_[0], sk.intercept_[0])
+    assert obj(w, b) <= best * 1.001
+    assert set(np.flatnonzero(w)) == set(np.flatnonzero(np.abs(sk.coef_[0]) > 1e-6))
