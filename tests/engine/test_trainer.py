@@ -226,3 +226,31 @@ def test_fista_rejects_what_it_cannot_train(changes, match):
     spec.update(changes)
     with pytest.raises(ValueError, match=match):
         fit(spec, X, yr)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adagrad", "adadelta", "rmsprop", "adam"])
+def test_float32_training_never_upcasts(optimizer):
+    X, y = blobs(n=64)
+    spec = make_spec(
+        model={"hidden_layers": [8, 8], "activation": "prelu", "init": "he"},
+        regularization={"l1": 1e-3, "l2": 1e-3, "group_l1": 1e-3, "l1_method": "proximal"},
+        dropout={"input": 0.1, "hidden": 0.2, "mode": "standard"},
+        optimizer={"name": optimizer, "learning_rate": 0.01, "momentum": 0.9, "decay": 1e-3},
+        epochs=2,
+    )
+    net = Network.build(spec, X.shape[1], 3, rng=np.random.default_rng(0))
+    seen = []
+    for layer in net.layers:
+        for method in ("forward", "backward"):
+            original = getattr(layer, method)
+
+            def wrapped(arr, *args, _original=original, **kwargs):
+                out = _original(arr, *args, **kwargs)
+                seen.extend(a.dtype for a in (arr, out) if a is not None)
+                return out
+
+            setattr(layer, method, wrapped)
+    train(net, X, y, spec, X_val=X[:16], Y_val=y[:16], rng=np.random.default_rng(1))
+    assert seen and set(seen) == {np.dtype(np.float32)}
+    params, grads = net.parameters()
+    assert {p.dtype for p in params} | {g.dtype for g in grads} == {np.dtype(np.float32)}
