@@ -263,6 +263,54 @@ WRONG_TYPE = [
         NON_FINITE,
         ("x1",),
     ),
+    # JSON integers are unbounded; one too large for a float must not reach float() unguarded.
+    Case(
+        "huge-int",
+        _raw('{"rows": [{"x1": 0.5, "x2": ' + "9" * 400 + ', "color": "red"}]}'),
+        (422,),
+        (*NON_FINITE, *NOT_NUMERIC),
+        ("x2",),
+        0,
+    ),
+    Case(
+        "huge-int-instance",
+        _raw('{"instances": [[0.5, ' + "9" * 400 + ', "red"]]}'),
+        (422,),
+        (*NON_FINITE, *NOT_NUMERIC),
+        ("x2",),
+        0,
+    ),
+    # true is not a number in JSON, even though Python's bool is an int.
+    Case("bool", _predict(_rows_with(_set("x1", True))), (422,), NOT_NUMERIC, ("x1",), BAD_ROW),
+    Case(
+        "bool-instance",
+        _predict({"instances": [[True, 0.1, "red"]]}),
+        (422,),
+        NOT_NUMERIC,
+        ("x1",),
+        0,
+    ),
+]
+
+# Finite inputs whose prediction is not finite (float32 overflow inside the network): a 200 with
+# NaN probabilities would be invalid JSON and a silent wrong answer.
+OVERFLOWING = [
+    Case(
+        "rows",
+        _predict(_rows_with(_set("x1", 1e308))),
+        (422,),
+        ("non_finite_output",),
+        (),
+        BAD_ROW,
+    ),
+    Case(
+        "instances",
+        _predict({"instances": [VALID_INSTANCES[0], [-1e308, 1e308, "red"]]}),
+        (422,),
+        ("non_finite_output",),
+        (),
+        1,
+    ),
 ]
 
 UNSEEN_CATEGORY = [
@@ -429,6 +477,7 @@ CATALOGUE = {
     "missing_feature": MISSING_FEATURE,
     "extra_feature": EXTRA_FEATURE,
     "wrong_type": WRONG_TYPE,
+    "overflowing_input": OVERFLOWING,
     "unseen_category": UNSEEN_CATEGORY,
     "empty_batch": EMPTY_BATCH,
     "huge_batch": HUGE_BATCH,
@@ -452,6 +501,11 @@ def test_extra_feature(world: World, case: Case) -> None:
 
 @_params(WRONG_TYPE)
 def test_wrong_type(world: World, case: Case) -> None:
+    _check(world, case)
+
+
+@_params(OVERFLOWING)
+def test_overflowing_input(world: World, case: Case) -> None:
     _check(world, case)
 
 
