@@ -118,26 +118,33 @@ async def create_dataset(
     request: Request, response: Response, session: SessionDep, owner_id: OwnerDep
 ) -> Any:
     """Stream the upload to disk under the size limit, convert it to Parquet, store the row."""
-    spool = service.new_spool_path()
+    files = service.new_files()
     try:
         try:
-            upload = await ingest.spool_multipart(
+            upload, ingested = await ingest.receive_csv(
                 request.stream(),
                 content_type=request.headers.get("content-type"),
                 content_length=request.headers.get("content-length"),
-                dest=spool,
+                spool=files.spool,
+                dest=files.parquet,
                 max_bytes=settings.max_upload_bytes,
+                max_columns=settings.max_columns,
             )
         except ClientDisconnect:
             raise InvalidInput(
                 "The client disconnected during the upload.", loc=["body"], code="disconnected"
             ) from None
-        # Parsing a large CSV takes seconds of CPU: keep the event loop free meanwhile.
         row = await run_in_threadpool(
-            service.create, session=session, upload=upload, owner_id=owner_id
+            service.create,
+            session=session,
+            upload=upload,
+            ingested=ingested,
+            files=files,
+            owner_id=owner_id,
         )
     finally:
-        spool.unlink(missing_ok=True)
+        files.spool.unlink(missing_ok=True)
+        files.parquet.unlink(missing_ok=True)
     response.headers["Location"] = str(request.url_for("get_dataset", dataset_id=row.id))
     return row
 

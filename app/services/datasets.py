@@ -8,7 +8,7 @@ worst a file without a row, which ``gc_orphans`` removes at start-up.
 import logging
 import os
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +39,26 @@ def storage_dir(data_dir: Path | None = None) -> Path:
     return folder
 
 
-def new_spool_path(data_dir: Path | None = None) -> Path:
-    """A fresh temporary path for an incoming upload, on the same volume as the datasets."""
-    return storage_dir(data_dir) / f".upload-{uuid.uuid4().hex}.csv.part"
+@dataclass(frozen=True)
+class NewFiles:
+    """Where a new dataset's files go: spool (CSV), temporary Parquet, final Parquet."""
+
+    dataset_id: str
+    spool: Path
+    parquet: Path
+    relative: str  # the final Parquet path, relative to the data folder (stored in the row)
+
+
+def new_files(data_dir: Path | None = None) -> NewFiles:
+    """Fresh paths for an incoming upload, on the same volume as the datasets (rename is atomic)."""
+    folder = storage_dir(data_dir)
+    dataset_id = new_id()
+    return NewFiles(
+        dataset_id=dataset_id,
+        spool=folder / f".{dataset_id}.csv.part",
+        parquet=folder / f".{dataset_id}.parquet.part",
+        relative=f"{SUBDIR}/{dataset_id}.parquet",
+    )
 
 
 def _fsync(path: Path) -> None:
@@ -56,40 +73,65 @@ def create(
     *,
     session: Session,
     upload: ingest.Spooled,
+    ingested: ingest.Ingested,
+    files: NewFiles,
     owner_id: str | None,
     data_dir: Path | None = None,
 ) -> Dataset:
-    """Convert a spooled CSV upload to Parquet and commit its row (file renamed before commit)."""
-    root = Path(data_dir if data_dir is not None else settings.data_dir)
-    folder = storage_dir(root)
-    dataset_id = new_id()
-    relative = f"{SUBDIR}/{dataset_id}.parquet"
-    final = root / relative
-    tmp = folder / f".{dataset_id}.parquet.part"
-    result = ingest.ingest_csv(
-        upload.path, tmp, max_columns=settings.max_columns, quotes=upload.quotes
-    )
+    """Rename the converted Parquet file into place, then commit the dataset's row."""
+    final = Path(data_dir if data_dir is not None else settings.data_dir) / files.relative
     try:
         # The row must never point at a file a power cut could lose.
-        _fsync(tmp)
-        os.replace(tmp, final)
+        _fsync(files.parquet)
+        os.replace(files.parquet, final)
         row = Dataset(
-            id=dataset_id,
+            id=files.dataset_id,
             owner_id=owner_id,
             name=upload.name or upload.filename or "dataset",
-            path=relative,
-            rows=result.rows,
+            path=files.relative,
+            rows=ingested.rows,
             size_bytes=upload.size,
-            columns=result.columns,
+            columns=ingested.columns,
         )
         session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        tmp.unlink(missing_ok=True)
+        files.parquet.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
         raise
     return row
+
+
+def import_csv(
+    *,
+    session: Session,
+    path: Path,
+    owner_id: str | None = None,
+    name: str | None = None,
+    data_dir: Path | None = None,
+) -> Dataset:
+    """Store the CSV file at ``path`` as a dataset (no HTTP: scripts, the CLI, tests)."""
+    files = new_files(data_dir)
+    quotes = 0
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            quotes += block.count(b'"')
+    upload = ingest.Spooled(
+        path=Path(path), filename=Path(path).name, name=name, size=os.stat(path).st_size
+    )
+    upload.quotes = quotes
+    ingested = ingest.ingest_csv(
+        Path(path), files.parquet, max_columns=settings.max_columns, quotes=quotes
+    )
+    return create(
+        session=session,
+        upload=upload,
+        ingested=ingested,
+        files=files,
+        owner_id=owner_id,
+        data_dir=data_dir,
+    )
 
 
 def get_all(

@@ -13,10 +13,14 @@ Every rejection is an ``InvalidInput`` (422), ``PayloadTooLarge`` (413) or
 ``UnsupportedMediaType`` (415) with a stable code and a sentence naming the field, line or column.
 """
 
+import asyncio
 import codecs
 import csv
+import io
 import math
+import os
 import re
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +97,10 @@ def _clean_filename(raw: bytes) -> str:
 class _MultipartSpooler:
     """python-multipart callbacks: write the ``file`` part to disk, keep the ``name`` field."""
 
-    def __init__(self, dest: Path, max_bytes: int) -> None:
+    def __init__(self, dest: Path, max_bytes: int, listener: "_Speculation | None" = None) -> None:
         self.dest = dest
         self.max_bytes = max_bytes
+        self.listener = listener
         self.result = Spooled(path=dest)
         self.out: BinaryIO | None = None
         self.ended = False
@@ -155,7 +160,10 @@ class _MultipartSpooler:
                         code="empty_filename",
                     )
             self._target = "file"
-            self.out = open(self.dest, "wb")  # noqa: SIM115 - closed in finish()/abort()
+            # Unbuffered: a concurrent reader (the speculative parse) must see each chunk.
+            self.out = open(self.dest, "wb", buffering=0)  # noqa: SIM115 - closed in finish()/abort()
+            if self.listener is not None:
+                self.listener.start(self.dest)
         elif field_name == b"name":
             self._target = "name"
             self._name_buf.clear()
@@ -218,8 +226,12 @@ class _MultipartSpooler:
         # Counting is slow next to a membership test, and most numeric files have no quotes.
         if b'"' in chunk:
             self.result.quotes += chunk.count(b'"')
-        self.out.write(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[self.out.write(view) :]
         self.result.size += len(chunk)
+        if self.listener is not None:
+            self.listener.grow(self.result.size)
 
     def _line_at(self, chunk: bytes, pos: int) -> int:
         """1-based line of byte ``pos`` of ``chunk`` (counted from disk: errors only)."""
@@ -273,9 +285,13 @@ class _MultipartSpooler:
                 code="not_utf8",
             ) from None
         self.out.close()
+        if self.listener is not None:
+            self.listener.finish()
         return self.result
 
     def abort(self) -> None:
+        if self.listener is not None:
+            self.listener.abort()
         if self.out is not None:
             self.out.close()
         self.dest.unlink(missing_ok=True)
@@ -307,6 +323,7 @@ async def spool_multipart(
     content_length: str | None,
     dest: Path,
     max_bytes: int,
+    listener: "_Speculation | None" = None,
 ) -> Spooled:
     """Stream a multipart body to ``dest``: the ``file`` part's bytes, checked as they arrive.
 
@@ -320,7 +337,7 @@ async def spool_multipart(
             f"of {max_bytes // (1024 * 1024)} MB (REGULA_MAX_UPLOAD_MB).",
             loc=FILE_LOC,
         )
-    spooler = _MultipartSpooler(dest, max_bytes)
+    spooler = _MultipartSpooler(dest, max_bytes, listener)
     parser = MultipartParser(boundary, spooler.callbacks())
     received = 0
     try:
@@ -363,6 +380,10 @@ def sniff_header(src: Path, *, max_columns: int) -> str:
     with open(src, "rb") as f:
         head = f.read(MAX_HEADER_BYTES)
         more = bool(f.read(1))
+    return _sniff(head, more, max_columns)
+
+
+def _sniff(head: bytes, more: bool, max_columns: int) -> str:
     text = head.decode("utf-8", errors="ignore").removeprefix("\ufeff")
     if not text.strip():
         raise InvalidInput(
@@ -551,6 +572,19 @@ def _unclosed_quote(src: Path, delimiter: str) -> int | None:
     return None
 
 
+def _check_quotes(src: Path, quotes: int, max_columns: int, delimiter: str | None = None) -> None:
+    """Reject a quoted field that never closes (only possible with an odd number of quotes)."""
+    if quotes % 2 == 0:
+        return
+    line = _unclosed_quote(src, delimiter or sniff_header(src, max_columns=max_columns))
+    if line is not None:
+        raise InvalidInput(
+            f"The quoted field starting on line {line} is never closed (odd number of '\"').",
+            loc=[*FILE_LOC, "line", line],
+            code="unclosed_quote",
+        )
+
+
 def _ragged_row(src: Path, delimiter: str, expected: int) -> tuple[int, int] | None:
     """(line, fields) of the first record whose field count is not ``expected``."""
     try:
@@ -632,7 +666,7 @@ def _infer_kinds(
 
 
 def _convert(
-    src: Path,
+    src: Path | BinaryIO,
     dest: Path,
     *,
     delimiter: str,
@@ -706,14 +740,8 @@ def ingest_csv(src: Path, dest: Path, *, max_columns: int, quotes: int | None = 
     any error.
     """
     delimiter = sniff_header(src, max_columns=max_columns)
-    if quotes is not None and quotes % 2 == 1:
-        line = _unclosed_quote(src, delimiter)
-        if line is not None:
-            raise InvalidInput(
-                f"The quoted field starting on line {line} is never closed (odd number of '\"').",
-                loc=[*FILE_LOC, "line", line],
-                code="unclosed_quote",
-            )
+    if quotes is not None:
+        _check_quotes(src, quotes, max_columns, delimiter)
     has_quotes = quotes is None or quotes > 0
     block_bytes = BLOCK_BYTES
     try:
@@ -763,3 +791,174 @@ def _ingest(
     raise InvalidInput(
         "The CSV column types cannot be determined.", loc=FILE_LOC, code="invalid_csv"
     )
+
+
+# --- stage 1 and 2 overlapped ---------------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    """The upload failed while being parsed; the speculative parse stops."""
+
+
+class _GrowingFile(io.RawIOBase):
+    """The spool file while it is written: ``read`` waits for bytes that have not arrived yet."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._pos = 0
+        self._cond = threading.Condition()
+        self._size = 0
+        self._done = False
+        self._aborted = False
+
+    def readable(self) -> bool:
+        return True
+
+    def grow(self, size: int) -> None:
+        with self._cond:
+            self._size = size
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    def wait_for(self, nbytes: int) -> tuple[int, bool]:
+        """Block until ``nbytes`` exist or the upload ended; (bytes so far, ended)."""
+        with self._cond:
+            while not (self._aborted or self._done or self._size >= nbytes):
+                self._cond.wait()
+            if self._aborted:
+                raise _Aborted
+            return self._size, self._done
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self._fd, n, offset)
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n == 0:
+            return b""
+        want = self._pos + n if n is not None and n > 0 else 1 << 62
+        size, _ = self.wait_for(want)
+        count = min(size, want) - self._pos
+        data = os.pread(self._fd, count, self._pos) if count > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class _Speculation:
+    """Parse the CSV in a worker thread while it is still arriving.
+
+    The upload and the parse then take about as long as the slower of the two instead of their
+    sum. Only a clean result is used: on any failure the caller parses the finished file again
+    (``ingest_csv``), which is also what words the error.
+    """
+
+    def __init__(self, dest: Path, max_columns: int) -> None:
+        self.dest = dest
+        self.max_columns = max_columns
+        self.file: _GrowingFile | None = None
+        self.future: asyncio.Future[Ingested] | None = None
+
+    def start(self, spool: Path) -> None:
+        self.file = _GrowingFile(spool)
+        self.future = asyncio.get_running_loop().run_in_executor(None, self._run, self.file)
+
+    def grow(self, size: int) -> None:
+        if self.file is not None:
+            self.file.grow(size)
+
+    def finish(self) -> None:
+        if self.file is not None:
+            self.file.finish()
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.abort()
+
+    def _run(self, source: _GrowingFile) -> Ingested:
+        try:
+            want = 64 * 1024
+            while True:
+                size, done = source.wait_for(want)
+                head = source.pread(min(size, MAX_HEADER_BYTES), 0)
+                if b"\n" in head or done or size >= MAX_HEADER_BYTES:
+                    break
+                want *= 4
+            delimiter = _sniff(head, not done or size > len(head), self.max_columns)
+            return _convert(
+                source,
+                self.dest,
+                delimiter=delimiter,
+                has_quotes=True,  # not known until the end of the upload
+                max_columns=self.max_columns,
+                column_types=None,
+                final=True,
+                block_bytes=BLOCK_BYTES,
+            )
+        except BaseException:
+            # The thread owns its output until it succeeds, so it cleans up after itself.
+            self.dest.unlink(missing_ok=True)
+            raise
+        finally:
+            source.close()
+
+    async def result(self) -> Ingested | None:
+        """The parse's result once the upload is complete, or None if it failed."""
+        if self.future is None:
+            return None
+        try:
+            return await self.future
+        except Exception:
+            return None
+
+
+async def receive_csv(
+    chunks: AsyncIterator[bytes],
+    *,
+    content_type: str | None,
+    content_length: str | None,
+    spool: Path,
+    dest: Path,
+    max_bytes: int,
+    max_columns: int,
+) -> tuple[Spooled, Ingested]:
+    """Stream a multipart CSV upload to ``spool`` and convert it to Parquet at ``dest``.
+
+    The conversion starts while the body is still arriving (see ``_Speculation``). Every check of
+    ``spool_multipart`` and ``ingest_csv`` applies; on error neither file is left behind.
+    """
+    speculation = _Speculation(dest, max_columns)
+    try:
+        upload = await spool_multipart(
+            chunks,
+            content_type=content_type,
+            content_length=content_length,
+            dest=spool,
+            max_bytes=max_bytes,
+            listener=speculation,
+        )
+        ingested = await speculation.result()
+        if ingested is not None and upload.quotes % 2 == 1:
+            await asyncio.to_thread(_check_quotes, spool, upload.quotes, max_columns)
+        if ingested is None:
+            ingested = await asyncio.to_thread(
+                ingest_csv, spool, dest, max_columns=max_columns, quotes=upload.quotes
+            )
+        return upload, ingested
+    except BaseException:
+        spool.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)
+        raise
