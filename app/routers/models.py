@@ -3,8 +3,10 @@
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from app.auth import OwnerDep, current_owner
 from app.config import settings
@@ -71,6 +73,47 @@ async def _owner(request: Request) -> str | None:
     return await run_in_threadpool(_owner_from_db, request)
 
 
+NOT_AN_OBJECT = {
+    "loc": ["body"],
+    "msg": "Input should be a valid dictionary or object to extract fields from",
+    "type": "model_attributes_type",
+}
+
+
+def _is_json(content_type: str | None) -> bool:
+    # FastAPI's rule: no content type, application/json or any +json type is parsed as JSON.
+    if not content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and "json" in media)
+
+
+def _parse_predict_body(raw: bytes, content_type: str | None) -> PredictRequest:
+    """Parse and validate the body in one pass with pydantic's JSON parser.
+
+    Faster than FastAPI's json.loads + validate, and bad UTF-8 or absurd nesting become
+    ``json_invalid`` instead of a generic 400. Other errors keep FastAPI's codes and locs.
+    """
+    if not raw:
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
+        )
+    if not _is_json(content_type):
+        raise RequestValidationError([NOT_AN_OBJECT])
+    try:
+        return PredictRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors(include_url=False, include_input=False):
+            if error["type"] == "model_type":  # valid JSON, but not an object
+                errors.append(NOT_AN_OBJECT)
+                continue
+            errors.append(
+                {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            )
+        raise RequestValidationError(errors) from exc
+
+
 @router.post(
     "/{model_id}/predict",
     response_model=PredictResponse,
@@ -80,13 +123,21 @@ async def _owner(request: Request) -> str | None:
         413: {"description": "Too many rows in one request."},
         422: {"description": "A bad row or value; its place is in loc."},
     },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": PredictRequest.model_json_schema(),
+                    "examples": PREDICT_EXAMPLES,
+                }
+            },
+        }
+    },
 )
-async def predict(
-    model_id: str,
-    body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
-    request: Request,
-) -> Response:
+async def predict(model_id: str, request: Request) -> Response:
     """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class."""
+    body = _parse_predict_body(await request.body(), request.headers.get("content-type"))
     owner = await _owner(request)
     item = prediction.cached(model_id, owner)
     if item is None:

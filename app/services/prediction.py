@@ -21,6 +21,7 @@ from app.db import get_sessionmaker
 from app.errors import InvalidInput, NotFound, PayloadTooLarge
 from app.models import Model
 from app.services.common import owned
+from engine.preprocess import classes_array
 
 # More than this many bad values in one request: the rest are summarised, not listed.
 MAX_REPORTED = 50
@@ -36,6 +37,11 @@ class Loaded:
     names: tuple[str, ...]
     numeric: tuple[bool, ...]  # per feature: numeric (True) or categorical (False)
     name_set: frozenset[str]
+    labels: np.ndarray | None  # classes as an array, for decoding argmax indices
+
+    @property
+    def all_numeric(self) -> bool:
+        return all(self.numeric)
 
 
 class ModelCache:
@@ -116,6 +122,7 @@ def load(model_id: str, owner_id: str | None) -> Loaded:
         names=names,
         numeric=tuple(kind == "numeric" for kind in kinds),
         name_set=frozenset(names),
+        labels=None if model.classes is None else classes_array(model.classes),
     )
     cache.put(item)
     return item
@@ -145,12 +152,18 @@ def _check_value(value: Any, numeric: bool, where: str) -> tuple[str, str] | Non
     if value is None:
         return "missing_value", f"{where} is null; every feature needs a value to predict."
     if numeric:
-        if isinstance(value, float):
+        kind = type(value)
+        if kind is float:
             if math.isfinite(value):
                 return None
             return "non_finite", f"{where} is {value}; it must be a finite number."
-        if isinstance(value, int):  # bool included: a boolean column is numeric 0/1
+        if kind is int:  # JSON integers are unbounded; float() of a huge one overflows
+            try:
+                float(value)
+            except OverflowError:
+                return "non_finite", f"{where} is too large for a 64-bit float."
             return None
+        # true/false included: JSON booleans are not numbers, even though Python's bool is an int.
         return "not_numeric", f"{where} must be a number, got {_describe(value)}."
     if isinstance(value, str):
         return None
@@ -169,6 +182,33 @@ def _batch_size_check(key: str, n: int) -> None:
             loc=["body", key],
             code="too_many_rows",
         )
+
+
+def _is_real(value: Any) -> bool:
+    kind = type(value)
+    return kind is float or kind is int
+
+
+def _fast_matrix(item: Loaded, values: list[list[Any]]) -> np.ndarray | None:
+    """All-numeric input as a (N, D) float64 matrix, or None when some value needs a closer look."""
+    if not all(len(v) == len(item.names) and all(map(_is_real, v)) for v in values):
+        return None
+    try:
+        matrix = np.array(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        return None
+    return matrix if np.isfinite(matrix).all() else None
+
+
+def _matrix_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> np.ndarray | None:
+    names = item.names
+    try:
+        values = [[row[name] for name in names] for row in rows]
+    except KeyError:
+        return None
+    if any(len(row) != len(names) for row in rows):
+        return None  # extra keys: reported by the slow path
+    return _fast_matrix(item, values)
 
 
 def _columns_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -256,14 +296,6 @@ def _arrays(item: Loaded, values: list[list[Any]]) -> dict[str, np.ndarray]:
     return columns
 
 
-def _plain(array: np.ndarray) -> list[Any]:
-    out = array.tolist()
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        # JSON has no NaN; a diverged regression model answers null rather than a 500.
-        out = [v if math.isfinite(v) else None for v in out]
-    return out
-
-
 def predict(
     item: Loaded, *, rows: list[dict[str, Any]] | None, instances: list[list[Any]] | None
 ) -> dict[str, Any]:
@@ -282,17 +314,24 @@ def predict(
             code="rows_or_instances",
         )
     key = "rows" if rows is not None else "instances"
+    X: np.ndarray | dict[str, np.ndarray] | None = None
     if rows is not None:
         _batch_size_check(key, len(rows))
-        X = _columns_from_rows(item, rows)
+        if item.all_numeric:
+            X = _matrix_from_rows(item, rows)
+        if X is None:
+            X = _columns_from_rows(item, rows)
     else:
         assert instances is not None
         _batch_size_check(key, len(instances))
-        X = _columns_from_instances(item, instances)
-    model = item.model
+        if item.all_numeric:
+            X = _fast_matrix(item, instances)
+        if X is None:
+            X = _columns_from_instances(item, instances)
     try:
-        predictions = model.predict(X)
-        probabilities = model.predict_proba(X) if model.has_proba else None
+        # One forward pass for labels and probabilities alike (predict + predict_proba would
+        # encode the rows and run the network twice).
+        out = item.model.decision_function(X)
     except engine.InputError as exc:
         loc: list[str | int] = ["body", key]
         if exc.row is not None:
@@ -300,11 +339,46 @@ def predict(
             if exc.column is not None:
                 loc.append(exc.column if key == "rows" else item.names.index(exc.column))
         raise InvalidInput(exc.msg, loc=loc, code=exc.code) from exc
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        # Finite inputs far outside the training range can overflow the network (float32); a
+        # NaN is not JSON and would be a silent wrong answer.
+        raise PredictInvalid(
+            [
+                {
+                    "loc": ["body", key, int(row)],
+                    "msg": f"{key}[{row}]: the model's output is not finite for this row; its "
+                    "values are too far outside the training range.",
+                    "type": "non_finite_output",
+                }
+                for row in np.flatnonzero(bad)[:MAX_REPORTED]
+            ]
+        )
+    predictions, probabilities = _decide(item, out)
     return {
-        "predictions": _plain(predictions),
-        "probabilities": None if probabilities is None else probabilities.tolist(),
-        "classes": model.classes,
+        "predictions": predictions,
+        "probabilities": probabilities,
+        "classes": item.model.classes,
     }
+
+
+def _decide(item: Loaded, out: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+    """Labels and probabilities from the network output, by ``engine.Model.predict``'s rules.
+
+    Regression: the value. Binary cross-entropy: ``p >= 0.5 -> classes[1]``, probabilities
+    ``[1 - p, p]``. Softmax: argmax, the softmax rows. Hinge: argmax of the scores, no
+    probabilities (they are not calibrated).
+    """
+    model = item.model
+    if model.task == "regression":
+        return out[:, 0].tolist(), None
+    assert item.labels is not None
+    if model.spec["loss"] == "binary_cross_entropy":
+        p = out[:, 0]
+        labels = item.labels[(p >= 0.5).astype(np.intp)]
+        return labels.tolist(), np.stack([1.0 - p, p], axis=1).tolist()
+    labels = item.labels[out.argmax(axis=1)]
+    return labels.tolist(), (out.tolist() if model.has_proba else None)
 
 
 def sparsity(item: Loaded, tolerance: float) -> dict[str, Any]:
