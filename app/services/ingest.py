@@ -59,6 +59,8 @@ MAX_BLOCK_BYTES = 64 * 1024 * 1024
 # The csv module (used only to locate errors pyarrow reports) caps fields at 128 KiB by default;
 # a field may legitimately be as long as the upload.
 csv.field_size_limit(2**31 - 1)
+# Parse uploads while they arrive (see _Speculation); off, they are parsed once complete.
+SPECULATE = True
 # Blocks are gathered into Parquet row groups of about this many rows.
 ROW_GROUP_ROWS = 128 * 1024
 
@@ -875,6 +877,8 @@ class _Speculation:
     def start(self, spool: Path) -> None:
         self.file = _GrowingFile(spool)
         self.future = asyncio.get_running_loop().run_in_executor(None, self._run, self.file)
+        # A failed speculation is expected and handled; keep asyncio from logging it as lost.
+        self.future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def grow(self, size: int) -> None:
         if self.file is not None:
@@ -915,6 +919,12 @@ class _Speculation:
         finally:
             source.close()
 
+    async def settle(self) -> None:
+        """Stop the parse and wait until its thread has cleaned up."""
+        self.abort()
+        if self.future is not None:
+            await asyncio.wait([self.future])
+
     async def result(self) -> Ingested | None:
         """The parse's result once the upload is complete, or None if it failed."""
         if self.future is None:
@@ -940,7 +950,7 @@ async def receive_csv(
     The conversion starts while the body is still arriving (see ``_Speculation``). Every check of
     ``spool_multipart`` and ``ingest_csv`` applies; on error neither file is left behind.
     """
-    speculation = _Speculation(dest, max_columns)
+    speculation = _Speculation(dest, max_columns) if SPECULATE else None
     try:
         upload = await spool_multipart(
             chunks,
@@ -950,7 +960,7 @@ async def receive_csv(
             max_bytes=max_bytes,
             listener=speculation,
         )
-        ingested = await speculation.result()
+        ingested = await speculation.result() if speculation is not None else None
         if ingested is not None and upload.quotes % 2 == 1:
             await asyncio.to_thread(_check_quotes, spool, upload.quotes, max_columns)
         if ingested is None:
@@ -958,7 +968,9 @@ async def receive_csv(
                 ingest_csv, spool, dest, max_columns=max_columns, quotes=upload.quotes
             )
         return upload, ingested
-    except BaseException:
+    except BaseException as exc:
+        if speculation is not None and not isinstance(exc, asyncio.CancelledError):
+            await speculation.settle()
         spool.unlink(missing_ok=True)
         dest.unlink(missing_ok=True)
         raise

@@ -1,10 +1,13 @@
 """POST/GET/DELETE /datasets: upload statistics, delimiters, storage, orphans and owner scoping."""
 
+import asyncio
 import math
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +20,7 @@ from app.config import settings
 from app.db import get_sessionmaker
 from app.models import Dataset
 from app.services import datasets as service
+from app.services import ingest
 
 SMALL_CSV = b"age,income,city,flag\n30,1.5,Paris,1\n40,,Lyon,0\n,3.5,Paris,1\n50,4.0,NA,1\n"
 
@@ -284,3 +288,70 @@ def test_column_stats_mean_is_exact_for_large_values(client: TestClient) -> None
     assert r.status_code == 201, r.text
     (v,) = r.json()["columns"]
     assert math.isclose(v["mean"], 1e300 / 3)
+
+
+def _post_chunked(client: TestClient, content: bytes, chunk: int = 65536) -> httpx.Response:
+    """POST the CSV as a multipart body that reaches the app in ``chunk``-byte pieces."""
+    head = b'--bb\r\nContent-Disposition: form-data; name="file"; filename="s.csv"\r\n\r\n'
+    body = head + content + b"\r\n--bb--\r\n"
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), chunk):
+            yield body[i : i + chunk]
+            await asyncio.sleep(0)  # let the parse thread interleave with the upload
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            headers = {"content-type": "multipart/form-data; boundary=bb"}
+            return await c.post("/datasets", content=pieces(), headers=headers)
+
+    return asyncio.run(send())
+
+
+def _numeric_csv(rows: int) -> bytes:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((rows, 3))
+    lines = [b"x,y,z,label"]
+    for i, (a, b, c) in enumerate(x):
+        lines.append(f"{a:.6f},{b:.6f},{int(c * 10)},{'ab'[i % 2]}".encode())
+    return b"\n".join(lines) + b"\n"
+
+
+def test_streamed_upload_is_parsed_while_arriving(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The happy path never re-reads the finished file: the overlapped parse is used."""
+    content = _numeric_csv(60_000)  # ~2 MB: several pyarrow blocks, many chunks
+
+    def sequential(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the upload was parsed again after it arrived")
+
+    monkeypatch.setattr(ingest, "ingest_csv", sequential)
+    r = _post_chunked(client, content)
+    assert r.status_code == 201, r.text
+    assert r.json()["rows"] == 60_000
+    table = service.load_table(_row(r.json()["id"]))
+    assert table["x"][0] == pytest.approx(float(content.split(b"\n")[1].split(b",")[0]))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _numeric_csv(30_000),
+        b'a,"b c"\n1,"x\ny"\n2,"z"\n',
+        b"\xef\xbb\xbfn;s\n1;a\n;NA\n3,5;b\n",
+        b"n,v\n" + b"1,2\n" * 300_000 + b"x,2.5\n",  # fallback: a type changes late
+    ],
+    ids=["numeric", "quoted-newline", "bom-semicolon", "late-type-change"],
+)
+def test_overlapped_and_sequential_parse_agree(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    monkeypatch.setattr(ingest, "SPECULATE", True)
+    overlapped = _post_chunked(client, content)
+    monkeypatch.setattr(ingest, "SPECULATE", False)
+    sequential = _post_chunked(client, content)
+    assert overlapped.status_code == sequential.status_code == 201, overlapped.text
+    assert overlapped.json()["columns"] == sequential.json()["columns"]
+    assert overlapped.json()["rows"] == sequential.json()["rows"]
