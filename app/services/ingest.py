@@ -1,13 +1,23 @@
-"""Upload ingest: stream a multipart CSV to disk under a size limit, then convert it to Parquet.
+"""Upload ingest: stream a multipart CSV to disk under a size limit and convert it to Parquet.
 
-Two stages, so a large upload never sits whole in memory:
+A large upload never sits whole in memory:
 
 1. ``spool_multipart`` parses the request body as it arrives (python-multipart's streaming
    parser) and appends the ``file`` part to a spool file, rejecting the upload as soon as it
-   passes the size limit, contains NUL bytes or stops being UTF-8.
+   passes the size limit, contains a NUL byte or stops being UTF-8.
 2. ``ingest_csv`` reads the spool file with pyarrow's streaming CSV reader, block by block,
-   writes Parquet row groups with ``pyarrow.parquet.ParquetWriter`` and folds each block into
+   writes Parquet row groups with ``pyarrow.parquet.ParquetWriter`` and folds each row group into
    per-column statistics; memory stays at a few blocks whatever the file size.
+3. ``receive_csv`` (what the router calls) runs 2 in a worker thread while 1 is still receiving,
+   so an upload takes about as long as the slower of the two. Only a clean result of that
+   overlapped parse is kept; anything else is redone by ``ingest_csv`` on the finished file.
+
+CSV rules: a header line is required; UTF-8 with or without BOM; comma, semicolon or tab
+delimiters, sniffed from the header line; '"' quotes, doubled inside a quoted field, which may
+span lines. Columns are numbers (int64 when every cell is an integer, else float64) or strings.
+Missing cells (empty, NA, N/A, NaN, nan, null, NULL, None, #N/A...) are counted per column and
+stored as null. Infinite values ("inf", or a number overflowing float64 such as 1e400) are
+rejected, naming the column and row: no model can train on them.
 
 Every rejection is an ``InvalidInput`` (422), ``PayloadTooLarge`` (413) or
 ``UnsupportedMediaType`` (415) with a stable code and a sentence naming the field, line or column.
