@@ -461,13 +461,18 @@ class _ColumnStats:
         self.total = 0.0
         self.min: float | None = None
         self.max: float | None = None
-        self.distinct: set[str] = set()
+        # Distinct strings kept as an Arrow array: a few bytes of overhead per value instead of
+        # a Python object each, so a column of unique ids costs about its size in the file.
+        self.distinct = pa.array([], pa.string())
 
     def update(self, col: pa.ChunkedArray, row0: int) -> pa.ChunkedArray:
         """Fold rows ``row0, row0 + 1, ...`` of the column in; returns them with NaN as null."""
         if self.kind == "string":
             self.missing += col.null_count
-            self.distinct.update(pc.unique(col.drop_null()).to_pylist())
+            seen = pc.unique(col.drop_null())
+            if len(self.distinct):
+                seen = pc.unique(pa.concat_arrays([self.distinct, seen]))
+            self.distinct = seen
             return col
         if self.kind == "float":
             total = pc.sum(col).as_py()

@@ -355,3 +355,18 @@ def test_overlapped_and_sequential_parse_agree(
     assert overlapped.status_code == sequential.status_code == 201, overlapped.text
     assert overlapped.json()["columns"] == sequential.json()["columns"]
     assert overlapped.json()["rows"] == sequential.json()["rows"]
+
+
+def test_stats_span_row_groups(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Distinct counts, extremes and row numbers are global, not per Parquet row group."""
+    monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 2)  # one block is one row group here
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", 16)  # a couple of rows per parse block
+    rows = "".join(f"{v},{i}\n" for i, v in enumerate("abacabadx"))
+    r = upload(client, b"s,n\n" + rows.encode())
+    assert r.status_code == 201, r.text
+    s, n = r.json()["columns"]
+    assert s["distinct"] == 5
+    assert (n["min"], n["max"], n["mean"], r.json()["rows"]) == (0.0, 8.0, 4.0, 9)
+    bad = upload(client, b"s,n\n" + rows.encode() + b"y,inf\n")
+    assert bad.status_code == 422
+    assert "row 10 (line 11)" in bad.json()["detail"][0]["msg"]
