@@ -540,6 +540,13 @@ def test_regular_wheel_install_migrates_outside_the_source_tree(tmp_path: Path) 
 # --------------------------------------------------------------------------------------------
 
 
+def _make_env() -> dict[str, str]:
+    # Under `make test` these tell a nested make it is a sub-make (it then prints
+    # "Entering directory" lines and shares the jobserver); these tests want a top-level make.
+    nested = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    return {k: v for k, v in os.environ.items() if k not in nested}
+
+
 def _stub_bin(folder: Path, scripts: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, body in scripts.items():
@@ -559,8 +566,9 @@ def test_make_test_runs_lint_then_pytest_and_tolerates_no_tests_only(
         {"python": ok, "pip": ok, "ruff": ok, "pytest": f"exit {pytest_code}"},
     )
     result = subprocess.run(
-        ["make", "-s", "test", f"VENV={venv}"],
+        ["make", "-s", "--no-print-directory", "test", f"VENV={venv}"],
         cwd=ROOT,
+        env=_make_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -578,8 +586,8 @@ def test_make_test_runs_lint_then_pytest_and_tolerates_no_tests_only(
 def test_make_test_creates_the_venv_when_missing(tmp_path: Path) -> None:
     venv = tmp_path / "fresh"
     result = subprocess.run(
-        ["make", "-n", "test", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
-        timeout=60,
+        ["make", "-n", "--no-print-directory", "test", f"VENV={venv}"], cwd=ROOT,
+        env=_make_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
