@@ -473,6 +473,28 @@ DELETED_DATASET = [
     Case("model-id", _spec(lambda w: w.model_id), (422,), DATASET_GONE, ("dataset_id",)),
 ]
 
+
+def _list(path: str, **params: Any) -> Callable[[World], dict[str, Any]]:
+    return lambda w: {"method": "GET", "url": path, "params": params}
+
+
+# Pagination parameters reach SQL: an offset beyond 64 bits must be a 422, not an overflow.
+PAGINATION = [
+    Case(
+        f"{path.strip('/')}-{label}",
+        _list(path, **params),
+        (422,),
+        (code,),
+        (next(iter(params)),),
+    )
+    for path in ("/datasets", "/jobs", "/models")
+    for label, params, code in (
+        ("huge-offset", {"offset": 10**30}, "less_than_equal"),
+        ("negative-offset", {"offset": -1}, "greater_than_equal"),
+        ("huge-limit", {"limit": 10**30}, "less_than_equal"),
+    )
+]
+
 CATALOGUE = {
     "missing_feature": MISSING_FEATURE,
     "extra_feature": EXTRA_FEATURE,
@@ -486,6 +508,7 @@ CATALOGUE = {
     "rows_and_instances": ROWS_AND_INSTANCES,
     "instance_width": INSTANCE_WIDTH,
     "deleted_dataset": DELETED_DATASET,
+    "pagination": PAGINATION,
 }
 
 
@@ -541,6 +564,11 @@ def test_rows_and_instances(world: World, case: Case) -> None:
 
 @_params(INSTANCE_WIDTH)
 def test_instance_width(world: World, case: Case) -> None:
+    _check(world, case)
+
+
+@_params(PAGINATION)
+def test_pagination_out_of_range(world: World, case: Case) -> None:
     _check(world, case)
 
 
