@@ -543,7 +543,7 @@ def test_regular_wheel_install_migrates_outside_the_source_tree(tmp_path: Path) 
 def _make_env() -> dict[str, str]:
     # Under `make test` these tell a nested make it is a sub-make (it then prints
     # "Entering directory" lines and shares the jobserver); these tests want a top-level make.
-    nested = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    nested = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "PYTEST_ARGS", "VENV")
     return {k: v for k, v in os.environ.items() if k not in nested}
 
 
@@ -566,7 +566,7 @@ def test_make_test_runs_lint_then_pytest_and_tolerates_no_tests_only(
         {"python": ok, "pip": ok, "ruff": ok, "pytest": f"exit {pytest_code}"},
     )
     result = subprocess.run(
-        ["make", "-s", "--no-print-directory", "test", f"VENV={venv}"],
+        ["make", "-s", "--no-print-directory", "test", f"VENV={venv}", "PYTEST_ARGS="],
         cwd=ROOT,
         env=_make_env(),
         capture_output=True,
