@@ -193,6 +193,27 @@ def test_no_key_is_401(world: World, method: str, template: str, body: Any) -> N
 
 
 @pytest.mark.parametrize(
+    ("method", "url"),
+    [("GET", "/datasets"), ("GET", "/jobs"), ("GET", "/models"), ("POST", "/jobs")],
+)
+def test_no_key_on_collections_is_401(world: World, method: str, url: str) -> None:
+    before = _row_counts(world)
+    body = _spec(world.dataset_id) if method == "POST" else None
+    _assert_error(world.client.request(method, url, json=body), 401, "missing_api_key")
+    assert _row_counts(world) == before
+
+
+def test_no_key_upload_is_401_and_stores_nothing(world: World) -> None:
+    before = _row_counts(world)
+    data = world.db_path.parent / "data"
+    files_before = sorted(data.rglob("*"))
+    response = world.client.post("/datasets", files={"file": ("x.csv", _csv(), "text/csv")})
+    _assert_error(response, 401, "missing_api_key")
+    assert _row_counts(world) == before
+    assert sorted(data.rglob("*")) == files_before
+
+
+@pytest.mark.parametrize(
     "header",
     [
         "Bearer rg_not-a-real-key",
