@@ -13,12 +13,13 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import Engine, create_engine, inspect, select, text
 from sqlalchemy.orm import sessionmaker
 
 from app import migrate
@@ -32,7 +33,7 @@ PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 TABLES = {"api_keys", "datasets", "jobs", "models", "epoch_records"}
 
 
-def _pg_admin_engine():  # type: ignore[no-untyped-def]
+def _pg_admin_engine() -> Engine:
     # AUTOCOMMIT: CREATE/DROP DATABASE cannot run inside a transaction block.
     return create_engine(
         f"{PG_SERVER}/test",
@@ -209,7 +210,7 @@ def _claim_in_thread(url: str, job_ids: list[str], contenders: int) -> dict[str,
     return wins
 
 
-def _claim_in_process(url: str, job_id: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
+def _claim_in_process(url: str, job_id: str, barrier: Any, results: Any) -> None:
     from app.services.training import claim
 
     engine = make_engine(url)
