@@ -23,6 +23,10 @@ DROPOUT_MODES: tuple[str, ...] = ("inverted", "standard", "dropconnect")
 
 PRELU_INIT = 0.25  # He et al. 2015's initial slope for PReLU
 
+# Activations whose backward does not read their output's values, so a following Dropout may
+# overwrite that output in place.
+SIGN_ONLY_ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "prelu", "linear")
+
 
 class Layer:
     """Base class: named parameters, their gradients, and the forward cache."""
@@ -133,14 +137,26 @@ class Tanh(Layer):
 
 
 class ReLU(Layer):
-    """``out = max(x, 0)``; ``dx = dout * [out > 0]`` (subgradient 0 at 0)."""
+    """``out = max(x, 0)``; ``dx = dout * [out > 0]`` (subgradient 0 at 0).
+
+    ``inplace=True`` overwrites ``x`` with ``out`` and ``dout`` with ``dx`` (no allocations); the
+    network sets it when ``x`` is a Dense output nobody else keeps. Only the sign of ``out`` is
+    read in backward, so a following in-place Dropout may rescale or zero it.
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        out = np.maximum(x, 0.0)
+        out = np.maximum(x, 0.0, out=x if self.inplace else None)
         self.cache = out
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        if self.inplace:
+            dout *= self.cache > 0.0
+            return dout
         return dout * (self.cache > 0.0)
 
 
@@ -210,9 +226,12 @@ class Dropout(Layer):
 
     Both give the same expected activation at train and predict time. Backward applies the cached
     (scaled) mask: ``dx = dout * Mk / keep`` or ``dout * Mk``. (DropConnect is a Dense option.)
+
+    ``inplace=True`` multiplies ``x`` and ``dout`` in place; the network sets it for hidden dropout
+    after activations whose backward does not read their output's values (ReLU's reads its sign).
     """
 
-    def __init__(self, rate: float, mode: str = "inverted") -> None:
+    def __init__(self, rate: float, mode: str = "inverted", *, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
@@ -220,22 +239,25 @@ class Dropout(Layer):
             raise ValueError(f"Dropout layer mode must be 'inverted' or 'standard', got {mode!r}")
         self.rate = float(rate)
         self.mode = mode
+        self.inplace = inplace
         self.rng: np.random.Generator | None = None  # set by the network / trainer
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        if self.rate == 0.0:
-            self.cache = None
+        self.cache = None
+        if self.rate == 0.0 or (not training and self.mode == "inverted"):
             return x
+        out = x if self.inplace else None
         if not training:
-            self.cache = None
-            return x if self.mode == "inverted" else x * (1.0 - self.rate)
+            return np.multiply(x, 1.0 - self.rate, out=out)
         mask = _keep_mask(self.rng, x.shape, self.rate, x.dtype, scale=self.mode == "inverted")
         self.cache = mask
-        return x * mask
+        return np.multiply(x, mask, out=out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         mask = self.cache
-        return dout if mask is None else dout * mask
+        if mask is None:
+            return dout
+        return np.multiply(dout, mask, out=dout if self.inplace else None)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -247,14 +269,19 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_activation(name: str, M: int, *, dtype: np.dtype, leaky_slope: float = 0.01) -> Layer:
-    """Build the activation layer ``name`` for ``M`` units (PReLU slopes start at 0.25)."""
+def make_activation(
+    name: str, M: int, *, dtype: np.dtype, leaky_slope: float = 0.01, inplace: bool = False
+) -> Layer:
+    """Build the activation layer ``name`` for ``M`` units (PReLU slopes start at 0.25).
+
+    ``inplace`` is honoured by the layers that support it (ReLU).
+    """
     if name == "sigmoid":
         return Sigmoid()
     if name == "tanh":
         return Tanh()
     if name == "relu":
-        return ReLU()
+        return ReLU(inplace=inplace)
     if name == "leaky_relu":
         return LeakyReLU(leaky_slope)
     if name == "prelu":

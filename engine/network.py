@@ -18,7 +18,15 @@ from __future__ import annotations
 import numpy as np
 
 from engine.initializers import init_weights
-from engine.layers import Dense, Dropout, Layer, PReLU, make_activation, sigmoid
+from engine.layers import (
+    SIGN_ONLY_ACTIVATIONS,
+    Dense,
+    Dropout,
+    Layer,
+    PReLU,
+    make_activation,
+    sigmoid,
+)
 from engine.losses import softmax
 
 _REGRESSION_LOSSES = ("mse", "mae", "huber")
@@ -99,9 +107,12 @@ class Network:
             dc = (p_in if k == 0 else p_hid) if mode == "dropconnect" else 0.0
             layers.append(Dense(W, b, dropconnect=dc, need_dx=k > 0))
             if k < len(sizes) - 2:
-                layers.append(make_activation(activation, M, dtype=dtype, leaky_slope=slope))
+                # In place: the Dense output is a fresh array that no layer keeps.
+                layers.append(
+                    make_activation(activation, M, dtype=dtype, leaky_slope=slope, inplace=True)
+                )
                 if p_hid > 0.0 and mode != "dropconnect":
-                    layers.append(Dropout(p_hid, mode))
+                    layers.append(Dropout(p_hid, mode, inplace=activation in SIGN_ONLY_ACTIVATIONS))
         if output_bias is not None:
             out_b = layers[-1].params["b"]
             out_b[...] = np.asarray(output_bias, dtype=dtype).reshape(out_b.shape)

@@ -193,6 +193,9 @@ def test_penalty_value_formula():
     ("loss", "activation", "dropout"),
     [
         ("softmax_cross_entropy", "prelu", {"input": 0.2, "hidden": 0.3, "mode": "inverted"}),
+        ("softmax_cross_entropy", "relu", {"input": 0.2, "hidden": 0.3, "mode": "inverted"}),
+        ("multiclass_hinge", "relu", {"input": 0.0, "hidden": 0.3, "mode": "standard"}),
+        ("huber", "linear", {"input": 0.0, "hidden": 0.3, "mode": "inverted"}),
         ("mse", "tanh", {"input": 0.0, "hidden": 0.5, "mode": "standard"}),
         ("binary_cross_entropy", "sigmoid", {"input": 0.3, "hidden": 0.3, "mode": "dropconnect"}),
         ("squared_hinge", "leaky_relu", {"input": 0.0, "hidden": 0.0, "mode": "inverted"}),
@@ -201,7 +204,7 @@ def test_penalty_value_formula():
 def test_network_end_to_end_gradients(loss, activation, dropout):
     rng = np.random.default_rng(SEED)
     N, D = int(rng.integers(4, 8)), int(rng.integers(3, 6))
-    K = 1 if loss in ("mse", "binary_cross_entropy") else 3
+    K = 1 if loss in ("mse", "huber", "binary_cross_entropy") else 3
     spec = {
         "model": {"hidden_layers": [5, 4], "activation": activation, "init": "glorot_normal"},
         "loss": loss,
@@ -209,9 +212,14 @@ def test_network_end_to_end_gradients(loss, activation, dropout):
         "dtype": "float64",
     }
     net = Network.build(spec, D, K, rng=rng)
+    for name, layer, key in net.param_refs:
+        if name.endswith(".b"):  # zero biases put ReLU exactly on its kink for all-dropped rows
+            layer.params[key][...] = rng.uniform(0.1, 0.5, layer.params[key].shape)
     x = rng.standard_normal((N, D))
     if K == 1:
-        y = rng.standard_normal(N) if loss == "mse" else rng.integers(0, 2, N).astype(float)
+        y = rng.integers(0, 2, N).astype(float)
+        if loss != "binary_cross_entropy":
+            y = 5.0 * rng.standard_normal(N)  # residuals mostly beyond huber's delta: no kink
     else:
         y = rng.integers(0, K, N)
     fn = LOSSES[loss]
