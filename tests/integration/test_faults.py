@@ -117,47 +117,76 @@ def job_row(db_path: Path, job_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+LONG_EPOCHS = 30
+
+
+def _start_long_job(server: RegulaServer, client: httpx.Client) -> tuple[dict, dict]:
+    """Submit a job of several seconds and wait until it is running past its first epoch."""
+    dataset = upload(client, csv_bytes(6000, d=20))
+    # Small batches and a wide layer: each epoch takes a noticeable fraction of a second.
+    job = submit(
+        client, dataset["id"], epochs=LONG_EPOCHS, batch_size=8, model={"hidden_layers": [128, 64]}
+    )
+    deadline = time.monotonic() + 60
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        row = job_row(db_path(server), job["id"])
+        if row["status"] == "running" and row["epochs_done"] >= 1 and row["worker"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"job never got past epoch 1: {row}")
+    assert row["epochs_done"] < LONG_EPOCHS, "job finished too fast to kill it mid-run"
+    return job, row
+
+
+def _assert_ended_cleanly(
+    server: RegulaServer, client: httpx.Client, job_id: str, what: str
+) -> None:
+    """The job ends (never stays running): re-run to success with a clean history, or failed
+    with a reason."""
+    final = wait_job(client, job_id, timeout=180)
+    print(f"\n{what}: job {final['status']}, attempts {final.get('attempts')}, {final['error']!r}")
+    assert final["status"] in ("succeeded", "failed"), final
+    if final["status"] == "failed":
+        assert final["error"], "a failed job must say why"
+        return
+    # Re-run from scratch: one clean history, epochs 1..N, no interleaving of attempts.
+    history = client.get(f"/jobs/{job_id}/history").json()["epochs"]
+    assert [e["epoch"] for e in history] == list(range(1, LONG_EPOCHS + 1))
+    predicted = client.post(
+        f"/models/{final['model_id']}/predict", json={"instances": [[0.0] * 20, [1.0] * 20]}
+    )
+    assert predicted.status_code == 200, predicted.text
+    assert job_row(db_path(server), job_id)["attempts"] >= 2
+
+
 def test_worker_killed_mid_epoch_never_leaves_job_running(server: RegulaServer) -> None:
     server.start()
     with server.client() as client:
-        dataset = upload(client, csv_bytes(6000, d=20))
-        # Small batches and a wide layer: each epoch takes a noticeable fraction of a second.
-        job = submit(
-            client, dataset["id"], epochs=40, batch_size=8, model={"hidden_layers": [128, 64]}
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            row = job_row(db_path(server), job["id"])
-            if row["status"] == "running" and row["epochs_done"] >= 1 and row["worker"]:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"job never got past epoch 1: {row}")
-        assert row["epochs_done"] < 40, "job finished too fast to kill it mid-run"
+        job, row = _start_long_job(server, client)
         victim = psutil.Process(worker_pid(server, row["worker"]))
         victim.kill()
         victim.wait(timeout=30)
-
-        final = wait_job(client, job["id"], timeout=180)
-        print(
-            f"\nworker killed at epoch {row['epochs_done']}: job {final['status']}, "
-            f"attempts {final.get('attempts')}, error {final['error']!r}"
+        _assert_ended_cleanly(
+            server, client, job["id"], f"worker killed at epoch {row['epochs_done']}"
         )
-        assert final["status"] in ("succeeded", "failed"), final
-        if final["status"] == "failed":
-            assert final["error"], "a failed job must say why"
-        else:
-            # Re-run from scratch: one clean history, epochs 1..N, no interleaving of attempts.
-            history = client.get(f"/jobs/{job['id']}/history").json()["epochs"]
-            assert [e["epoch"] for e in history] == list(range(1, 41))
-            assert final["model_id"]
-            predicted = client.post(
-                f"/models/{final['model_id']}/predict",
-                json={"instances": [[0.0] * 20, [1.0] * 20]},
-            )
-            assert predicted.status_code == 200, predicted.text
-        after = job_row(db_path(server), job["id"])
-        assert after["attempts"] >= 2 or final["status"] == "failed", after
+    server.stop()
+    assert integrity_check(db_path(server)) == "ok"
+
+
+def test_server_killed_mid_training_never_leaves_job_running(server: RegulaServer) -> None:
+    server.start()
+    with server.client() as client:
+        job, row = _start_long_job(server, client)
+    server.kill()
+    assert integrity_check(db_path(server)) == "ok"
+    assert job_row(db_path(server), job["id"])["status"] == "running"  # as the crash left it
+    server.start()
+    with server.client() as client:
+        _assert_ended_cleanly(
+            server, client, job["id"], f"server killed at epoch {row['epochs_done']}"
+        )
     server.stop()
     assert integrity_check(db_path(server)) == "ok"
 
