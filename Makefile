@@ -45,8 +45,9 @@ lint-docker: $(BIN)/python
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
+# Benchmarks against peers; the `bench` extra brings PyTorch (CPU) and scikit-learn.
 bench: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean-venv:
