@@ -328,14 +328,10 @@ def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> 
                 for i in w_idx:
                     W, tmp = params[i], work[i]
                     s = opt.step_size(i)
-                    if np.isscalar(s):
-                        t = s * l1
-                        np.clip(W, -t, t, out=tmp)
-                    else:
-                        t = s * l1
-                        np.maximum(W, -t, out=tmp)
-                        np.minimum(tmp, t, out=tmp)
-                    W -= tmp  # |W| <= t becomes exactly 0
+                    # threshold in W's dtype: a scalar, or per coordinate for adaptive methods
+                    t = W.dtype.type(s * l1) if np.isscalar(s) else s * l1
+                    np.clip(W, -t, t, out=tmp)
+                    W -= tmp  # W - clip(W, -t, t): |W| <= t becomes exactly 0
             if gl1:
                 i = w_idx[0]
                 s = opt.step_size(i)
