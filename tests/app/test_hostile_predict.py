@@ -474,6 +474,42 @@ DELETED_DATASET = [
 ]
 
 
+def _jobs_raw(content: bytes) -> Callable[[World], dict[str, Any]]:
+    return lambda w: {
+        "method": "POST",
+        "url": "/jobs",
+        "content": content,
+        "headers": {"content-type": "application/json"},
+    }
+
+
+# Bodies the JSON decoder refuses for reasons other than syntax: still the body's fault, so a
+# json_invalid naming the body, like any other undecodable JSON (not a bare 400 "http_error").
+MALFORMED_SPEC = [
+    Case(
+        "bad-utf8",
+        _jobs_raw(b'{"dataset_id": "\xff\xfe"}'),
+        (400, 422),
+        ("json_invalid",),
+        ("body",),
+    ),
+    Case(
+        "deep-nesting",
+        _jobs_raw(b'{"features": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        (400, 422),
+        ("json_invalid",),
+        ("body",),
+    ),
+    Case(
+        "5000-digit-int",
+        _jobs_raw(b'{"epochs": ' + b"9" * 5000 + b"}"),
+        (400, 422),
+        ("json_invalid",),
+        ("body",),
+    ),
+]
+
+
 def _list(path: str, **params: Any) -> Callable[[World], dict[str, Any]]:
     return lambda w: {"method": "GET", "url": path, "params": params}
 
@@ -509,6 +545,7 @@ CATALOGUE = {
     "instance_width": INSTANCE_WIDTH,
     "deleted_dataset": DELETED_DATASET,
     "pagination": PAGINATION,
+    "malformed_spec_body": MALFORMED_SPEC,
 }
 
 
@@ -564,6 +601,11 @@ def test_rows_and_instances(world: World, case: Case) -> None:
 
 @_params(INSTANCE_WIDTH)
 def test_instance_width(world: World, case: Case) -> None:
+    _check(world, case)
+
+
+@_params(MALFORMED_SPEC)
+def test_malformed_spec_body(world: World, case: Case) -> None:
     _check(world, case)
 
 
