@@ -68,11 +68,3 @@ class DatasetRead(BaseModel):
     columns: list[ColumnSummary]
     size_bytes: int = Field(ge=0, description="Bytes of the uploaded file.")
     created_at: datetime
-
-
-class DatasetList(BaseModel):
-    """The caller's datasets, newest first."""
-
-    model_config = ConfigDict(json_schema_extra={"example": {"datasets": [DATASET_EXAMPLE]}})
-
-    datasets: list[DatasetRead]
