@@ -213,6 +213,16 @@ def test_no_key_upload_is_401_and_stores_nothing(world: World) -> None:
     assert sorted(data.rglob("*")) == files_before
 
 
+def test_predict_checks_the_key_before_reading_the_body(world: World) -> None:
+    # A stranger must not get the server to parse (or even read) a body: 401 whatever follows.
+    url = f"/models/{world.model_id}/predict"
+    for content in (b"not json", b'{"rows": [' + b'{"a": 1},' * 20_000 + b'{"a": 1}]}'):
+        response = world.client.post(
+            url, content=content, headers={"content-type": "application/json"}
+        )
+        _assert_error(response, 401, "missing_api_key")
+
+
 @pytest.mark.parametrize(
     "header",
     [
