@@ -24,15 +24,15 @@ plus the same penalty (Keras convention) and ``val_metric`` its metric. ``metric
 classification and R^2 = 1 - SSE/SST for regression.
 
 FISTA path (``optimizer.name == "fista"``): full-batch accelerated proximal gradient (Beck &
-Teboulle 2009) with backtracking on the Lipschitz constant (started from a few power iterations on
-``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015). Only for linear models (no
-hidden layers), smooth losses (mse, huber, binary_cross_entropy, softmax_cross_entropy,
-squared_hinge) and no dropout. One epoch = ``ceil(N / batch_size)`` iterations (as many updates as
-a mini-batch epoch); training stops ("completed") once converged: for mse without group_l1 (the
-Lasso / elastic net) when the duality gap is at most ``tol * var(y)`` (scikit-learn's criterion),
-otherwise when an iteration moves no parameter by more than ``step_tol * max(1, max|W|)``. Its
-``data_loss``/``metric`` are exact full-batch values at the epoch's final iterate and its
-``learning_rate`` is the step ``1/L``.
+Teboulle 2009) with backtracking on the Lipschitz constant (started from a few power iterations
+on ``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015), started from ``W = 0``.
+Only for linear models (no hidden layers), smooth losses (mse, huber, binary_cross_entropy,
+softmax_cross_entropy, squared_hinge) and no dropout. One epoch = ``ceil(N / batch_size)``
+iterations (as many updates as a mini-batch epoch). Training stops ("completed") once converged:
+for mse without group_l1 (the Lasso / elastic net) when the duality gap is at most
+``tol * var(y)`` (scikit-learn's criterion), otherwise when an iteration moves no parameter by
+more than ``step_tol * max(1, max|W|)``. Its ``data_loss``/``metric`` are exact full-batch values
+at the epoch's final iterate and its ``learning_rate`` is the step ``1/L``.
 
 Best weights: by ``val_loss`` with a validation split, else by ``loss``; they are restored when
 training stops early (early stopping or a callback returning True), not on normal completion.
@@ -375,7 +375,7 @@ def _check_fista(network: Network, loss_name: str) -> None:
         raise ValueError("optimizer 'fista' is full-batch and deterministic: dropout must be 0")
 
 
-def _lambda_max(X: np.ndarray, iters: int = 4) -> float:
+def _lambda_max(X: np.ndarray, iters: int = 3) -> float:
     """Power-iteration estimate of the largest eigenvalue of ``A.T @ A``, ``A = [X, 1] (N, D + 1)``.
 
     A lower bound (Rayleigh quotient) from a few iterations: a slightly small ``L`` means longer
@@ -484,7 +484,9 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
         return V
 
     L = _CURVATURE[loss_name] * _lambda_max(X) / N + 2.0 * l2
-    x_W, x_b = W.copy(), b.copy()
+    # The problem is convex: start from W = 0 like coordinate-descent Lasso solvers (close to a
+    # sparse optimum); b keeps its initial value (the target mean for regression).
+    x_W, x_b = np.zeros_like(W), b.copy()
     u_x = X @ x_W
     u_x += x_b
     f_x, _ = smooth(u_x, x_W)
