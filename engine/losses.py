@@ -50,7 +50,7 @@ def mae(scores: np.ndarray, y: np.ndarray, **_: object) -> tuple[float, np.ndarr
 def huber(
     scores: np.ndarray, y: np.ndarray, *, huber_delta: float = 1.0, **_: object
 ) -> tuple[float, np.ndarray]:
-    """Huber loss with threshold ``delta``, mean over the batch.
+    """Huber loss with threshold ``delta = huber_delta``, mean over the batch.
 
     ``l(r) = r^2 / 2`` if ``|r| <= delta`` else ``delta (|r| - delta / 2)`` with ``r = s - y``;
     ``dscores = clip(r, -delta, delta) / N``.
@@ -126,7 +126,7 @@ def _hinge_margins(
 def multiclass_hinge(
     scores: np.ndarray, y: np.ndarray, *, hinge_margin: float = 1.0, **_: object
 ) -> tuple[float, np.ndarray]:
-    """Weston-Watkins multiclass hinge loss, mean over the batch.
+    """Weston-Watkins multiclass hinge loss with margin ``delta = hinge_margin``, batch mean.
 
     ``L = (1/N) sum_n sum_{j != y_n} max(0, s_nj - s_n,y_n + delta)``.
     ``dscores[n, j] = [margin_nj > 0] / N`` for ``j != y_n`` and ``-(number of such j) / N`` at
@@ -144,8 +144,9 @@ def multiclass_hinge(
 def squared_hinge(
     scores: np.ndarray, y: np.ndarray, *, hinge_margin: float = 1.0, **_: object
 ) -> tuple[float, np.ndarray]:
-    """Squared Weston-Watkins hinge: ``L = (1/N) sum_n sum_{j != y_n} max(0, s_nj - s_n,y_n +
-    delta)^2``.
+    """Squared Weston-Watkins hinge with margin ``delta = hinge_margin``, batch mean.
+
+    ``L = (1/N) sum_n sum_{j != y_n} max(0, s_nj - s_n,y_n + delta)^2``.
 
     ``dscores[n, j] = 2 margin_nj / N`` for ``j != y_n`` and ``-sum_j 2 margin_nj / N`` at ``y_n``.
     """
