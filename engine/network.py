@@ -9,6 +9,10 @@ Dropout layers exist only for the ``inverted``/``standard`` modes with a positiv
 hidden rate on every later Dense, which all read a hidden activation). With no hidden layers the
 network is a linear model ``scores = x @ W + b``.
 
+Inside a network ReLU works in place on the Dense output it receives, and hidden Dropout in place
+after ReLU / leaky ReLU / PReLU / linear (whose backward reads no output values): fewer passes
+over ``(N, M)`` arrays, same results.
+
 The last Dense returns raw scores ``(N, K)``; the loss owns the output non-linearity, and ``output``
 applies it at predict time. ``K`` is 1 for regression and binary cross-entropy, ``C`` otherwise.
 """
