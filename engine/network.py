@@ -33,8 +33,6 @@ from engine.layers import (
 )
 from engine.losses import softmax
 
-_REGRESSION_LOSSES = ("mse", "mae", "huber")
-
 
 class Network:
     """Layers in order plus named access to their parameters.
