@@ -1,9 +1,10 @@
 """Dataset schemas: what an upload returns and what GET /datasets lists."""
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.jobs import UTCDateTime
 
 COLUMN_EXAMPLES = [
     {
@@ -67,4 +68,4 @@ class DatasetRead(BaseModel):
     rows: int = Field(ge=1, description="Data rows (the header line not counted).")
     columns: list[ColumnSummary]
     size_bytes: int = Field(ge=0, description="Bytes of the uploaded file.")
-    created_at: datetime
+    created_at: UTCDateTime

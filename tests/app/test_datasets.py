@@ -370,3 +370,10 @@ def test_stats_span_row_groups(client: TestClient, monkeypatch: pytest.MonkeyPat
     bad = upload(client, b"s,n\n" + rows.encode() + b"y,inf\n")
     assert bad.status_code == 422
     assert "row 10 (line 11)" in bad.json()["detail"][0]["msg"]
+
+
+def test_created_at_is_utc_when_read_back(client: TestClient) -> None:
+    created = upload(client, SMALL_CSV).json()
+    read = client.get(f"/datasets/{created['id']}").json()
+    assert read["created_at"].endswith("Z") and created["created_at"].endswith("Z")
+    assert read["created_at"] == created["created_at"]
