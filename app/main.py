@@ -52,7 +52,8 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (datasets, jobs, models, health):
+    # /models first: routes are matched in order, and single-row predict is the hot path.
+    for module in (models, datasets, jobs, health):
         app.include_router(module.router)
     return app
 

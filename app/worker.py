@@ -40,6 +40,17 @@ BLAS_ENV = {
 }
 # A queued job whose body errors this many times before it could even claim the row is failed.
 MAX_SUBMIT_ERRORS = 3
+# Dask's defaults suit many short tasks; ours are few and long. Its background chores (event-loop
+# ticks every 20 ms, a statistical profiler sampling every 10 ms, system monitor, stealing) would
+# otherwise cost the API process - where the embedded scheduler and the client live - CPU that
+# predictions need. Workers inherit this configuration from the nanny.
+QUIET_DASK = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing-interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 
 
 def run_job(job_id: str, database_url: str, data_dir: str) -> str:
@@ -157,8 +168,10 @@ class DaskExecutor(Executor):
         self.client: Any = None
 
     def start(self) -> None:
+        import dask
         from distributed import Client, LocalCluster
 
+        dask.config.set(QUIET_DASK)
         if self.address == "local":
             self.cluster = LocalCluster(
                 n_workers=settings.workers,

@@ -30,37 +30,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (
 INLINE_ROWS = 256
 
 
-@router.get("", response_model=list[ModelRead], summary="List models, newest first")
-def list_models(
-    session: SessionDep,
-    owner: OwnerDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[ModelRead]:
-    """The caller's trained models, newest first."""
-    found = service.list_(session=session, owner_id=owner, limit=limit, offset=offset)
-    return [ModelRead.model_validate(service.read(model)) for model in found]
-
-
-@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=ERRORS)
-def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
-    """Spec, metrics, feature names and classes of one model."""
-    model = service.get(session=session, model_id=model_id, owner_id=owner)
-    return ModelRead.model_validate(service.read(model))
-
-
-@router.delete(
-    "/{model_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a model",
-    responses=ERRORS,
-)
-def delete_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
-    """Delete a model; its job and history stay."""
-    service.delete(session=session, model_id=model_id, owner_id=owner)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
 def _owner_from_db(request: Request) -> str | None:
     with get_sessionmaker(settings.database_url)() as session:
         return current_owner(request, session)
@@ -154,6 +123,37 @@ async def predict(model_id: str, request: Request) -> Response:
     return Response(
         content=json.dumps(result, separators=(",", ":")), media_type="application/json"
     )
+
+
+@router.get("", response_model=list[ModelRead], summary="List models, newest first")
+def list_models(
+    session: SessionDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ModelRead]:
+    """The caller's trained models, newest first."""
+    found = service.list_(session=session, owner_id=owner, limit=limit, offset=offset)
+    return [ModelRead.model_validate(service.read(model)) for model in found]
+
+
+@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=ERRORS)
+def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
+    """Spec, metrics, feature names and classes of one model."""
+    model = service.get(session=session, model_id=model_id, owner_id=owner)
+    return ModelRead.model_validate(service.read(model))
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a model",
+    responses=ERRORS,
+)
+def delete_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    """Delete a model; its job and history stay."""
+    service.delete(session=session, model_id=model_id, owner_id=owner)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

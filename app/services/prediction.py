@@ -184,14 +184,16 @@ def _batch_size_check(key: str, n: int) -> None:
         )
 
 
-def _is_real(value: Any) -> bool:
-    kind = type(value)
-    return kind is float or kind is int
+_REAL = frozenset({float, int})
 
 
 def _fast_matrix(item: Loaded, values: list[list[Any]]) -> np.ndarray | None:
     """All-numeric input as a (N, D) float64 matrix, or None when some value needs a closer look."""
-    if not all(len(v) == len(item.names) and all(map(_is_real, v)) for v in values):
+    width = len(item.names)
+    if any(len(v) != width for v in values):
+        return None
+    # Exact types: bool (an int subclass), str and None go to the slow path, which names them.
+    if not {type(x) for v in values for x in v} <= _REAL:
         return None
     try:
         matrix = np.array(values, dtype=np.float64)
