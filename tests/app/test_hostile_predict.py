@@ -9,6 +9,7 @@ cases themselves only read.
 """
 
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -674,3 +675,30 @@ def test_model_outlives_its_dataset(client: TestClient) -> None:
     assert after.status_code == 200, after.text
     assert after.json() == before
     assert client.get(f"/models/{model_id}").json()["dataset_id"] in (None, dataset_id)
+
+
+def _race_delete(client: TestClient, url: str, n: int = 12) -> list[int]:
+    """Send ``n`` DELETEs of ``url`` at the same moment; their status codes."""
+    statuses: list[int] = []
+    barrier = threading.Barrier(n)
+
+    def delete() -> None:
+        barrier.wait()
+        statuses.append(client.delete(url).status_code)
+
+    threads = [threading.Thread(target=delete) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(statuses)
+
+
+@pytest.mark.parametrize("kind", ["datasets", "models"])
+def test_concurrent_deletes_succeed_exactly_once(client: TestClient, kind: str) -> None:
+    # A client retrying a DELETE in parallel must be told once that it deleted the thing.
+    # A race shows up only sometimes, so a few rounds.
+    for _ in range(3):
+        dataset_id = _upload(client, "a.csv", _csv())
+        target = _train(client, dataset_id) if kind == "models" else dataset_id
+        assert _race_delete(client, f"/{kind}/{target}") == [204] + [404] * 11
