@@ -143,8 +143,7 @@ async def create_dataset(
             owner_id=owner_id,
         )
     finally:
-        files.spool.unlink(missing_ok=True)
-        files.parquet.unlink(missing_ok=True)
+        service.release(files)
     response.headers["Location"] = str(request.url_for("get_dataset", dataset_id=row.id))
     return row
 

@@ -3,8 +3,14 @@
 A dataset is a Parquet file under ``<data_dir>/datasets/`` plus a row in ``datasets``. The file is
 written under a temporary name, renamed, and only then the row committed; so a crash leaves at
 worst a file without a row, which ``gc_orphans`` removes at start-up.
+
+While an upload is in flight its process holds an exclusive ``flock`` on ``.<id>.lock``; the
+collector skips the files of ids whose lock is held, so a restarting API process never deletes
+the upload of another process sharing the data volume, yet removes a crashed one's at once.
 """
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -27,9 +33,6 @@ from app.services.common import owned
 log = logging.getLogger("regula.datasets")
 
 SUBDIR = "datasets"
-# Files younger than this are never collected: another API process sharing the data volume may
-# be between renaming a new dataset's file and committing its row, or still spooling an upload.
-GC_MIN_AGE_SECONDS = 600.0
 
 
 def storage_dir(data_dir: Path | None = None) -> Path:
@@ -41,24 +44,39 @@ def storage_dir(data_dir: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class NewFiles:
-    """Where a new dataset's files go: spool (CSV), temporary Parquet, final Parquet."""
+    """An upload in flight: its lock (held), spool (CSV), temporary and final Parquet paths."""
 
     dataset_id: str
+    lock: Path
+    lock_fd: int
     spool: Path
     parquet: Path
     relative: str  # the final Parquet path, relative to the data folder (stored in the row)
 
 
 def new_files(data_dir: Path | None = None) -> NewFiles:
-    """Fresh paths for an incoming upload, on the same volume as the datasets (rename is atomic)."""
+    """Lock a fresh id for an upload; its paths are on the datasets' volume (rename is atomic)."""
     folder = storage_dir(data_dir)
     dataset_id = new_id()
+    lock = folder / f".{dataset_id}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     return NewFiles(
         dataset_id=dataset_id,
+        lock=lock,
+        lock_fd=fd,
         spool=folder / f".{dataset_id}.csv.part",
         parquet=folder / f".{dataset_id}.parquet.part",
         relative=f"{SUBDIR}/{dataset_id}.parquet",
     )
+
+
+def release(files: NewFiles) -> None:
+    """End an upload: remove its temporary files and its lock (the committed Parquet stays)."""
+    files.spool.unlink(missing_ok=True)
+    files.parquet.unlink(missing_ok=True)
+    files.lock.unlink(missing_ok=True)
+    os.close(files.lock_fd)
 
 
 def _fsync(path: Path) -> None:
@@ -112,7 +130,6 @@ def import_csv(
     data_dir: Path | None = None,
 ) -> Dataset:
     """Store the CSV file at ``path`` as a dataset (no HTTP: scripts, the CLI, tests)."""
-    files = new_files(data_dir)
     quotes = 0
     with open(path, "rb") as f:
         while block := f.read(1024 * 1024):
@@ -121,17 +138,21 @@ def import_csv(
         path=Path(path), filename=Path(path).name, name=name, size=os.stat(path).st_size
     )
     upload.quotes = quotes
-    ingested = ingest.ingest_csv(
-        Path(path), files.parquet, max_columns=settings.max_columns, quotes=quotes
-    )
-    return create(
-        session=session,
-        upload=upload,
-        ingested=ingested,
-        files=files,
-        owner_id=owner_id,
-        data_dir=data_dir,
-    )
+    files = new_files(data_dir)
+    try:
+        ingested = ingest.ingest_csv(
+            Path(path), files.parquet, max_columns=settings.max_columns, quotes=quotes
+        )
+        return create(
+            session=session,
+            upload=upload,
+            ingested=ingested,
+            files=files,
+            owner_id=owner_id,
+            data_dir=data_dir,
+        )
+    finally:
+        release(files)
 
 
 def get_all(
@@ -195,30 +216,60 @@ def load_table(
     return out
 
 
+# Files younger than this are kept unless the caller knows it is alone on the data folder: a
+# second safety net next to the upload locks (flock may be a no-op on some network filesystems).
+GC_MIN_AGE_SECONDS = 600.0
+
+
+def _dataset_id_of(name: str) -> str:
+    # "<id>.parquet", ".<id>.parquet.part", ".<id>.csv.part", ".<id>.lock" -> "<id>"
+    return name.lstrip(".").split(".", 1)[0]
+
+
 def gc_orphans(
     *, session: Session, data_dir: Path, min_age_seconds: float = GC_MIN_AGE_SECONDS
 ) -> list[Path]:
     """Remove files in the datasets folder that no row references; returns what was removed.
 
-    Covers interrupted uploads (spool and ``.part`` files) and files whose row was never
-    committed or was deleted. Files modified less than ``min_age_seconds`` ago are kept.
+    Covers interrupted uploads (lock, spool and ``.part`` files), files whose row was never
+    committed, and files whose row was deleted. Uploads in flight (lock held) are left alone,
+    and so are files modified less than ``min_age_seconds`` ago.
     """
     folder = Path(data_dir) / SUBDIR
     if not folder.is_dir():
         return []
     known = {Path(p).name for p in session.scalars(select(Dataset.path))}
     cutoff = time.time() - min_age_seconds
-    removed = []
+    groups: dict[str, list[Path]] = {}
     for path in folder.iterdir():
-        if not path.is_file() or path.name in known:
-            continue
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.name not in known and path.stat().st_mtime <= cutoff:
+                groups.setdefault(_dataset_id_of(path.name), []).append(path)
+    removed: list[Path] = []
+    for dataset_id, paths in groups.items():
+        lock = folder / f".{dataset_id}.lock"
         try:
-            if path.stat().st_mtime > cutoff:
-                continue
-            path.unlink()
+            fd = os.open(lock, os.O_RDWR)
         except FileNotFoundError:
-            continue
-        removed.append(path)
+            fd = None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process is uploading this one
+            # Committed since the listing above? Then its file is no orphan.
+            session.expire_all()
+            if session.get(Dataset, dataset_id) is not None:
+                paths = [p for p in paths if p.name != f"{dataset_id}.parquet"]
+            # The lock file goes last, while still held.
+            for path in sorted(paths, key=lambda p: p == lock):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+        finally:
+            if fd is not None:
+                os.close(fd)
     if removed:
         log.info("removed %d orphaned dataset file(s) from %s", len(removed), folder)
     return removed

@@ -216,24 +216,56 @@ def test_parquet_file_exists_after_upload_and_is_gone_after_delete(
 def test_gc_orphans_removes_files_without_rows(client: TestClient, session: Session) -> None:
     kept = Path(settings.data_dir) / _row(upload(client, SMALL_CSV).json()["id"]).path
     folder = kept.parent
-    orphan = folder / "0123456789abcdef0123456789abcdef.parquet"
+    orphan = folder / "0123456789abcdef0123456789abcdef.parquet"  # row deleted, file not
     orphan.write_bytes(b"PAR1")
-    partial = folder / ".upload-abc.csv.part"
-    partial.write_bytes(b"a,b\n1,")
-    fresh = folder / "fresh.parquet"
-    fresh.write_bytes(b"PAR1")
-    old = time.time() - 3600
-    for p in (orphan, partial, kept):
-        os.utime(p, (old, old))
-
-    removed = service.gc_orphans(session=session, data_dir=settings.data_dir)
-
-    assert sorted(removed) == sorted([orphan, partial])
-    assert kept.exists() and fresh.exists()  # referenced, and too young to judge
-    assert service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0) == [
-        fresh
+    # A crashed upload: lock file (no longer held), spool and temporary Parquet.
+    crashed = [
+        folder / f".{'c' * 32}{suffix}" for suffix in (".lock", ".csv.part", ".parquet.part")
     ]
+    for path in crashed:
+        path.write_bytes(b"a,b\n1,")
+
+    # By default young files are kept (they may be another process's upload on a volume
+    # where locks do not work); a service alone on its folder collects them at once.
+    assert service.gc_orphans(session=session, data_dir=settings.data_dir) == []
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    assert service.gc_orphans(session=session, data_dir=settings.data_dir) == [orphan]
+    removed = service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0)
+
+    assert sorted(removed) == sorted(crashed)
     assert dataset_files() == [kept]
+    assert service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0) == []
+
+
+def test_gc_orphans_spares_uploads_in_flight(client: TestClient, session: Session) -> None:
+    """Files of an id whose lock is held (another process mid-upload) are left alone."""
+    files = service.new_files()
+    files.spool.write_bytes(b"a,b\n1,2\n")
+    files.parquet.write_bytes(b"PAR1")
+    try:
+        assert (
+            service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0) == []
+        )
+        assert files.spool.exists() and files.parquet.exists() and files.lock.exists()
+    finally:
+        service.release(files)
+    assert dataset_files() == []
+
+
+def test_gc_orphans_keeps_a_file_committed_meanwhile(client: TestClient, session: Session) -> None:
+    """A row committed between the collector's listing and its lock check keeps its file."""
+    row = _row(upload(client, SMALL_CSV).json()["id"])
+    path = Path(settings.data_dir) / row.path
+    real_scalars = session.scalars
+    session.scalars = lambda *_a, **_k: iter([])  # type: ignore[method-assign]  # stale listing
+    try:
+        assert (
+            service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0) == []
+        )
+    finally:
+        session.scalars = real_scalars  # type: ignore[method-assign]
+    assert path.exists()
 
 
 def test_gc_orphans_without_data_dir_is_a_no_op(session: Session, tmp_path: Path) -> None:
