@@ -15,12 +15,11 @@ from app.routers import datasets, health, jobs, models
 log = logging.getLogger("regula")
 
 
-def _collect_orphan_files(min_age_seconds: float | None = None) -> None:
+def _collect_orphan_files() -> None:
     from app.services import datasets
 
-    kwargs = {} if min_age_seconds is None else {"min_age_seconds": min_age_seconds}
     with get_sessionmaker(settings.database_url)() as session:
-        datasets.gc_orphans(session=session, data_dir=settings.data_dir, **kwargs)
+        datasets.gc_orphans(session=session, data_dir=settings.data_dir)
 
 
 @asynccontextmanager
@@ -29,11 +28,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     from app import worker
     from app.services import prediction
 
-    # An embedded service is the only writer of its data folder, so at start-up every file without
-    # a row is a leftover of a crash; API replicas sharing a folder (scale-out) keep young files,
-    # which may be uploads in progress elsewhere, and collect them later in the reaper.
-    alone = settings.executor in ("local", "inline")
-    await asyncio.to_thread(_collect_orphan_files, 0.0 if alone else None)
+    # Files of uploads a crash interrupted; later ones are collected by the reaper's housekeeping.
+    await asyncio.to_thread(_collect_orphan_files)
     # Blocking (a LocalCluster spawns processes), so off the event loop.
     executor, reaper = await asyncio.to_thread(worker.start_service, _collect_orphan_files)
     try:

@@ -7,11 +7,14 @@ from fastapi import APIRouter, Body, Query, Response, status
 from app.auth import OwnerDep
 from app.deps import SessionDep
 from app.models import Job
+from app.routers.common import JSONBodyRoute
 from app.schemas.jobs import TRAINING_SPEC_EXAMPLE, JobHistory, JobRead, JobStatus, TrainingSpec
 from app.services import jobs as service
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JSONBodyRoute)
 
+# Offsets reach SQL as 64-bit integers; far beyond any real listing anyway.
+MAX_OFFSET = 1_000_000_000
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such job (or not yours)."},
 }
@@ -71,7 +74,7 @@ def list_jobs(
     owner: OwnerDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobRead]:
     """The caller's jobs, newest first, optionally only those of one status."""
     found = service.list_(

@@ -12,6 +12,8 @@ from app.auth import OwnerDep, current_owner
 from app.config import settings
 from app.db import get_sessionmaker
 from app.deps import SessionDep
+from app.routers.common import JSONBodyRoute
+from app.routers.jobs import MAX_OFFSET
 from app.schemas.models import (
     PREDICT_EXAMPLES,
     ModelRead,
@@ -22,7 +24,7 @@ from app.schemas.models import (
 from app.services import models as service
 from app.services import prediction
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=JSONBodyRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (or not yours)."}}
 # Batches up to this size are predicted on the event loop: they take microseconds, and a hop to
@@ -130,7 +132,7 @@ def list_models(
     session: SessionDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[ModelRead]:
     """The caller's trained models, newest first."""
     found = service.list_(session=session, owner_id=owner, limit=limit, offset=offset)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
@@ -55,13 +56,14 @@ def delete(*, session: Session, model_id: str, owner_id: str | None) -> None:
     """Delete the caller's model (and drop it from the prediction cache)."""
     from app.services import prediction
 
-    stmt = owned(select(Model).options(defer(Model.weights)), Model.owner_id, owner_id)
-    model = session.scalar(stmt.where(Model.id == model_id))
-    if model is None:
-        raise _not_found(model_id)
-    session.delete(model)
+    # One conditional DELETE: of concurrent deletes of the same model exactly one removes it.
+    stmt = sql_delete(Model).where(Model.id == model_id)
+    stmt = stmt.where(Model.owner_id.is_(None) if owner_id is None else Model.owner_id == owner_id)
+    result = session.execute(stmt.execution_options(synchronize_session=False))
     session.commit()
     prediction.evict(model_id)
+    if result.rowcount != 1:
+        raise _not_found(model_id)
 
 
 def read(model: Model) -> dict[str, Any]:
