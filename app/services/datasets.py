@@ -57,10 +57,19 @@ class NewFiles:
 def new_files(data_dir: Path | None = None) -> NewFiles:
     """Lock a fresh id for an upload; its paths are on the datasets' volume (rename is atomic)."""
     folder = storage_dir(data_dir)
-    dataset_id = new_id()
-    lock = folder / f".{dataset_id}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    while True:
+        dataset_id = new_id()
+        lock = folder / f".{dataset_id}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # A collector may have taken and deleted the fresh, not yet locked file; then the lock
+        # we hold is on an unlinked inode and protects nothing: start over with a new id.
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     return NewFiles(
         dataset_id=dataset_id,
         lock=lock,
@@ -216,24 +225,18 @@ def load_table(
     return out
 
 
-# Files younger than this are kept unless the caller knows it is alone on the data folder: a
-# second safety net next to the upload locks (flock may be a no-op on some network filesystems).
-GC_MIN_AGE_SECONDS = 600.0
-
-
 def _dataset_id_of(name: str) -> str:
     # "<id>.parquet", ".<id>.parquet.part", ".<id>.csv.part", ".<id>.lock" -> "<id>"
     return name.lstrip(".").split(".", 1)[0]
 
 
-def gc_orphans(
-    *, session: Session, data_dir: Path, min_age_seconds: float = GC_MIN_AGE_SECONDS
-) -> list[Path]:
+def gc_orphans(*, session: Session, data_dir: Path, min_age_seconds: float = 0.0) -> list[Path]:
     """Remove files in the datasets folder that no row references; returns what was removed.
 
     Covers interrupted uploads (lock, spool and ``.part`` files), files whose row was never
-    committed, and files whose row was deleted. Uploads in flight (lock held) are left alone,
-    and so are files modified less than ``min_age_seconds`` ago.
+    committed, and files whose row was deleted. Uploads in flight (lock held) are left alone.
+    ``min_age_seconds`` > 0 also spares files modified more recently than that: a safety net for
+    data volumes on network filesystems where ``flock`` may not reach other machines.
     """
     folder = Path(data_dir) / SUBDIR
     if not folder.is_dir():

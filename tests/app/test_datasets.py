@@ -225,17 +225,21 @@ def test_gc_orphans_removes_files_without_rows(client: TestClient, session: Sess
     for path in crashed:
         path.write_bytes(b"a,b\n1,")
 
-    # By default young files are kept (they may be another process's upload on a volume
-    # where locks do not work); a service alone on its folder collects them at once.
-    assert service.gc_orphans(session=session, data_dir=settings.data_dir) == []
-    old = time.time() - 3600
+    # With a minimum age, young files are spared (another machine's upload on a network volume).
+    hour = 3600.0
+    assert (
+        service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=hour) == []
+    )
+    old = time.time() - 2 * hour
     os.utime(orphan, (old, old))
-    assert service.gc_orphans(session=session, data_dir=settings.data_dir) == [orphan]
-    removed = service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0)
+    assert service.gc_orphans(
+        session=session, data_dir=settings.data_dir, min_age_seconds=hour
+    ) == [orphan]
+    removed = service.gc_orphans(session=session, data_dir=settings.data_dir)
 
     assert sorted(removed) == sorted(crashed)
     assert dataset_files() == [kept]
-    assert service.gc_orphans(session=session, data_dir=settings.data_dir, min_age_seconds=0) == []
+    assert service.gc_orphans(session=session, data_dir=settings.data_dir) == []
 
 
 def test_gc_orphans_spares_uploads_in_flight(client: TestClient, session: Session) -> None:
