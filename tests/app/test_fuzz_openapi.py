@@ -28,7 +28,7 @@ from app.config import settings as app_settings
 from app.db import get_db, get_sessionmaker
 from app.main import create_app
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 100
 APP = create_app()
 # Loaded from the app object, not over HTTP: fetching /openapi.json would start the app's
 # lifespan (and its executor) at import time with the default settings.
