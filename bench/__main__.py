@@ -4,7 +4,8 @@ Options: ``--quick`` (smoke mode: tiny sizes, seconds, skips peers that are not 
 ``--only training,lasso,serving,ingest,jobs`` (run some sections), ``--output PATH`` (where to
 write the results; default ``bench/RESULTS.md``), ``--threads N`` (threads for every contender;
 default all cores available), ``--repeats N`` (interleaved rounds; the best or median is reported),
-``--profile`` (cProfile of the engine's hot calls, appended to the notes).
+``--profile`` (cProfile of the engine's hot calls, appended to the notes), ``--clock cpu`` (time the
+in-process sections by CPU time: steadier on a shared machine; needs ``--threads 1``).
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some processors by the environment, make a current
 numpy choose a slower OpenBLAS kernel; they are removed here, before numpy is imported, for this
@@ -47,12 +48,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--repeats", type=int, default=None, help="rounds per measurement")
     p.add_argument("--profile", action="store_true", help="cProfile the engine's hot calls")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="clock of the in-process sections (training, lasso); cpu needs --threads 1",
+    )
     args = p.parse_args(argv)
     names = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = [s for s in names if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     args.sections = names
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu measures busy time of one thread: use it with --threads 1")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     return args
@@ -79,9 +88,12 @@ def run_section(name: str, args: argparse.Namespace) -> SectionResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from bench.common import set_clock
     from bench.machine import describe
 
+    set_clock(args.clock)
     desc = describe(REMOVED_ENV, args.threads)
+    desc["clock"] = args.clock
     blas = [b for b in desc["blas"] if b["user_api"] == "blas"]
     print(
         f"bench: {desc['cpu']}, {desc['cores']} cores, {args.threads} thread(s); BLAS "

@@ -96,6 +96,12 @@ def describe_markdown(desc: dict[str, Any]) -> str:
         f"process); every contender ran with {desc['threads_used']} thread(s)",
         f"- Linux kernel: {desc['kernel']} ({desc['platform']})",
         "- Load average at start: " + ", ".join(f"{x:.2f}" for x in desc["loadavg_at_start"]),
+        f"- Clock of the in-process sections (training, lasso): {desc.get('clock', 'wall')}"
+        + (
+            " (process CPU time of one thread: leaves out time other processes held the core)"
+            if desc.get("clock") == "cpu"
+            else " time"
+        ),
     ]
     removed = desc["openblas_env_removed"]
     lines.append(
