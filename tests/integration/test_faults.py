@@ -94,18 +94,26 @@ def data_files(data_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
 
 
-def worker_pid(server: RegulaServer, address: str) -> int:
-    """The pid of the server's descendant that listens on the Dask worker ``address``."""
+def worker_pid(server: RegulaServer, worker: str) -> int:
+    """The pid of the server's descendant named by a job's ``worker`` column.
+
+    That is a Dask worker address (``tcp://127.0.0.1:PORT``: the process listening there) or,
+    outside Dask, ``hostname:pid``.
+    """
     assert server.proc is not None
-    port = int(address.rsplit(":", 1)[1])
-    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+    number = int(worker.rsplit(":", 1)[1])
+    descendants = psutil.Process(server.proc.pid).children(recursive=True)
+    for proc in descendants:
+        if proc.pid == number and not worker.startswith(("tcp://", "tls://")):
+            return proc.pid
+    for proc in descendants:
         try:
             for conn in proc.net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == number:
                     return proc.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    raise AssertionError(f"no descendant of the server listens on {address}")
+    raise AssertionError(f"no descendant of the server is the worker {worker!r}")
 
 
 def job_row(db_path: Path, job_id: str) -> dict[str, Any]:
