@@ -141,6 +141,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert submitted.status_code == 202, submitted.text
             job = _wait(client, submitted.json()["id"], h)
             assert job["status"] == "succeeded", job
+            # Warm the prediction cache: a stranger must get 404 from a cached model too.
+            warm = client.post(f"/models/{job['model_id']}/predict", json=PREDICT_BODY, headers=h)
+            assert warm.status_code == 200, warm.text
             yield World(
                 client,
                 db_path,
@@ -346,6 +349,30 @@ def test_cli_keys_create_prints_a_working_key(world: World) -> None:
     assert response.status_code == 200, response.text
     # A fresh key owns nothing yet.
     assert world.dataset_id not in response.text
+
+
+def test_keyed_model_is_hidden_from_anonymous_callers_when_auth_is_off(
+    client: TestClient, session: Session
+) -> None:
+    # Auth off: no key means the anonymous owner, who still must not see a key's resources,
+    # even once the model sits in the prediction cache.
+    _, key = create_key(session=session, name="alice")
+    h = _bearer(key)
+    upload = client.post("/datasets", files={"file": ("a.csv", _csv(), "text/csv")}, headers=h)
+    assert upload.status_code == 201, upload.text
+    submitted = client.post("/jobs", json=_spec(upload.json()["id"]), headers=h)
+    job = _wait(client, submitted.json()["id"], h)
+    assert job["status"] == "succeeded", job
+    url = f"/models/{job['model_id']}"
+    assert client.post(f"{url}/predict", json=PREDICT_BODY, headers=h).status_code == 200
+    for method, path, body in (
+        ("POST", f"{url}/predict", PREDICT_BODY),
+        ("GET", url, None),
+        ("GET", f"/datasets/{upload.json()['id']}", None),
+        ("GET", f"/jobs/{job['id']}", None),
+    ):
+        assert client.request(method, path, json=body).status_code == 404, path
+    assert client.get("/models").json() == []
 
 
 # --------------------------------------------------------------------------------------------
