@@ -278,3 +278,23 @@ def test_null_features_means_every_other_column(
     spec = {**base_spec(dataset_ids["main"]), "features": None}
     job = client.post("/jobs", json=spec).json()
     assert job["spec"]["features"] == ["num1", "num2", "color", "three", "const", "gaps", "price"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"dataset_id": "\xff\xfe", "target": "label"}',
+        b'{"features": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"dataset_id": "x", "target": "label", "epochs": ' + b"9" * 5000 + b"}",
+        b'{"dataset_id": "x", "target": ',
+    ],
+    ids=["bad-utf8", "deep-nesting", "5000-digit-int", "truncated"],
+)
+def test_unreadable_body_is_422_json_invalid(
+    raw: bytes, client: TestClient, session: Session
+) -> None:
+    response = client.post("/jobs", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    (item,) = response.json()["detail"]
+    assert item["type"] == "json_invalid" and item["loc"][0] == "body"
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
