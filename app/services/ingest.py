@@ -71,6 +71,8 @@ MAX_BLOCK_BYTES = 64 * 1024 * 1024
 csv.field_size_limit(2**31 - 1)
 # Parse uploads while they arrive (see _Speculation); off, they are parsed once complete.
 SPECULATE = True
+# While an upload arrives it is parsed in pieces of about this size (see _convert_pieces).
+PIECE_BYTES = 16 * 1024 * 1024
 # Blocks are gathered into Parquet row groups of about this many rows.
 ROW_GROUP_ROWS = 128 * 1024
 
@@ -859,6 +861,9 @@ class _GrowingFile(io.RawIOBase):
     def pread(self, n: int, offset: int) -> bytes:
         return os.pread(self._fd, n, offset)
 
+    def rewind(self) -> None:
+        self._pos = 0
+
     def read(self, n: int | None = -1) -> bytes:
         if n == 0:
             return b""
@@ -873,6 +878,82 @@ class _GrowingFile(io.RawIOBase):
         if not self.closed:
             os.close(self._fd)
         super().close()
+
+
+class _NotPiecewise(Exception):
+    """The file cannot be cut into independent pieces at newlines (quotes, long rows, odd types)."""
+
+
+def _convert_pieces(source: _GrowingFile, dest: Path, delimiter: str, max_columns: int) -> Ingested:
+    """Like ``_convert``, but on pieces of ``PIECE_BYTES`` cut at newlines as they arrive.
+
+    Each piece is parsed by ``pyarrow.csv.read_csv``, which uses every core, where the streaming
+    reader parses one block at a time. Valid only while no '"' appears (no field can then hold a
+    newline) and every piece converts to the first piece's types; else ``_NotPiecewise``.
+    """
+    parse = pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=True)
+    pos = rows = 0
+    names: list[str] | None = None
+    schema: pa.Schema | None = None
+    stats: list[_ColumnStats] = []
+    writer: pq.ParquetWriter | None = None
+    try:
+        while True:
+            size, done = source.wait_for(pos + PIECE_BYTES + 1)
+            last = done and size - pos <= PIECE_BYTES
+            piece = source.pread(size - pos if last else PIECE_BYTES, pos)
+            if not last:
+                cut = piece.rfind(b"\n") + 1
+                if cut == 0:
+                    raise _NotPiecewise
+                piece = piece[:cut]
+            if b'"' in piece:
+                raise _NotPiecewise
+            pos += len(piece)
+            convert = pacsv.ConvertOptions(
+                null_values=NULL_VALUES,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+                column_types=schema,
+            )
+            read = pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names, use_threads=True)
+            try:
+                table = pacsv.read_csv(
+                    pa.py_buffer(piece), read_options=read, parse_options=parse,
+                    convert_options=convert,
+                )  # fmt: skip
+            except pa.ArrowInvalid as exc:
+                if _CONVERSION.search(str(exc)):
+                    raise _NotPiecewise from None
+                raise
+            if schema is None:
+                names = table.column_names
+                _check_names(names, max_columns)
+                kinds = [_kind(t) for t in table.schema.types]
+                if None in kinds:
+                    raise _NotPiecewise
+                schema = pa.schema(
+                    [pa.field(n, _KIND_TYPES[k]) for n, k in zip(names, kinds, strict=True)]
+                )
+                stats = [_ColumnStats(n, k) for n, k in zip(names, kinds, strict=True)]
+                strings = [n for n, k in zip(names, kinds, strict=True) if k == "string"]
+                writer = pq.ParquetWriter(dest, schema, use_dictionary=strings)
+            if table.schema != schema:  # an all-missing (null) column in the first piece
+                table = table.cast(schema)
+            assert writer is not None
+            columns = [st.update(c, rows) for st, c in zip(stats, table.columns, strict=True)]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            rows += table.num_rows
+            if last:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if rows == 0:
+        raise InvalidInput(
+            "The file has a header line but no data rows.", loc=FILE_LOC, code="no_rows"
+        )
+    return Ingested(rows=rows, columns=[st.summary() for st in stats])
 
 
 class _Speculation:
@@ -917,6 +998,11 @@ class _Speculation:
                     break
                 want *= 4
             delimiter = _sniff(head, not done or size > len(head), self.max_columns)
+            try:
+                return _convert_pieces(source, self.dest, delimiter, self.max_columns)
+            except _NotPiecewise:
+                pass
+            source.rewind()
             return _convert(
                 source,
                 self.dest,
