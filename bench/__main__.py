@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [run_section(name, args) for name in args.sections]
     finally:
         close_shared()
+    desc["loadavg_at_end"] = os.getloadavg()
     checks = [c for r in results for c in r.checks]
     passed = sum(c.passed for c in checks)
     print(

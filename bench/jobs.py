@@ -4,12 +4,13 @@
   as a client would; the first observation that is no longer ``queued`` counts as "running" (an
   upper bound when the job finished between two polls). Median over several jobs; goal < 0.5 s to
   running.
-- Parallelism: the wall time from submitting to both succeeded for two equal jobs (each ~2 s of
-  training alone) on ``regula serve`` with 2 workers, against one such job alone. Goal <= 1.2x.
+- Parallelism: the wall time from submitting to both succeeded for two equal jobs (each a few
+  seconds of training alone) on ``regula serve`` with 2 workers, against one such job alone. Goal <= 1.2x.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def run_together(client: httpx.Client, specs: list[dict]) -> float:
 
 def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile: bool) -> None:
     n_latency = 3 if quick else 7
-    big_rows, big_epochs = (2_000, 1) if quick else (20_000, 3)
+    big_rows, big_epochs = (2_000, 1) if quick else (50_000, 4)
     with tempfile.TemporaryDirectory(prefix="regula-bench-") as tmp:
         tiny = Path(tmp) / "tiny.csv"
         big = Path(tmp) / "big.csv"
@@ -94,6 +95,7 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 "s",
                 note=f"{big_rows:,} x 50, hidden [128, 64], {big_epochs} epoch(s)",
             )
+            load = os.getloadavg()[0]
             res.check(
                 "two equal jobs on 2 workers",
                 best_of(two),
@@ -102,4 +104,6 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 "s",
                 "<=",
                 GOAL_PARALLEL,
+                note=f"1-min load average {load:.1f} on {os.cpu_count()} cores: two single-threaded "
+                "jobs need two idle cores",
             )

@@ -95,7 +95,14 @@ def describe_markdown(desc: dict[str, Any]) -> str:
         f"- CPU: {desc['cpu']}; {desc['cores']} cores ({desc['cores_available']} available to the "
         f"process); every contender ran with {desc['threads_used']} thread(s)",
         f"- Linux kernel: {desc['kernel']} ({desc['platform']})",
-        "- Load average at start: " + ", ".join(f"{x:.2f}" for x in desc["loadavg_at_start"]),
+        "- Load average (1, 5, 15 min) at start: "
+        + ", ".join(f"{x:.2f}" for x in desc["loadavg_at_start"])
+        + (
+            "; at end: " + ", ".join(f"{x:.2f}" for x in desc["loadavg_at_end"])
+            if "loadavg_at_end" in desc
+            else ""
+        )
+        + " (a load above the core count means other processes competed for the cores)",
         f"- Clock of the in-process sections (training, lasso): {desc.get('clock', 'wall')}"
         + (
             " (process CPU time of one thread: leaves out time other processes held the core)"
