@@ -5,7 +5,8 @@
   upper bound when the job finished between two polls). Median over several jobs; goal < 0.5 s to
   running.
 - Parallelism: the wall time from submitting to both succeeded for two equal jobs (each a few
-  seconds of training alone) on ``regula serve`` with 2 workers, against one such job alone. Goal <= 1.2x.
+  seconds of training alone) on ``regula serve`` with 2 workers, against one such job alone.
+  Goal <= 1.2x.
 """
 
 from __future__ import annotations
@@ -104,6 +105,6 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 "s",
                 "<=",
                 GOAL_PARALLEL,
-                note=f"1-min load average {load:.1f} on {os.cpu_count()} cores: two single-threaded "
-                "jobs need two idle cores",
+                note=f"1-min load average {load:.1f} on {os.cpu_count()} cores: two "
+                "single-threaded jobs need two idle cores",
             )
