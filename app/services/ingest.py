@@ -72,7 +72,7 @@ csv.field_size_limit(2**31 - 1)
 # Parse uploads while they arrive (see _Speculation); off, they are parsed once complete.
 SPECULATE = True
 # While an upload arrives it is parsed in pieces of about this size (see _convert_pieces).
-PIECE_BYTES = 16 * 1024 * 1024
+PIECE_BYTES = 8 * 1024 * 1024
 # Blocks are gathered into Parquet row groups of about this many rows.
 ROW_GROUP_ROWS = 128 * 1024
 
