@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -45,13 +46,18 @@ def submit_and_watch(client: httpx.Client, spec: dict, poll: float = 0.005) -> t
     raise RuntimeError(f"job {job['id']} did not finish in 300 s")
 
 
-def run_together(client: httpx.Client, specs: list[dict]) -> float:
-    """Submit all ``specs`` at once; seconds until every job succeeded."""
+def run_together(client: httpx.Client, specs: list[dict]) -> tuple[float, list[dict]]:
+    """Submit all ``specs`` at once; (seconds until every job succeeded, the finished jobs)."""
     t0 = time.perf_counter()
     ids = [api.submit(client, s)["id"] for s in specs]
-    for job_id in ids:
-        api.wait(client, job_id, poll=0.02)
-    return time.perf_counter() - t0
+    jobs = [api.wait(client, job_id, poll=0.02) for job_id in ids]
+    return time.perf_counter() - t0, jobs
+
+
+def _spread(jobs: list[dict], key: str) -> float:
+    """Seconds between the earliest and the latest ``key`` timestamp of ``jobs``."""
+    stamps = [datetime.fromisoformat(j[key]) for j in jobs if j.get(key)]
+    return (max(stamps) - min(stamps)).total_seconds() if len(stamps) > 1 else float("nan")
 
 
 def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile: bool) -> None:
@@ -86,10 +92,18 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 big_ds["id"], model={"hidden_layers": [128, 64]}, epochs=big_epochs, batch_size=64
             )
             run_together(client, [big_spec])  # warm-up (data cache, imports)
-            one, two = [], []
+            one, two, starts = [], [], []
             for _ in range(repeats):
-                one.append(run_together(client, [big_spec]))
-                two.append(run_together(client, [big_spec, big_spec]))
+                one.append(run_together(client, [big_spec])[0])
+                seconds, pair = run_together(client, [big_spec, big_spec])
+                two.append(seconds)
+                starts.append(_spread(pair, "started_at"))
+            res.info(
+                "two jobs: gap between their started_at (median)",
+                median(starts),
+                "s",
+                note="both picked up at once means the two workers did run them side by side",
+            )
             res.info(
                 "one job alone (submit -> succeeded)",
                 best_of(one),

@@ -119,7 +119,10 @@ def describe_markdown(desc: dict[str, Any]) -> str:
             else "not set"
         )
     )
-    lines.append("- BLAS / OpenMP libraries loaded (threadpoolctl):")
+    lines.append(
+        "- BLAS / OpenMP libraries loaded (threadpoolctl; threads = the library default, the "
+        "contenders ran under threadpool_limits with the count above):"
+    )
     for b in desc["blas"]:
         lines.append(
             f"  - {b['internal_api']} {b['version']} kernel={b.get('architecture')} "
