@@ -21,7 +21,7 @@ import httpx
 
 from bench import api
 from bench.common import SectionResult, best_of, median
-from bench.server import regula_for
+from bench.server import cpu_seconds, process_tree, regula_for
 
 GOAL_RUNNING = 0.5
 GOAL_PARALLEL = 1.2
@@ -92,12 +92,26 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 big_ds["id"], model={"hidden_layers": [128, 64]}, epochs=big_epochs, batch_size=64
             )
             run_together(client, [big_spec])  # warm-up (data cache, imports)
-            one, two, starts = [], [], []
+            workers = [p for p in process_tree(server.pid) if p != server.pid]
+            one, two, starts, cpu_one, cpu_two = [], [], [], [], []
             for _ in range(repeats):
+                c0 = cpu_seconds(workers)
                 one.append(run_together(client, [big_spec])[0])
+                c1 = cpu_seconds(workers)
                 seconds, pair = run_together(client, [big_spec, big_spec])
+                cpu_one.append(c1 - c0)
+                cpu_two.append(cpu_seconds(workers) - c1)
                 two.append(seconds)
                 starts.append(_spread(pair, "started_at"))
+            res.info(
+                "worker CPU seconds: one job alone / the pair (median)",
+                median(cpu_one),
+                "s",
+                note=f"the pair used {median(cpu_two):.2f} s = "
+                f"{median(cpu_two) / (2 * median(cpu_one)):.2f}x the CPU of two jobs run alone "
+                "(1.00 = no extra work per job side by side; then a wall-time ratio above 1 means "
+                "the cores were busy with other processes)",
+            )
             res.info(
                 "two jobs: gap between their started_at (median)",
                 median(starts),
