@@ -87,6 +87,9 @@ class Executor:
         """Queue the body of ``job_id``."""
         raise NotImplementedError
 
+    def discard(self, job_id: str) -> None:
+        """Drop a not-yet-started body of ``job_id`` (its job was cancelled while queued)."""
+
     def in_flight(self, job_id: str) -> bool:
         """Whether a body of ``job_id`` submitted by this executor has not finished yet."""
         with self._lock:
@@ -206,6 +209,13 @@ class DaskExecutor(Executor):
             self._in_flight[job_id] = future
         future.add_done_callback(lambda _f: self.wakeup.set())
 
+    def discard(self, job_id: str) -> None:
+        with self._lock:
+            future = self._in_flight.pop(job_id, None)
+        if future is not None:
+            # Frees the worker slot; had the body started, its claim would refuse to run anyway.
+            future.cancel()
+
     def failures(self) -> list[tuple[str, str]]:
         failed = []
         with self._lock:
@@ -244,6 +254,12 @@ def set_executor(executor: Executor | None) -> None:
     """Install the executor used by ``submit`` (the lifespan does this)."""
     global _executor
     _executor = executor
+
+
+def discard(job_id: str) -> None:
+    """Tell the executor a queued job was cancelled: its pending body need not wait for a slot."""
+    if _executor is not None:
+        _executor.discard(job_id)
 
 
 def submit(job_id: str) -> None:

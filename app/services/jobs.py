@@ -272,7 +272,11 @@ def cancel(*, session: Session, job_id: str, owner_id: str | None) -> Job:
         )
     session.commit()
     session.refresh(job)
-    if queued.rowcount != 1 and job.status in FINISHED_STATUSES:
+    if queued.rowcount == 1:
+        from app import worker  # late: the worker module imports this one
+
+        worker.discard(job.id)
+    elif job.status in FINISHED_STATUSES:
         raise Conflict(
             f"Job {job.id!r} has already finished ({job.status}); there is nothing to cancel.",
             loc=["path", "job_id"],
