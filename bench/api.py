@@ -13,28 +13,41 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def write_csv(
-    path: Path, n_rows: int, n_features: int, *, seed: int = 0, label: bool = True
+    path: Path,
+    n_rows: int,
+    n_features: int,
+    *,
+    seed: int = 0,
+    label: bool = True,
+    quoted_header: bool = False,
 ) -> None:
-    """A numeric CSV ``f0..f{D-1}[,label]``: N(0, 1) values with 6 decimals, a 0/1 label."""
+    """A numeric CSV ``f0..f{D-1}[,label]``: N(0, 1) values with 6 decimals, a 0/1 label.
+
+    The header is bare (``f0,f1,...``) as pandas and NumPy write it, or quoted (``"f0","f1",...``)
+    as pyarrow and R's write.csv do.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     rng = np.random.default_rng(seed)
     chunk = 200_000
-    with pacsv.CSVWriter(
-        str(path),
-        pa.schema(
-            [(f"f{j}", pa.float64()) for j in range(n_features)]
-            + ([("label", pa.int64())] if label else [])
-        ),
-    ) as writer:
-        for start in range(0, n_rows, chunk):
-            n = min(chunk, n_rows - start)
-            X = np.round(rng.standard_normal((n, n_features)), 6)
-            cols = {f"f{j}": X[:, j] for j in range(n_features)}
-            if label:
-                cols["label"] = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
-            writer.write_table(pa.table(cols))
+    names = [f"f{j}" for j in range(n_features)] + (["label"] if label else [])
+    header = ",".join(f'"{n}"' if quoted_header else n for n in names) + "\n"
+    schema = pa.schema(
+        [(f"f{j}", pa.float64()) for j in range(n_features)]
+        + ([("label", pa.int64())] if label else [])
+    )
+    options = pacsv.WriteOptions(include_header=False)
+    with open(path, "wb") as sink:
+        sink.write(header.encode())
+        with pacsv.CSVWriter(sink, schema, write_options=options) as writer:
+            for start in range(0, n_rows, chunk):
+                n = min(chunk, n_rows - start)
+                X = np.round(rng.standard_normal((n, n_features)), 6)
+                cols = {f"f{j}": X[:, j] for j in range(n_features)}
+                if label:
+                    cols["label"] = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
+                writer.write_table(pa.table(cols))
 
 
 def upload(client: httpx.Client, path: Path) -> tuple[float, dict[str, Any]]:
