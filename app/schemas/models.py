@@ -29,11 +29,29 @@ class ModelRead(BaseModel):
 PREDICT_EXAMPLES = {
     "rows": {
         "summary": "Rows as objects (feature name -> value)",
-        "value": {"rows": [{"x1": 0.5, "x2": -1.0, "color": "red"}]},
+        "value": {
+            "rows": [
+                {
+                    "income": 40.3,
+                    "debt_ratio": 0.14,
+                    "late_payments": 0,
+                    "years_employed": 18,
+                    "employment": "salaried",
+                    "region": "east",
+                    "noise_1": 0.6,
+                    "noise_2": 0.97,
+                    "noise_3": 0.04,
+                    "noise_4": -2.07,
+                    "shoe_size": 44,
+                }
+            ]
+        },
     },
     "instances": {
         "summary": "Rows as arrays, in the model's feature_names order",
-        "value": {"instances": [[0.5, -1.0, "red"]]},
+        "value": {
+            "instances": [[40.3, 0.14, 0, 18, "salaried", "east", 0.6, 0.97, 0.04, -2.07, 44]]
+        },
     },
 }
 
