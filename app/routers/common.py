@@ -8,6 +8,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+# Bounds list offsets: SQLite integers are 64-bit, and no one pages a billion rows deep.
+MAX_OFFSET = 1_000_000_000
+
 # FastAPI answers a body json.loads cannot read for reasons other than a syntax error (bad UTF-8,
 # nesting deeper than the recursion limit, an integer of more than 4300 digits) with this bare 400.
 _PARSE_ERROR = "There was an error parsing the body"

@@ -10,6 +10,7 @@ from app.auth import OwnerDep
 from app.config import settings
 from app.deps import SessionDep
 from app.errors import InvalidInput
+from app.routers.common import MAX_OFFSET
 from app.schemas.datasets import DatasetRead
 from app.services import datasets as service
 from app.services import ingest
@@ -157,7 +158,7 @@ def list_datasets(
     session: SessionDep,
     owner_id: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-    offset: Annotated[int, Query(ge=0, description="Datasets to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Datasets to skip.")] = 0,
 ) -> Any:
     """The caller's datasets, newest first."""
     return service.get_all(session=session, owner_id=owner_id, limit=limit, offset=offset)

@@ -7,14 +7,13 @@ from fastapi import APIRouter, Body, Query, Response, status
 from app.auth import OwnerDep
 from app.deps import SessionDep
 from app.models import Job
-from app.routers.common import JSONBodyRoute
+from app.routers.common import MAX_OFFSET, JSONBodyRoute
 from app.schemas.jobs import TRAINING_SPEC_EXAMPLE, JobHistory, JobRead, JobStatus, TrainingSpec
 from app.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JSONBodyRoute)
 
 # Offsets reach SQL as 64-bit integers; far beyond any real listing anyway.
-MAX_OFFSET = 1_000_000_000
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such job (or not yours)."},
 }

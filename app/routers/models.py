@@ -14,8 +14,7 @@ from app.auth import OwnerDep, current_owner
 from app.config import settings
 from app.db import get_sessionmaker
 from app.deps import SessionDep
-from app.routers.common import JSONBodyRoute
-from app.routers.jobs import MAX_OFFSET
+from app.routers.common import MAX_OFFSET, JSONBodyRoute
 from app.schemas.models import (
     PREDICT_EXAMPLES,
     ModelRead,

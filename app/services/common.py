@@ -1,11 +1,13 @@
 """Helpers shared by the services."""
 
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import Delete, Select, Update
+
+Stmt = TypeVar("Stmt", Select[Any], Update, Delete)
 
 
-def owned(stmt: Select[Any], owner_column: Any, owner_id: str | None) -> Select[Any]:
+def owned(stmt: Stmt, owner_column: Any, owner_id: str | None) -> Stmt:
     """Restrict ``stmt`` to rows of ``owner_id`` (NULL-safe: the anonymous owner is NULL)."""
     if owner_id is None:
         return stmt.where(owner_column.is_(None))

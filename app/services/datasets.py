@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -178,22 +179,29 @@ def get(*, session: Session, dataset_id: str, owner_id: str | None) -> Dataset:
     stmt = owned(select(Dataset).where(Dataset.id == dataset_id), Dataset.owner_id, owner_id)
     row = session.scalar(stmt)
     if row is None:
-        raise NotFound(
-            f"Dataset {dataset_id!r} does not exist.",
-            loc=["path", "dataset_id"],
-            code="dataset_not_found",
-        )
+        raise _not_found(dataset_id)
     return row
+
+
+def _not_found(dataset_id: str) -> NotFound:
+    return NotFound(
+        f"Dataset {dataset_id!r} does not exist.",
+        loc=["path", "dataset_id"],
+        code="dataset_not_found",
+    )
 
 
 def delete(
     *, session: Session, dataset_id: str, owner_id: str | None, data_dir: Path | None = None
 ) -> None:
     """Delete the row, then the file (a crash in between leaves only a collectable orphan)."""
-    row = get(session=session, dataset_id=dataset_id, owner_id=owner_id)
-    path = Path(data_dir if data_dir is not None else settings.data_dir) / row.path
-    session.delete(row)
+    path = path_of(get(session=session, dataset_id=dataset_id, owner_id=owner_id), data_dir)
+    # One conditional DELETE: of concurrent deletes of the same dataset exactly one succeeds.
+    stmt = owned(sql_delete(Dataset).where(Dataset.id == dataset_id), Dataset.owner_id, owner_id)
+    result = session.execute(stmt.execution_options(synchronize_session=False))
     session.commit()
+    if result.rowcount != 1:
+        raise _not_found(dataset_id)
     path.unlink(missing_ok=True)
 
 

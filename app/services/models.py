@@ -57,8 +57,7 @@ def delete(*, session: Session, model_id: str, owner_id: str | None) -> None:
     from app.services import prediction
 
     # One conditional DELETE: of concurrent deletes of the same model exactly one removes it.
-    stmt = sql_delete(Model).where(Model.id == model_id)
-    stmt = stmt.where(Model.owner_id.is_(None) if owner_id is None else Model.owner_id == owner_id)
+    stmt = owned(sql_delete(Model).where(Model.id == model_id), Model.owner_id, owner_id)
     result = session.execute(stmt.execution_options(synchronize_session=False))
     session.commit()
     prediction.evict(model_id)
