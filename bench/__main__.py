@@ -4,7 +4,8 @@ Options: ``--quick`` (smoke mode: tiny sizes, seconds, skips peers that are not 
 ``--only training,lasso,serving,ingest,jobs`` (run some sections), ``--output PATH`` (where to
 write the results; default ``bench/RESULTS.md``), ``--threads N`` (threads for every contender;
 default all cores available), ``--repeats N`` (interleaved rounds; the best or median is reported),
-``--profile`` (cProfile of the engine's hot calls, appended to the notes), ``--clock cpu`` (time the
+``--profile`` (cProfile of the engine calls of sections 1-2, appended to the notes; the servers are
+profiled from outside with py-spy, see bench/README.md), ``--clock cpu`` (time the
 in-process sections by CPU time: steadier on a shared machine; needs ``--threads 1``).
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some processors by the environment, make a current

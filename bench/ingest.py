@@ -133,8 +133,6 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 growths.append(growth)
             # The same data with a quoted header, as pyarrow's and R's CSV writers produce it.
             quoted_times = [api.upload(client, quoted)[0] for _ in range(max(1, repeats - 1))]
-            if profile:
-                res.note("server log tail:\n" + server.log_tail(5))
 
     res.check(
         "upload time (client wall)",

@@ -195,8 +195,6 @@ def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile:
                 "rows/s",
                 note=f"{best_of(times) * 1e3:.0f} ms per request incl. JSON",
             )
-            if profile:
-                res.note("server log tail:\n" + server.log_tail(5))
         # Client ceiling: the same generator against a responder that does almost nothing.
         with raw_server(duration * (repeats + 2) + 30) as raw:
             c = load(f"{raw.url}/models/x/predict", body, duration, use_wrk)
