@@ -20,6 +20,7 @@ from engine.preprocess import (
     as_columns,
     classes_array,
     encode_labels,
+    numeric_matrix,
     regression_target,
 )
 from engine.spec import normalize_spec
@@ -303,8 +304,16 @@ def fit(
     spec = normalize_spec(spec)
     task = spec["task"]
     dtype = np.dtype(spec["dtype"])
-    names, columns = as_columns(X, feature_names)
-    n = len(columns[0])
+    # A plainly numeric input takes the vectorised path (one matrix, no per-column Python work);
+    # anything else is split into columns, which also names the column at fault in errors.
+    matrix = numeric_matrix(X, feature_names)
+    if matrix is not None:
+        names, R = matrix
+        columns = None
+        n = R.shape[0]
+    else:
+        names, columns = as_columns(X, feature_names)
+        n = len(columns[0])
 
     if task == "classification":
         classes, y_idx = encode_labels(y)
@@ -349,19 +358,32 @@ def fit(
             "too_few_rows",
         )
 
-    preprocessor = Preprocessor.fit(
-        names, columns, rows=train_rows, standardize=spec["standardize"]
-    )
-    if preprocessor.n_features_out == 0:
-        raise InputError(
-            "No usable feature: every column is categorical with no value in the training split.",
-            "empty",
+    has_val = len(val_rows) > 0
+    # Without a validation split the training rows are all rows: no index copies.
+    fit_rows = train_rows if has_val else None
+    if columns is None:
+        preprocessor = Preprocessor.fit_matrix(
+            names, R, rows=fit_rows, standardize=spec["standardize"]
         )
-    # Encode every row at once (errors then name the original row); categories seen only in the
-    # validation split encode as all zeros, like a missing value, since the model never saw them.
-    Z = preprocessor.transform(
-        dict(zip(names, columns, strict=True)), dtype=dtype, unknown="ignore"
-    )
+        # Z is only read from here on, so it may be the caller's array when the encoding is the
+        # identity (standardize off, float64, nothing missing).
+        Z = preprocessor.encode_matrix(R, dtype=dtype, copy=False)
+    else:
+        preprocessor = Preprocessor.fit(
+            names, columns, rows=fit_rows, standardize=spec["standardize"]
+        )
+        if preprocessor.n_features_out == 0:
+            raise InputError(
+                "No usable feature: every column is categorical with no value in the training "
+                "split.",
+                "empty",
+            )
+        # Encode every row at once (errors then name the original row); categories seen only in
+        # the validation split encode as all zeros, like a missing value, since the model never
+        # saw them.
+        Z = preprocessor.transform(
+            dict(zip(names, columns, strict=True)), dtype=dtype, unknown="ignore"
+        )
 
     if task == "regression":
         Y = y_reg.astype(dtype)
@@ -379,12 +401,11 @@ def fit(
     network = Network.build(
         spec, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
     )
-    has_val = len(val_rows) > 0
     try:
         result = train(
             network,
-            Z[train_rows],
-            Y[train_rows],
+            Z[train_rows] if has_val else Z,
+            Y[train_rows] if has_val else Y,
             spec,
             X_val=Z[val_rows] if has_val else None,
             Y_val=Y[val_rows] if has_val else None,

@@ -37,6 +37,7 @@ __all__ = [
     "as_columns",
     "classes_array",
     "encode_labels",
+    "numeric_matrix",
     "regression_target",
 ]
 
@@ -95,27 +96,9 @@ def as_columns(
             columns.append(_column(X[name], name))
     else:
         arr = np.asarray(X)
-        if arr.ndim != 2:
-            raise InputError(
-                "X must be a 2-D array (rows, features) or a mapping of columns, "
-                f"got shape {arr.shape}.",
-                "bad_shape",
-            )
-        if feature_names is None:
-            names = [f"x{j}" for j in range(arr.shape[1])]
-        else:
-            names = [str(name) for name in feature_names]
-            if len(names) != arr.shape[1]:
-                raise InputError(
-                    f"feature_names has {len(names)} names but X has {arr.shape[1]} columns.",
-                    "bad_shape",
-                )
+        names = _array_names(arr, feature_names)
         columns = [arr[:, j] for j in range(arr.shape[1])]
-    if len(set(names)) != len(names):
-        dup = next(name for name in names if names.count(name) > 1)
-        raise InputError(f"Column {dup!r} appears twice.", "duplicate_column", column=dup)
-    if not names:
-        raise InputError("X has no feature columns.", "empty")
+    _check_names(names)
     n = len(columns[0])
     for name, col in zip(names, columns, strict=True):
         if len(col) != n:
@@ -125,6 +108,84 @@ def as_columns(
                 column=name,
             )
     return names, columns
+
+
+def _array_names(arr: np.ndarray, feature_names: Sequence[str] | None) -> list[str]:
+    """Column names of a 2-D array ``(N, D)``; raises ``bad_shape``."""
+    if arr.ndim != 2:
+        raise InputError(
+            "X must be a 2-D array (rows, features) or a mapping of columns, "
+            f"got shape {arr.shape}.",
+            "bad_shape",
+        )
+    if feature_names is None:
+        return [f"x{j}" for j in range(arr.shape[1])]
+    names = [str(name) for name in feature_names]
+    if len(names) != arr.shape[1]:
+        raise InputError(
+            f"feature_names has {len(names)} names but X has {arr.shape[1]} columns.",
+            "bad_shape",
+        )
+    return names
+
+
+def _check_names(names: list[str]) -> None:
+    if len(set(names)) != len(names):
+        dup = next(name for name in names if names.count(name) > 1)
+        raise InputError(f"Column {dup!r} appears twice.", "duplicate_column", column=dup)
+    if not names:
+        raise InputError("X has no feature columns.", "empty")
+
+
+def _float_columns(X: Mapping, names: Sequence[str]) -> list[np.ndarray] | None:
+    """The mapping's columns ``names`` when every one is a 1-D float ndarray of one length."""
+    cols = []
+    for name in names:
+        col = X.get(name)
+        if not isinstance(col, np.ndarray) or col.ndim != 1 or col.dtype.kind != "f":
+            return None
+        cols.append(col)
+    if any(len(col) != len(cols[0]) for col in cols):
+        return None
+    return cols
+
+
+def _stack(cols: list[np.ndarray]) -> np.ndarray:
+    """Columns ``(N,)`` as one C-ordered float64 matrix ``(N, D)``."""
+    R = np.empty((len(cols[0]), len(cols)), dtype=np.float64)
+    for j, col in enumerate(cols):
+        R[:, j] = col
+    return R
+
+
+def numeric_matrix(
+    X: Any, feature_names: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray] | None:
+    """Raw ``X`` as one float64 matrix, when it is plainly numeric.
+
+    The vectorised path of ``fit``: a 2-D ndarray of bool / int / float, or a mapping whose selected
+    columns (as in :func:`as_columns`) are all 1-D float ndarrays of one length. Anything else
+    (strings, objects, odd shapes, duplicate or missing names) gives ``None``, and
+    :func:`as_columns` takes it column by column and reports its errors.
+
+    Returns
+    -------
+    names : list of str
+    R : ndarray (N, D) float64
+        For a float64 array this is ``X`` itself (no copy): read it, never write to it.
+    """
+    if isinstance(X, Mapping):
+        names = [str(name) for name in X] if feature_names is None else list(feature_names)
+        if not names or len(set(names)) != len(names):
+            return None
+        cols = _float_columns(X, names)
+        return None if cols is None else (names, _stack(cols))
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind not in "biuf":
+        return None
+    names = _array_names(X, feature_names)
+    if not names or len(set(names)) != len(names):
+        return None
+    return names, X.astype(np.float64, copy=False)
 
 
 def _is_missing(value: Any) -> bool:
@@ -219,15 +280,66 @@ def _numeric_values(col: np.ndarray, name: str, *, check_inf: bool = True) -> np
     return v
 
 
-def _check_no_inf(v: np.ndarray, name: str) -> None:
+def _check_no_inf(v: np.ndarray, name: str, rows: np.ndarray | None = None) -> None:
+    """Raise ``non_finite`` at the first inf of ``v``; ``rows`` maps positions in ``v`` to the
+    rows of the input (``v`` is then the training split)."""
     if np.isinf(v).any():
-        row = int(np.flatnonzero(np.isinf(v))[0])
+        k = int(np.flatnonzero(np.isinf(v))[0])
+        row = k if rows is None else int(rows[k])
         raise InputError(
-            f"Column {name!r}, row {row}: {v[row]} is not a finite number.",
+            f"Column {name!r}, row {row}: {v[k]} is not a finite number.",
             "non_finite",
             column=name,
             row=row,
         )
+
+
+def _check_matrix_no_inf(R: np.ndarray, names: Sequence[str], rows: np.ndarray | None) -> None:
+    """``_check_no_inf`` for ``R (N, D)``: the first column with an inf, its first inf row."""
+    bad = np.isinf(R).any(axis=0)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        _check_no_inf(R[:, j], names[j], rows)
+
+
+# Row chunks of about 1 MiB for the column statistics: temporaries stay in cache.
+_CHUNK_BYTES = 1 << 20
+
+
+def _column_stats(
+    R: np.ndarray, *, with_std: bool, total: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Per-column ``(mean, std, count)`` of the non-NaN entries of ``R (N, D)`` (float64).
+
+    ``std`` is the population std ``sqrt(sum((v - mean)^2) / count)`` (``None`` unless
+    ``with_std``); a column without values has mean 0 and std 0. ``R`` must hold no inf.
+    ``total``, if given, is ``R.sum(axis=0)``.
+    """
+    n, d = R.shape
+    if total is None:
+        total = np.add.reduce(R, axis=0)
+    if np.isfinite(total).all():
+        nan = None  # a NaN anywhere in a column makes its sum NaN
+        count = np.full(d, float(n))
+    else:
+        nan = np.isnan(R)
+        count = (n - np.count_nonzero(nan, axis=0)).astype(np.float64)
+        total = np.where(nan, 0.0, R).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(count > 0, total / count, 0.0)
+    if not with_std:
+        return mean, None, count
+    step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
+    acc = np.zeros(d)
+    for start in range(0, n, step):
+        dev = R[start : start + step] - mean
+        if nan is not None:
+            dev[nan[start : start + step]] = 0.0
+        dev *= dev
+        acc += dev.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std = np.where(count > 0, np.sqrt(acc / count), 0.0)
+    return mean, std, count
 
 
 # --- the fitted transform -------------------------------------------------------------------------
@@ -302,6 +414,7 @@ class Preprocessor:
         # Sorted unicode arrays for np.searchsorted in the vectorised one-hot of large inputs.
         self._cat_sorted = {j: np.array(self.categories[j], dtype=str) for j in self._cat_idx}
         self._all_numeric = not self._cat_idx
+        self._identity = bool(np.all(self.center == 0.0) and np.all(self.scale == 1.0))
 
     @property
     def n_features_in(self) -> int:
@@ -345,7 +458,8 @@ class Preprocessor:
             kinds.append(kind)
             train = col if rows is None else col[rows]
             if kind == NUMERIC:
-                v = _numeric_values(train, name)
+                v = _numeric_values(train, name, check_inf=False)
+                _check_no_inf(v, name, rows)
                 observed = v[~np.isnan(v)]
                 mean = float(observed.mean()) if observed.size else 0.0
                 std = float(observed.std()) if observed.size else 0.0
@@ -357,6 +471,55 @@ class Preprocessor:
                 categories.append([])
             else:
                 categories.append(_categories(train))
+        return cls(names, kinds, categories, center, scale, fill, standardize=standardize)
+
+    @classmethod
+    def fit_matrix(
+        cls,
+        names: list[str],
+        R: np.ndarray,
+        *,
+        rows: np.ndarray | None = None,
+        standardize: bool = True,
+    ) -> Preprocessor:
+        """:meth:`fit` for an all-numeric input given as one matrix (see :func:`numeric_matrix`).
+
+        Same encoding and errors as :meth:`fit` on the columns of ``R``, vectorised: column sums
+        along axis 0 and one finiteness test of those sums (a NaN or inf anywhere in a column makes
+        its sum non-finite); only a non-finite sum pays for locating the inf or the NaNs. The
+        statistics may differ from :meth:`fit`'s in the last bits (a different summation order).
+
+        Parameters
+        ----------
+        names : list of str
+            Raw column names, length ``D``.
+        R : ndarray (N, D) float64
+            Raw values, NaN for missing; never written to.
+        rows : ndarray of int, optional
+            Indices of the training split (default: all rows).
+        standardize : bool
+            Center and scale the columns.
+
+        Raises
+        ------
+        InputError
+            ``non_finite`` (with column and row) for an inf in the training split.
+        """
+        d = R.shape[1]
+        train = R if rows is None else R[rows]
+        total = np.add.reduce(train, axis=0)
+        if not np.isfinite(total).all():
+            _check_matrix_no_inf(train, names, rows)
+        mean, std, _ = _column_stats(train, with_std=standardize, total=total)
+        fill = mean
+        if standardize:
+            center = mean
+            # A constant column carries no signal: scale 1 keeps it at 0, no division by 0.
+            scale = np.where((std > 0) & np.isfinite(std), std, 1.0)
+        else:
+            center, scale = np.zeros(d), np.ones(d)
+        kinds = [NUMERIC] * d
+        categories: list[list[str]] = [[] for _ in range(d)]
         return cls(names, kinds, categories, center, scale, fill, standardize=standardize)
 
     # -- transform --
@@ -382,6 +545,10 @@ class Preprocessor:
             ``missing_column``, ``bad_shape``, ``length_mismatch``, ``not_numeric``, ``non_finite``,
             ``unknown_category``.
         """
+        if self._all_numeric:
+            R = self._numeric_input(X)
+            if R is not None:
+                return self.encode_matrix(R, dtype=dtype)
         if isinstance(X, Mapping):
             columns = [_column(X[name], name) if name in X else None for name in self.feature_names]
             for name, col in zip(self.feature_names, columns, strict=True):
@@ -408,30 +575,23 @@ class Preprocessor:
             n = raw.shape[0]
             columns = None
 
-        if raw is not None and self._all_numeric and raw.dtype.kind in "biuf":
-            # Fast path: the whole matrix at once.
-            R = raw.astype(np.float64, copy=False)
-        else:
-            if columns is None:
-                columns = [raw[:, j] for j in range(raw.shape[1])]
-            R = np.empty((n, len(self._num_idx)), dtype=np.float64)
-            for k, j in enumerate(self._num_idx):
-                col = columns[j]
-                # Float columns are copied as they are; others go through the checked conversion.
-                R[:, k] = (
-                    col
-                    if col.dtype.kind == "f"
-                    else _numeric_values(col, self.feature_names[j], check_inf=False)
-                )
+        if columns is None:
+            columns = [raw[:, j] for j in range(raw.shape[1])]
+        R = np.empty((n, len(self._num_idx)), dtype=np.float64)
+        for k, j in enumerate(self._num_idx):
+            col = columns[j]
+            # Float columns are copied as they are; others go through the checked conversion.
+            R[:, k] = (
+                col
+                if col.dtype.kind == "f"
+                else _numeric_values(col, self.feature_names[j], check_inf=False)
+            )
         # One finiteness check for the whole matrix; only a failure pays for finding the column.
-        if np.isinf(R).any():
-            for k, j in enumerate(self._num_idx):
-                _check_no_inf(R[:, k], self.feature_names[j])
-
-        nan = np.isnan(R)
-        if nan.any():
-            R = np.where(nan, self._num_fill, R)
-        Z_num = (R - self._num_center) / self._num_scale
+        if not np.isfinite(R).all():
+            _check_matrix_no_inf(R, [self.feature_names[j] for j in self._num_idx], None)
+            R = np.where(np.isnan(R), self._num_fill, R)
+        Z_num = R - self._num_center
+        Z_num /= self._num_scale
 
         if self._all_numeric:
             return Z_num.astype(dtype, copy=False)
@@ -440,6 +600,69 @@ class Preprocessor:
         for j in self._cat_idx:
             self._one_hot(Z, columns[j], j, unknown)
         return Z
+
+    def _numeric_input(self, X: Any) -> np.ndarray | None:
+        """Raw all-numeric ``X`` as ``R (N, D)`` float64 without a per-column pass, or ``None``.
+
+        Takes a 2-D bool / int / float array of the right width, a mapping of python ``float`` /
+        ``int`` scalars (one row, the shape of a predict request) and a mapping of 1-D float
+        arrays. Anything else goes through the column path, which names what is wrong.
+        """
+        names = self.feature_names
+        if not isinstance(X, Mapping):
+            raw = np.asarray(X)
+            if raw.ndim == 2 and raw.shape[1] == len(names) and raw.dtype.kind in "biuf":
+                return raw.astype(np.float64, copy=False)
+            return None
+        try:
+            values = [X[name] for name in names]
+        except KeyError:
+            return None
+        # Exact types: bool (an int subclass), numpy scalars, str and None take the column path.
+        if all(type(v) is float or type(v) is int for v in values):
+            try:
+                return np.array([values], dtype=np.float64)
+            except OverflowError:  # an int beyond float64: the column path raises it as before
+                return None
+        cols = _float_columns(X, names)
+        return None if cols is None else _stack(cols)
+
+    def encode_matrix(
+        self, R: np.ndarray, *, dtype: Any = np.float64, copy: bool = True
+    ) -> np.ndarray:
+        """Encode an all-numeric ``R (N, D)`` float64 (raw values, NaN for missing) into ``Z``.
+
+        ``Z = (R - center) / scale`` in float64 (missing values first replaced by ``fill``), then
+        cast to ``dtype``: the same values as :meth:`transform`. One ``isfinite`` test covers
+        inf and NaN; only a failure pays for locating them.
+
+        Parameters
+        ----------
+        R : ndarray (N, D) float64
+            Never written to.
+        dtype : numpy dtype
+        copy : bool
+            ``False`` lets ``Z`` be ``R`` itself when the encoding is the identity (no
+            standardization, no missing value, ``dtype`` float64); the caller must then not
+            write to ``Z``.
+
+        Raises
+        ------
+        InputError
+            ``non_finite`` with column and row.
+        """
+        if not self._all_numeric:
+            raise ValueError("encode_matrix needs an all-numeric preprocessor")
+        if not np.isfinite(R).all():
+            _check_matrix_no_inf(R, self.feature_names, None)
+            R = np.where(np.isnan(R), self.fill, R)
+            copy = False  # R is a fresh array now
+        if self._identity:
+            # (v - 0) / 1 == v exactly: skip two passes over the matrix.
+            return R.astype(dtype, copy=copy)
+        Z = R - self.center
+        Z /= self.scale
+        return Z.astype(dtype, copy=False)
 
     def _one_hot(self, Z: np.ndarray, col: np.ndarray, j: int, unknown: str) -> None:
         if len(col) > _VECTOR_MIN_ROWS:

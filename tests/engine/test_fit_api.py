@@ -338,3 +338,30 @@ def test_early_stopping_restores_best_epoch_in_metrics():
     assert best < len(model.history)
     assert model.metrics["val_loss"] == model.history[best - 1]["val_loss"]
     assert model.metrics["val_loss"] == min(r["val_loss"] for r in model.history)
+
+
+@pytest.mark.parametrize("validation_split", [0.0, 0.25])
+def test_numeric_array_fit_matches_the_column_path(validation_split):
+    rng = np.random.default_rng(3)
+    X = rng.normal(2.0, 3.0, size=(80, 3))
+    X[::9, 1] = np.nan
+    y = X[:, 0] - np.nan_to_num(X[:, 1]) + rng.normal(scale=0.1, size=80)
+    spec = {"loss": "mse", "model": {"hidden_layers": []}, "dtype": "float64", "epochs": 5}
+    spec["validation_split"] = validation_split
+    fast = engine.fit(spec, X, y)
+    # object columns force the column-by-column path
+    slow = engine.fit(spec, {f"x{j}": _obj(X[:, j].tolist()) for j in range(3)}, y)
+    np.testing.assert_allclose(fast.preprocessor.center, slow.preprocessor.center, rtol=1e-13)
+    np.testing.assert_allclose(fast.predict(X), slow.predict(X), rtol=1e-9)
+    assert [r["loss"] for r in fast.history] == pytest.approx([r["loss"] for r in slow.history])
+
+
+def test_fit_without_standardization_never_writes_to_the_callers_array():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 4))
+    before = X.copy()
+    spec = {"loss": "mse", "model": {"hidden_layers": []}, "dtype": "float64", "standardize": False}
+    for optimizer in ("sgd", "fista"):
+        model = engine.fit({**spec, "optimizer": {"name": optimizer}}, X, X[:, 0] * 2.0 + 1.0)
+        np.testing.assert_array_equal(X, before)
+        assert model.preprocessor.center.tolist() == [0.0] * 4

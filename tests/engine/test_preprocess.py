@@ -9,6 +9,7 @@ from engine.preprocess import (
     as_columns,
     classes_array,
     encode_labels,
+    numeric_matrix,
     regression_target,
 )
 
@@ -234,3 +235,105 @@ def test_unknown_category_in_a_large_input_names_the_first_bad_row():
     with pytest.raises(InputError) as info:
         pre.transform({"v": values})
     assert (info.value.code, info.value.row) == ("unknown_category", 77)
+
+
+# --- the vectorised all-numeric path agrees with the column path ---------------------------------
+
+
+def _numeric_data(seed=0, n=257, d=6):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(3.0, 2.0, size=(n, d)) * rng.uniform(0.1, 100.0, size=d)
+    X[rng.random((n, d)) < 0.1] = np.nan
+    X[:, 2] = 7.5  # constant: scale 1
+    X[:, 4] = np.nan  # no value at all: mean 0, scale 1
+    return X
+
+
+def _object_columns(X):
+    # object dtype forces the column path (the vectorised one takes only float arrays)
+    return {f"x{j}": _obj(*X[:, j].tolist()) for j in range(X.shape[1])}
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_fit_matrix_matches_the_column_fit(standardize, with_rows):
+    X = _numeric_data()
+    rows = np.arange(0, len(X), 3) if with_rows else None
+    names, R = numeric_matrix(X)
+    fast = Preprocessor.fit_matrix(names, R, rows=rows, standardize=standardize)
+    slow = _fit(_object_columns(X), rows=rows, standardize=standardize)
+    assert fast.feature_names == slow.feature_names and fast.kinds == slow.kinds
+    assert fast.categories == slow.categories
+    for attr in ("center", "scale", "fill"):
+        np.testing.assert_allclose(getattr(fast, attr), getattr(slow, attr), rtol=1e-13)
+    assert fast.scale[2] == 1.0 and fast.scale[4] == 1.0 and fast.fill[4] == 0.0
+    np.testing.assert_allclose(fast.transform(X), slow.transform(X), rtol=1e-12, atol=1e-12)
+
+
+def test_all_numeric_inputs_encode_identically_on_every_path():
+    X = _numeric_data(seed=1, n=40)
+    pre = _fit(X)
+    from_array = pre.transform(X, dtype=np.float32)
+    from_floats = pre.transform({f"x{j}": X[:, j] for j in range(X.shape[1])}, dtype=np.float32)
+    from_objects = pre.transform(_object_columns(X), dtype=np.float32)
+    assert from_array.dtype == np.float32
+    np.testing.assert_array_equal(from_array, from_floats)
+    np.testing.assert_array_equal(from_array, from_objects)
+    for i in (0, 7, 39):
+        scalars = {f"x{j}": float(X[i, j]) for j in range(X.shape[1])}
+        np.testing.assert_array_equal(
+            pre.transform(scalars, dtype=np.float32), from_array[i : i + 1]
+        )
+
+
+def test_one_row_mapping_with_odd_scalars_takes_the_column_path():
+    pre = _fit({"a": np.array([0.0, 2.0]), "b": np.array([1.0, 3.0])})
+    np.testing.assert_array_equal(pre.transform({"a": True, "b": None}), [[0.0, 0.0]])
+    with pytest.raises(InputError) as info:
+        pre.transform({"a": 1.0, "b": "x"})
+    assert (info.value.code, info.value.column, info.value.row) == ("not_numeric", "b", 0)
+    with pytest.raises(InputError) as info:
+        pre.transform({"a": 1.0})
+    assert (info.value.code, info.value.column) == ("missing_column", "b")
+
+
+def test_vectorised_transform_names_the_first_infinite_column_and_row():
+    pre = _fit(np.ones((3, 3)) * np.arange(3.0)[:, None])
+    X = np.zeros((4, 3))
+    X[3, 0] = np.inf
+    X[1, 2] = -np.inf
+    with pytest.raises(InputError) as info:
+        pre.transform(X)
+    assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "x0", 3)
+    with pytest.raises(InputError) as info:
+        pre.transform({"x0": 1.0, "x1": 2.0, "x2": float("inf")})
+    assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "x2", 0)
+
+
+@pytest.mark.parametrize("path", ["matrix", "columns"])
+def test_inf_in_the_training_split_names_the_input_row(path):
+    X = np.ones((5, 2))
+    X[3, 1] = np.inf
+    rows = np.array([1, 3, 4])
+    with pytest.raises(InputError) as info:
+        if path == "matrix":
+            Preprocessor.fit_matrix(["x0", "x1"], X, rows=rows)
+        else:
+            _fit(_object_columns(X), rows=rows)
+    assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "x1", 3)
+    assert "row 3" in info.value.msg
+
+
+def test_numeric_matrix_takes_only_plain_numeric_input():
+    X = np.arange(6.0).reshape(3, 2)
+    names, R = numeric_matrix(X)
+    assert names == ["x0", "x1"] and R is X  # no copy of a float64 array
+    assert numeric_matrix(X.astype(int), ["a", "b"])[1].dtype == np.float64
+    names, R = numeric_matrix({"b": X[:, 1], "a": X[:, 0]})
+    assert names == ["b", "a"]
+    np.testing.assert_array_equal(R, X[:, ::-1])
+    assert numeric_matrix({"a": X[:, 0], "s": _obj("u", "v", "w")}, ["a"])[0] == ["a"]
+    assert numeric_matrix({"a": X[:, 0], "s": _obj("u", "v", "w")}) is None
+    assert numeric_matrix({"a": X[:, 0], "b": X[:2, 1]}) is None
+    assert numeric_matrix(X, ["a", "a"]) is None
+    assert numeric_matrix(np.array([["a", "b"]])) is None
