@@ -62,6 +62,10 @@ class Network:
             elif isinstance(layer, PReLU):
                 self.param_refs.append((f"prelu{p}.alpha", layer, "alpha"))
                 p += 1
+        # Predict time: no caches, no masks, and no call at all for the layers that are the
+        # identity then (inverted dropout, linear activation). Parameters are updated in place,
+        # so the bound methods stay valid.
+        self._predict_plan = [la.predict for la in layers if not la.identity_at_predict]
 
     @classmethod
     def build(
@@ -130,10 +134,18 @@ class Network:
                 layer.rng = rng
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Raw scores ``(N, K)`` of the last Dense for ``x (N, D)``."""
+        """Raw scores ``(N, K)`` of the last Dense for ``x (N, D)``.
+
+        In predict mode (``training=False``) no layer keeps a cache: call ``backward`` only after
+        a training-mode forward.
+        """
         out = x
+        if not training:
+            for predict in self._predict_plan:
+                out = predict(out)
+            return out
         for layer in self.layers:
-            out = layer.forward(out, training)
+            out = layer.forward(out, True)
         return out
 
     def backward(self, dscores: np.ndarray) -> None:

@@ -93,3 +93,24 @@ def test_dropconnect_gradient_is_masked():
     _, _, mask = dense.cache
     assert (mask == 0).any()
     assert (dense.grads["W"][mask == 0] == 0).all()  # dropped weights get no gradient
+
+
+@pytest.mark.parametrize("mode", ["inverted", "standard", "dropconnect"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "linear", "prelu", "sigmoid"])
+def test_predict_plan_equals_every_layers_predict_mode_forward(mode, activation):
+    spec = {
+        "model": {"hidden_layers": [16, 8], "activation": activation, "init": "he"},
+        "loss": "softmax_cross_entropy",
+        "dropout": {"input": 0.2, "hidden": 0.5, "mode": mode},
+        "dtype": "float32",
+    }
+    net = Network.build(spec, 6, 3, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((10, 6)).astype(np.float32)
+    x_before = x.copy()
+    expected = x
+    for layer in net.layers:
+        expected = layer.forward(expected, training=False)
+    np.testing.assert_array_equal(net.forward(x, training=False), expected)
+    np.testing.assert_array_equal(x, x_before)  # the input itself is never overwritten
+    skipped = len(net.layers) - len(net._predict_plan)
+    assert skipped == (3 if mode == "inverted" else 0) + (2 if activation == "linear" else 0)
