@@ -341,8 +341,10 @@ def predict(
             if exc.column is not None:
                 loc.append(exc.column if key == "rows" else item.names.index(exc.column))
         raise InvalidInput(exc.msg, loc=loc, code=exc.code) from exc
-    bad = ~np.isfinite(out).all(axis=1)
-    if bad.any():
+    # One reduction answers "all finite?" for the usual case (a NaN or inf makes the sum
+    # non-finite); only a non-finite sum (or one that overflowed) pays for the per-row test.
+    bad = None if math.isfinite(np.add.reduce(out, axis=None)) else ~np.isfinite(out).all(axis=1)
+    if bad is not None and bad.any():
         # Finite inputs far outside the training range can overflow the network (float32); a
         # NaN is not JSON and would be a silent wrong answer.
         raise PredictInvalid(
