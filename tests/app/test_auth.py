@@ -414,6 +414,40 @@ def test_epoch_rows_limit_is_422(
     assert ok.status_code == 202, ok.text
 
 
+@pytest.mark.parametrize(
+    ("model", "batch_size"),
+    [
+        ({"hidden_layers": [100_000, 100_000]}, 32),  # 1e10 weights: 40 GB before any gradient
+        ({"hidden_layers": [100_000]}, 65_536),  # small weights, 26 GB of activations per batch
+        ({"hidden_layers": [20_000] * 8}, 32),  # 2.8e9 weights spread over many layers
+    ],
+    ids=["wide", "wide-batch", "deep"],
+)
+def test_model_too_large_for_memory_is_rejected_before_it_runs(
+    client: TestClient,
+    session: Session,
+    monkeypatch: pytest.MonkeyPatch,
+    model: dict[str, Any],
+    batch_size: int,
+) -> None:
+    from app import worker
+
+    # Never let such a job reach an executor, even if the API wrongly accepted it.
+    monkeypatch.setattr(worker, "submit", lambda job_id: None)
+    upload = client.post("/datasets", files={"file": ("a.csv", _csv(60), "text/csv")})
+    assert upload.status_code == 201, upload.text
+    spec = _spec(upload.json()["id"], model=model, batch_size=batch_size)
+    response = client.post("/jobs", json=spec)
+    assert response.status_code == 422, response.text
+    item = response.json()["detail"][0]
+    assert item["type"] == "limit_exceeded", item
+    assert "memory" in item["msg"] or "weights" in item["msg"], item
+    assert session.scalars(select(Job)).all() == []
+    # A model of ordinary size still passes the same check.
+    ok = client.post("/jobs", json=_spec(upload.json()["id"], model={"hidden_layers": [256, 128]}))
+    assert ok.status_code == 202, ok.text
+
+
 def test_job_over_time_limit_fails_with_reason(
     client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
