@@ -161,7 +161,7 @@ def _stack(cols: list[np.ndarray]) -> np.ndarray:
 def numeric_matrix(
     X: Any, feature_names: Sequence[str] | None = None
 ) -> tuple[list[str], np.ndarray] | None:
-    """Raw ``X`` as one float64 matrix, when it is plainly numeric.
+    """Raw ``X`` as one float matrix, when it is plainly numeric.
 
     The vectorised path of ``fit``: a 2-D ndarray of bool / int / float, or a mapping whose selected
     columns (as in :func:`as_columns`) are all 1-D float ndarrays of one length. Anything else
@@ -171,8 +171,9 @@ def numeric_matrix(
     Returns
     -------
     names : list of str
-    R : ndarray (N, D) float64
-        For a float64 array this is ``X`` itself (no copy): read it, never write to it.
+    R : ndarray (N, D) float32 or float64
+        A float32 / float64 array is ``X`` itself (no copy): read it, never write to it. Other
+        dtypes are converted to float64.
     """
     if isinstance(X, Mapping):
         names = [str(name) for name in X] if feature_names is None else list(feature_names)
@@ -185,7 +186,16 @@ def numeric_matrix(
     names = _array_names(X, feature_names)
     if not names or len(set(names)) != len(names):
         return None
-    return names, X.astype(np.float64, copy=False)
+    return names, _as_float(X)
+
+
+def _as_float(X: np.ndarray) -> np.ndarray:
+    """``X`` itself when float32 / float64 (the ufuncs promote it exactly where float64 math is
+    needed), else ``X`` as float64."""
+    return X if X.dtype in _FLOATS else X.astype(np.float64)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _is_missing(value: Any) -> bool:
@@ -309,7 +319,7 @@ _CHUNK_BYTES = 1 << 20
 def _column_stats(
     R: np.ndarray, *, with_std: bool, total: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Per-column ``(mean, std, count)`` of the non-NaN entries of ``R (N, D)`` (float64).
+    """Per-column ``(mean, std, count)`` of the non-NaN entries of ``R (N, D)``, in float64.
 
     ``std`` is the population std ``sqrt(sum((v - mean)^2) / count)`` (``None`` unless
     ``with_std``); a column without values has mean 0 and std 0. ``R`` must hold no inf.
@@ -317,14 +327,14 @@ def _column_stats(
     """
     n, d = R.shape
     if total is None:
-        total = np.add.reduce(R, axis=0)
+        total = np.add.reduce(R, axis=0, dtype=np.float64)
     if np.isfinite(total).all():
         nan = None  # a NaN anywhere in a column makes its sum NaN
         count = np.full(d, float(n))
     else:
         nan = np.isnan(R)
         count = (n - np.count_nonzero(nan, axis=0)).astype(np.float64)
-        total = np.where(nan, 0.0, R).sum(axis=0)
+        total = np.where(nan, 0.0, R).sum(axis=0, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(count > 0, total / count, 0.0)
     if not with_std:
@@ -493,7 +503,7 @@ class Preprocessor:
         ----------
         names : list of str
             Raw column names, length ``D``.
-        R : ndarray (N, D) float64
+        R : ndarray (N, D) float32 or float64
             Raw values, NaN for missing; never written to.
         rows : ndarray of int, optional
             Indices of the training split (default: all rows).
@@ -507,7 +517,7 @@ class Preprocessor:
         """
         d = R.shape[1]
         train = R if rows is None else R[rows]
-        total = np.add.reduce(train, axis=0)
+        total = np.add.reduce(train, axis=0, dtype=np.float64)
         if not np.isfinite(total).all():
             _check_matrix_no_inf(train, names, rows)
         mean, std, _ = _column_stats(train, with_std=standardize, total=total)
@@ -602,7 +612,8 @@ class Preprocessor:
         return Z
 
     def _numeric_input(self, X: Any) -> np.ndarray | None:
-        """Raw all-numeric ``X`` as ``R (N, D)`` float64 without a per-column pass, or ``None``.
+        """Raw all-numeric ``X`` as ``R (N, D)`` (float32 / float64) without a per-column pass, or
+        ``None``.
 
         Takes a 2-D bool / int / float array of the right width, a mapping of python ``float`` /
         ``int`` scalars (one row, the shape of a predict request) and a mapping of 1-D float
@@ -612,7 +623,7 @@ class Preprocessor:
         if not isinstance(X, Mapping):
             raw = np.asarray(X)
             if raw.ndim == 2 and raw.shape[1] == len(names) and raw.dtype.kind in "biuf":
-                return raw.astype(np.float64, copy=False)
+                return _as_float(raw)
             return None
         try:
             values = [X[name] for name in names]
@@ -630,7 +641,7 @@ class Preprocessor:
     def encode_matrix(
         self, R: np.ndarray, *, dtype: Any = np.float64, copy: bool = True
     ) -> np.ndarray:
-        """Encode an all-numeric ``R (N, D)`` float64 (raw values, NaN for missing) into ``Z``.
+        """Encode an all-numeric ``R (N, D)`` (raw values, NaN for missing) into ``Z``.
 
         ``Z = (R - center) / scale`` in float64 (missing values first replaced by ``fill``), then
         cast to ``dtype``: the same values as :meth:`transform`. One ``isfinite`` test covers
@@ -638,12 +649,12 @@ class Preprocessor:
 
         Parameters
         ----------
-        R : ndarray (N, D) float64
+        R : ndarray (N, D) float32 or float64
             Never written to.
         dtype : numpy dtype
         copy : bool
             ``False`` lets ``Z`` be ``R`` itself when the encoding is the identity (no
-            standardization, no missing value, ``dtype`` float64); the caller must then not
+            standardization, no missing value, ``dtype`` that of ``R``); the caller must then not
             write to ``Z``.
 
         Raises

@@ -337,3 +337,22 @@ def test_numeric_matrix_takes_only_plain_numeric_input():
     assert numeric_matrix({"a": X[:, 0], "b": X[:2, 1]}) is None
     assert numeric_matrix(X, ["a", "a"]) is None
     assert numeric_matrix(np.array([["a", "b"]])) is None
+
+
+def test_float32_input_is_read_as_is_with_float64_statistics():
+    rng = np.random.default_rng(5)
+    X32 = (1e4 + rng.normal(size=(3000, 3))).astype(np.float32)
+    names, R = numeric_matrix(X32)
+    assert R is X32
+    fast = Preprocessor.fit_matrix(names, R)
+    slow = _fit(X32.astype(np.float64))
+    # float32 accumulation would be off by ~1e-7 relative here
+    np.testing.assert_allclose(fast.center, slow.center, rtol=1e-13)
+    np.testing.assert_allclose(fast.scale, slow.scale, rtol=1e-10)
+    np.testing.assert_array_equal(
+        fast.encode_matrix(X32, dtype=np.float32),
+        slow.transform(X32.astype(np.float64), dtype=np.float32),
+    )
+    raw = Preprocessor.fit_matrix(names, R, standardize=False)
+    assert raw.encode_matrix(X32, dtype=np.float32, copy=False) is X32
+    assert raw.encode_matrix(X32, dtype=np.float32) is not X32
