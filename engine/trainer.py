@@ -290,6 +290,9 @@ def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> 
     work = {i: np.empty_like(params[i]) for i in w_idx} if (l1 or l2) else {}
     two_l2 = 2.0 * l2
 
+    if shuffle:
+        x_buf = np.empty((bs, *X.shape[1:]), dtype=X.dtype)
+        y_buf = np.empty((bs, *Y.shape[1:]), dtype=Y.dtype)
     metric = _Metric(loss_name, Y)
     val_metric = _Metric(loss_name, Y_val) if X_val is not None else None
     stopper = _Stopper(spec, network, X_val is not None, callbacks)
@@ -298,16 +301,20 @@ def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> 
 
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        if shuffle:
-            perm = rng.permutation(N)
-            Xs, Ys = X.take(perm, axis=0), Y.take(perm, axis=0)
-        else:
-            Xs, Ys = X, Y
+        perm = rng.permutation(N) if shuffle else None
         total = 0.0
         metric.reset()
         for start in range(0, N, bs):
-            xb = Xs[start : start + bs]
-            yb = Ys[start : start + bs]
+            if perm is None:
+                xb = X[start : start + bs]
+                yb = Y[start : start + bs]
+            else:
+                # Gather each batch into a reused buffer: a shuffled copy of the whole X per
+                # epoch is a fresh (N, D) allocation whose page faults cost as much as the
+                # forward pass. The buffer is free again once backward has read the batch.
+                idx = perm[start : start + bs]
+                xb = X.take(idx, axis=0, out=x_buf[: len(idx)], mode="clip")
+                yb = Y.take(idx, axis=0, out=y_buf[: len(idx)], mode="clip")
             scores = network.forward(xb, training=True)
             value, dscores = loss_fn(scores, yb)
             total += value * xb.shape[0]
