@@ -16,6 +16,8 @@ which NumPy >= 2 never lets upcast an array.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ACTIVATIONS: tuple[str, ...] = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "linear")
@@ -55,10 +57,23 @@ class Layer:
 def _keep_mask(
     rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: np.dtype, scale: bool
 ) -> np.ndarray:
-    """Bernoulli keep-mask in ``dtype``: 1 (or ``1/keep`` if ``scale``) with probability keep."""
+    """Bernoulli keep-mask in ``dtype``: 1 (or ``1/keep`` if ``scale``) with probability keep.
+
+    Drawing the randomness dominates the cost, so it takes as few random bits as the exact
+    probability allows: one bit per unit for ``keep == 1/2``, one byte (``r < 256 * keep``) when
+    ``256 * keep`` is an integer (rates 0.25, 0.75, ...), else a float per unit (``u < keep``).
+    """
     keep = 1.0 - rate
-    u = rng.random(shape, dtype=dtype)
-    mask = np.less(u, keep).astype(dtype, copy=False)
+    n = math.prod(shape)
+    if keep == 0.5:
+        bits = np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8), count=n)
+        kept = bits.reshape(shape)
+    elif (256.0 * keep).is_integer():
+        r = np.frombuffer(rng.bytes(n), dtype=np.uint8).reshape(shape)
+        kept = np.less(r, int(256.0 * keep))
+    else:
+        kept = np.less(rng.random(shape, dtype=dtype), keep)
+    mask = kept.astype(dtype)
     if scale:
         mask *= 1.0 / keep
     return mask

@@ -114,3 +114,21 @@ def test_predict_plan_equals_every_layers_predict_mode_forward(mode, activation)
     np.testing.assert_array_equal(x, x_before)  # the input itself is never overwritten
     skipped = len(net.layers) - len(net._predict_plan)
     assert skipped == (3 if mode == "inverted" else 0) + (2 if activation == "linear" else 0)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.75, 0.3, 0.9])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keep_mask_has_the_exact_keep_probability_and_scaled_values(rate, dtype):
+    from engine.layers import _keep_mask
+
+    keep = 1.0 - rate
+    shape = (301, 333)  # not a multiple of 8 units: the bit path must cut its last byte
+    mask = _keep_mask(np.random.default_rng(7), shape, rate, np.dtype(dtype), scale=True)
+    assert mask.shape == shape and mask.dtype == dtype
+    assert set(np.unique(mask).tolist()) == {0.0, float(dtype(1.0 / keep))}
+    n = mask.size
+    kept = np.count_nonzero(mask) / n
+    assert abs(kept - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+    again = _keep_mask(np.random.default_rng(7), shape, rate, np.dtype(dtype), scale=False)
+    np.testing.assert_array_equal(again != 0, mask != 0)  # seeded: the same units
+    assert set(np.unique(again).tolist()) == {0.0, 1.0}
