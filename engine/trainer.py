@@ -337,7 +337,8 @@ def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> 
                     s = opt.step_size(i)
                     # threshold in W's dtype: a scalar, or per coordinate for adaptive methods
                     t = W.dtype.type(s * l1) if np.isscalar(s) else s * l1
-                    np.clip(W, -t, t, out=tmp)
+                    # the method, not np.clip: same ufunc, half the call overhead (3 calls/batch)
+                    W.clip(-t, t, out=tmp)
                     W -= tmp  # W - clip(W, -t, t): |W| <= t becomes exactly 0
             if gl1:
                 i = w_idx[0]
@@ -499,7 +500,7 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
     def prox(V: np.ndarray, step: float) -> np.ndarray:
         if l1:
             t = step * l1
-            V -= np.clip(V, -t, t)
+            V -= V.clip(-t, t)
         if gl1:
             block_soft_threshold(V, step * gl1, out=V)
         return V
