@@ -341,9 +341,9 @@ def predict(
             if exc.column is not None:
                 loc.append(exc.column if key == "rows" else item.names.index(exc.column))
         raise InvalidInput(exc.msg, loc=loc, code=exc.code) from exc
-    # One reduction answers "all finite?" for the usual case (a NaN or inf makes the sum
-    # non-finite); only a non-finite sum (or one that overflowed) pays for the per-row test.
-    bad = None if math.isfinite(np.add.reduce(out, axis=None)) else ~np.isfinite(out).all(axis=1)
+    # One whole-array test for the usual all-finite case; only a failure pays for the rows. (Not
+    # a sum: inf - inf would warn, and finite outputs could overflow it.)
+    bad = None if np.isfinite(out).all() else ~np.isfinite(out).all(axis=1)
     if bad is not None and bad.any():
         # Finite inputs far outside the training range can overflow the network (float32); a
         # NaN is not JSON and would be a silent wrong answer.
