@@ -192,10 +192,10 @@ def numeric_matrix(
 def _as_float(X: np.ndarray) -> np.ndarray:
     """``X`` itself when float32 / float64 (the ufuncs promote it exactly where float64 math is
     needed), else ``X`` as float64."""
-    return X if X.dtype in _FLOATS else X.astype(np.float64)
+    return X if X.dtype.type in _FLOATS else X.astype(np.float64)
 
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOATS = (np.float32, np.float64)
 
 
 def _is_missing(value: Any) -> bool:
