@@ -517,7 +517,9 @@ class Preprocessor:
         """
         d = R.shape[1]
         train = R if rows is None else R[rows]
-        total = np.add.reduce(train, axis=0, dtype=np.float64)
+        # quiet: inf - inf or an overflow only sends us to the exact checks below
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = np.add.reduce(train, axis=0, dtype=np.float64)
         if not np.isfinite(total).all():
             _check_matrix_no_inf(train, names, rows)
         mean, std, _ = _column_stats(train, with_std=standardize, total=total)
