@@ -366,7 +366,7 @@ def fit(
             names, R, rows=fit_rows, standardize=spec["standardize"]
         )
         # Z is only read from here on, so it may be the caller's array when the encoding is the
-        # identity (standardize off, float64, nothing missing).
+        # identity (standardize off, nothing missing, X already in the spec's dtype).
         Z = preprocessor.encode_matrix(R, dtype=dtype, copy=False)
     else:
         preprocessor = Preprocessor.fit(
