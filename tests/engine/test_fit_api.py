@@ -356,12 +356,14 @@ def test_numeric_array_fit_matches_the_column_path(validation_split):
     assert [r["loss"] for r in fast.history] == pytest.approx([r["loss"] for r in slow.history])
 
 
-def test_fit_without_standardization_never_writes_to_the_callers_array():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_without_standardization_never_writes_to_the_callers_array(dtype):
     rng = np.random.default_rng(4)
-    X = rng.normal(size=(60, 4))
+    X = rng.normal(size=(60, 4)).astype(dtype)
     before = X.copy()
-    spec = {"loss": "mse", "model": {"hidden_layers": []}, "dtype": "float64", "standardize": False}
-    for optimizer in ("sgd", "fista"):
-        model = engine.fit({**spec, "optimizer": {"name": optimizer}}, X, X[:, 0] * 2.0 + 1.0)
+    spec = {"loss": "mse", "model": {"hidden_layers": []}, "dtype": dtype, "standardize": False}
+    for optimizer, shuffle in (("sgd", True), ("sgd", False), ("fista", False)):
+        run = {**spec, "optimizer": {"name": optimizer}, "shuffle": shuffle}
+        model = engine.fit(run, X, X[:, 0] * 2.0 + 1.0)
         np.testing.assert_array_equal(X, before)
         assert model.preprocessor.center.tolist() == [0.0] * 4
