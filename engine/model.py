@@ -362,12 +362,11 @@ def fit(
     # Without a validation split the training rows are all rows: no index copies.
     fit_rows = train_rows if has_val else None
     if columns is None:
-        preprocessor = Preprocessor.fit_matrix(
-            names, R, rows=fit_rows, standardize=spec["standardize"]
-        )
         # Z is only read from here on, so it may be the caller's array when the encoding is the
         # identity (standardize off, nothing missing, X already in the spec's dtype).
-        Z = preprocessor.encode_matrix(R, dtype=dtype, copy=False)
+        preprocessor, Z = Preprocessor.fit_encode(
+            names, R, rows=fit_rows, standardize=spec["standardize"], dtype=dtype
+        )
     else:
         preprocessor = Preprocessor.fit(
             names, columns, rows=fit_rows, standardize=spec["standardize"]

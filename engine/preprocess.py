@@ -515,12 +515,40 @@ class Preprocessor:
         InputError
             ``non_finite`` (with column and row) for an inf in the training split.
         """
+        return cls._fit_matrix(names, R, rows=rows, standardize=standardize)[0]
+
+    @classmethod
+    def fit_encode(
+        cls,
+        names: list[str],
+        R: np.ndarray,
+        *,
+        rows: np.ndarray | None = None,
+        standardize: bool = True,
+        dtype: Any = np.float64,
+    ) -> tuple[Preprocessor, np.ndarray]:
+        """:meth:`fit_matrix` on ``rows``, then ``encode_matrix(R, dtype=dtype, copy=False)`` on
+        every row: ``(preprocessor, Z)``.
+
+        Without ``rows`` the fit's column sums have already shown whether ``R`` is all finite,
+        and the encoding skips its own test (one pass over ``R`` less). ``Z`` may be ``R``
+        itself (see :meth:`encode_matrix`): read it, never write to it.
+        """
+        pre, finite = cls._fit_matrix(names, R, rows=rows, standardize=standardize)
+        return pre, pre._encode(R, dtype, copy=False, finite=finite and rows is None)
+
+    @classmethod
+    def _fit_matrix(
+        cls, names: list[str], R: np.ndarray, *, rows: np.ndarray | None, standardize: bool
+    ) -> tuple[Preprocessor, bool]:
+        """``(fit_matrix(...), whether the training rows hold no NaN / inf)``."""
         d = R.shape[1]
         train = R if rows is None else R[rows]
         # quiet: inf - inf or an overflow only sends us to the exact checks below
         with np.errstate(invalid="ignore", over="ignore"):
             total = np.add.reduce(train, axis=0, dtype=np.float64)
-        if not np.isfinite(total).all():
+        finite = bool(np.isfinite(total).all())
+        if not finite:
             _check_matrix_no_inf(train, names, rows)
         mean, std, _ = _column_stats(train, with_std=standardize, total=total)
         fill = mean
@@ -532,7 +560,8 @@ class Preprocessor:
             center, scale = np.zeros(d), np.ones(d)
         kinds = [NUMERIC] * d
         categories: list[list[str]] = [[] for _ in range(d)]
-        return cls(names, kinds, categories, center, scale, fill, standardize=standardize)
+        pre = cls(names, kinds, categories, center, scale, fill, standardize=standardize)
+        return pre, finite
 
     # -- transform --
 
@@ -560,7 +589,7 @@ class Preprocessor:
         if self._all_numeric:
             R = self._numeric_input(X)
             if R is not None:
-                return self.encode_matrix(R, dtype=dtype)
+                return self._encode(R, dtype, copy=True, finite=False)
         if isinstance(X, Mapping):
             columns = [_column(X[name], name) if name in X else None for name in self.feature_names]
             for name, col in zip(self.feature_names, columns, strict=True):
@@ -666,7 +695,11 @@ class Preprocessor:
         """
         if not self._all_numeric:
             raise ValueError("encode_matrix needs an all-numeric preprocessor")
-        if not np.isfinite(R).all():
+        return self._encode(R, dtype, copy=copy, finite=False)
+
+    def _encode(self, R: np.ndarray, dtype: Any, *, copy: bool, finite: bool) -> np.ndarray:
+        """:meth:`encode_matrix`; ``finite=True`` when ``R`` is known to hold no NaN / inf."""
+        if not finite and not np.isfinite(R).all():
             _check_matrix_no_inf(R, self.feature_names, None)
             R = np.where(np.isnan(R), self.fill, R)
             copy = False  # R is a fresh array now

@@ -356,3 +356,18 @@ def test_float32_input_is_read_as_is_with_float64_statistics():
     raw = Preprocessor.fit_matrix(names, R, standardize=False)
     assert raw.encode_matrix(X32, dtype=np.float32, copy=False) is X32
     assert raw.encode_matrix(X32, dtype=np.float32) is not X32
+
+
+def test_fit_encode_checks_rows_outside_the_fit_and_imputes_missing_values():
+    X = np.arange(12.0).reshape(6, 2)
+    pre, Z = Preprocessor.fit_encode(["a", "b"], X, standardize=False)
+    assert Z is X  # identity encoding of an all-finite float64 matrix: no copy
+    X_nan = X.copy()
+    X_nan[2, 1] = np.nan
+    pre, Z = Preprocessor.fit_encode(["a", "b"], X_nan, standardize=False)
+    assert Z[2, 1] == pre.fill[1] == pytest.approx(np.mean([1.0, 3.0, 7.0, 9.0, 11.0]))
+    X_inf = X.copy()
+    X_inf[4, 0] = np.inf  # only in a row outside the fit: the encoding must still catch it
+    with pytest.raises(InputError) as info:
+        Preprocessor.fit_encode(["a", "b"], X_inf, rows=np.array([0, 1, 2]))
+    assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "a", 4)
