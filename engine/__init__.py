@@ -13,7 +13,7 @@ Public API (everything the service may use)::
 Errors: :class:`SpecError` (bad spec, with ``loc``/``msg``/``code``), :class:`InputError` (bad data,
 with ``column``/``row``/``msg``/``code``), :class:`ModelFormatError` (bytes that are not a model).
 All are ``ValueError`` subclasses. Registries (tuples of names) describe the valid spec values for
-schemas.
+schemas; ``HISTORY_KEYS`` names the fields of a history record.
 """
 
 from engine.errors import InputError, ModelFormatError, SpecError
@@ -33,11 +33,13 @@ from engine.spec import (
     default_spec,
     normalize_spec,
 )
+from engine.trainer import HISTORY_KEYS
 
 __all__ = [
     "ACTIVATIONS",
     "DROPOUT_MODES",
     "DTYPES",
+    "HISTORY_KEYS",
     "INITIALIZERS",
     "L1_METHODS",
     "LOSSES",

@@ -26,17 +26,8 @@ from app.models import Dataset, EpochRecord, Job, Model, utcnow
 
 log = logging.getLogger("regula.training")
 
-HISTORY_FIELDS = (
-    "loss",
-    "data_loss",
-    "penalty",
-    "val_loss",
-    "metric",
-    "val_metric",
-    "zero_fraction",
-    "learning_rate",
-    "seconds",
-)
+# The per-epoch fields an EpochRecord stores: every key of the engine's record but "epoch".
+HISTORY_FIELDS = tuple(key for key in engine.HISTORY_KEYS if key != "epoch")
 SERVICE_KEYS = ("dataset_id", "target", "features")
 
 
