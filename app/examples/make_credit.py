@@ -1,11 +1,11 @@
-"""Write examples/credit.csv: a small synthetic credit-default table for the README walkthrough.
+"""Write app/examples/credit.csv: a small synthetic credit-default table for the README walkthrough.
 
 The label ``default`` ("yes"/"no") depends on five columns only: ``income``, ``debt_ratio``,
 ``late_payments``, ``years_employed`` and ``employment``. The others (``noise_1`` to ``noise_4``,
 ``region``, ``shoe_size``) are drawn independently of it, so an L1-regularized model should
 drop them. Re-running the script rewrites the same file (fixed seed).
 
-    python examples/make_credit.py
+    python app/examples/make_credit.py
 """
 
 import csv

@@ -97,7 +97,7 @@ class EarlyStopping(_Strict):
     min_delta: float = Field(default=0.0, ge=0.0)
 
 
-# Matches examples/credit.csv (upload it first and paste its id): an L1 + L2 network whose
+# Matches app/examples/credit.csv (upload it first and paste its id): an L1 + L2 network whose
 # sparsity report shows the irrelevant columns switched off.
 TRAINING_SPEC_EXAMPLE: dict[str, Any] = {
     "dataset_id": "3f2c1a9e8b7d4c6f9a0b1c2d3e4f5a6b",

@@ -37,7 +37,7 @@ def classification_csv(n: int = 120, seed: int = 0, labels: tuple[Any, Any] = (0
     return ("\n".join(lines) + "\n").encode()
 
 
-EXAMPLE_CSV = Path(__file__).resolve().parents[2] / "examples" / "credit.csv"
+EXAMPLE_CSV = Path(__file__).resolve().parents[2] / "app" / "examples" / "credit.csv"
 
 
 def upload(client: TestClient, content: bytes, name: str = "t.csv") -> dict[str, Any]:
@@ -478,7 +478,7 @@ def test_openapi_routes_have_summaries_and_the_spec_example_validates(client: Te
 
 
 def test_docs_examples_work_on_the_shipped_example_csv(client: TestClient) -> None:
-    # /docs shows these bodies; after uploading examples/credit.csv only the id needs pasting.
+    # /docs shows these bodies; after uploading app/examples/credit.csv only the id needs pasting.
     dataset = upload(client, EXAMPLE_CSV.read_bytes(), name="credit.csv")
     response = client.post("/jobs", json={**TRAINING_SPEC_EXAMPLE, "dataset_id": dataset["id"]})
     assert response.status_code == 202, response.text
