@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from app.auth import OwnerDep, current_owner
 from app.config import settings
@@ -31,6 +32,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (
 # Batches up to this size are predicted on the event loop: they take microseconds, and a hop to
 # the thread pool would cost more than the work. Larger ones go to the pool.
 INLINE_ROWS = 256
+
+
+# One encoder for every response: json.dumps with non-default separators builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _owner_from_db(request: Request) -> str | None:
@@ -103,9 +108,7 @@ async def predict(model_id: str, request: Request) -> Response:
         )
     # Serialized by hand: the result is plain lists already, and skipping the response-model
     # round trip matters for single-row latency.
-    return Response(
-        content=json.dumps(result, separators=(",", ":")), media_type="application/json"
-    )
+    return Response(content=_ENCODE(result), media_type="application/json")
 
 
 class PredictRoute(APIRoute):
@@ -118,6 +121,16 @@ class PredictRoute(APIRoute):
             return await predict(request.path_params["model_id"], request)
 
         return handler
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A POST runs ``predict`` straight away: without dependencies there is nothing for
+        # request_response's two exit stacks to close, and its exception wrapper would only
+        # repeat the app's ExceptionMiddleware (same handlers). Other methods get FastAPI's 405.
+        if scope["method"] != "POST":
+            await super().handle(scope, receive, send)
+            return
+        response = await predict(scope["path_params"]["model_id"], Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 router.add_api_route(

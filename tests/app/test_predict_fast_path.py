@@ -1,0 +1,37 @@
+"""The predict route's direct POST path: same bytes, headers and error responses as FastAPI's."""
+
+import json
+
+from fastapi.testclient import TestClient
+
+from tests.app.test_models import ROWS, _model
+
+
+def test_post_answers_with_exact_json_bytes_and_headers(client: TestClient) -> None:
+    model_id = _model(client, epochs=2)
+    response = client.post(f"/models/{model_id}/predict", json={"rows": ROWS})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+    body = response.json()
+    # Compact separators, the same document json.dumps would write.
+    assert response.content == json.dumps(body, separators=(",", ":")).encode()
+    assert len(body["predictions"]) == 3 and body["classes"] == [0, 1]
+    assert all(abs(sum(p) - 1.0) < 1e-6 for p in body["probabilities"])
+
+
+def test_errors_raised_on_the_direct_path_keep_their_handlers(client: TestClient) -> None:
+    missing = client.post("/models/nope/predict", json={"rows": ROWS})
+    assert missing.status_code == 404
+    assert missing.json()["detail"][0]["loc"] == ["path", "model_id"]
+    model_id = _model(client, epochs=1)
+    bad = client.post(f"/models/{model_id}/predict", content=b"[1]")
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["type"] == "model_attributes_type"
+
+
+def test_other_methods_still_get_fastapis_405(client: TestClient) -> None:
+    response = client.get("/models/anything/predict")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["detail"][0]["type"] == "method_not_allowed"
