@@ -51,6 +51,8 @@ def create_app() -> FastAPI:
     # /models first: routes are matched in order, and single-row predict is the hot path.
     for module in (models, datasets, jobs, health):
         app.include_router(module.router)
+    # Single-row predict is matched first, before the included routers are walked.
+    app.router.routes.insert(0, models.PredictFirst())
     return app
 
 

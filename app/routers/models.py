@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from app.auth import OwnerDep, current_owner
@@ -129,8 +130,38 @@ class PredictRoute(APIRoute):
         if scope["method"] != "POST":
             await super().handle(scope, receive, send)
             return
-        response = await predict(scope["path_params"]["model_id"], Request(scope, receive, send))
-        await response(scope, receive, send)
+        await _serve_predict(scope, receive, send)
+
+
+async def _serve_predict(scope: Scope, receive: Receive, send: Send) -> None:
+    response = await predict(scope["path_params"]["model_id"], Request(scope, receive, send))
+    await response(scope, receive, send)
+
+
+class PredictFirst(Route):
+    """``POST /models/{model_id}/predict`` matched before anything else (see app.main).
+
+    The app's router would otherwise walk the included routers and their per-inclusion route
+    contexts, matching the path twice, for every request. Only POST matches here; every other
+    method falls through to the documented route (and its 405). Hidden from the schema: the
+    ``PredictRoute`` below documents the same operation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"{router.prefix}/{{model_id}}/predict",
+            endpoint=predict,
+            methods=["POST"],
+            include_in_schema=False,
+        )
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return Match.NONE, {}
+        return super().matches(scope)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve_predict(scope, receive, send)
 
 
 router.add_api_route(

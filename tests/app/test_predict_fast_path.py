@@ -35,3 +35,17 @@ def test_other_methods_still_get_fastapis_405(client: TestClient) -> None:
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
     assert response.json()["detail"][0]["type"] == "method_not_allowed"
+
+
+def test_predict_is_matched_first_and_documented_once(client: TestClient) -> None:
+    from app.routers.models import PredictFirst
+
+    assert isinstance(client.app.router.routes[0], PredictFirst)
+    paths = client.get("/openapi.json").json()["paths"]
+    operation = paths["/models/{model_id}/predict"]
+    assert list(operation) == ["post"]
+    assert operation["post"]["summary"] == "Predict rows"
+    assert (
+        "rows"
+        in operation["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    )
