@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
@@ -92,11 +93,40 @@ def _parse_predict_body(raw: bytes, content_type: str | None) -> PredictRequest:
         raise RequestValidationError(errors) from exc
 
 
+async def _read_body(request: Request) -> bytes:
+    """``request.body()`` without its async generator: the usual body is one message."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if not message.get("more_body", False):
+                body = b"".join((*chunks, chunk)) if chunks else chunk
+                request._body = body  # as request.body() caches it
+                return body
+            chunks.append(chunk)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+class _JSONBody(Response):
+    """A 200 ``application/json`` response of ready bytes, with Response's exact headers."""
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+        ]
+
+
 async def predict(model_id: str, request: Request) -> Response:
     """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class."""
     # The key first: a stranger must not get the server to read, let alone parse, a body.
     owner = await _owner(request)
-    body = _parse_predict_body(await request.body(), request.headers.get("content-type"))
+    body = _parse_predict_body(await _read_body(request), request.headers.get("content-type"))
     item = prediction.cached(model_id, owner)
     if item is None:
         item = await run_in_threadpool(prediction.load, model_id, owner)
@@ -109,7 +139,7 @@ async def predict(model_id: str, request: Request) -> Response:
         )
     # Serialized by hand: the result is plain lists already, and skipping the response-model
     # round trip matters for single-row latency.
-    return Response(content=_ENCODE(result), media_type="application/json")
+    return _JSONBody(_ENCODE(result).encode())
 
 
 class PredictRoute(APIRoute):

@@ -49,3 +49,33 @@ def test_predict_is_matched_first_and_documented_once(client: TestClient) -> Non
         "rows"
         in operation["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     )
+
+
+def test_read_body_joins_chunks_and_raises_on_disconnect() -> None:
+    import asyncio
+
+    import pytest
+    from starlette.requests import ClientDisconnect, Request
+
+    from app.routers.models import _read_body
+
+    def request(messages: list[dict]) -> Request:
+        queue = iter(messages)
+
+        async def receive() -> dict:
+            return next(queue)
+
+        return Request({"type": "http", "method": "POST", "headers": []}, receive)
+
+    chunked = request(
+        [
+            {"type": "http.request", "body": b'{"rows":', "more_body": True},
+            {"type": "http.request", "body": b"", "more_body": True},
+            {"type": "http.request", "body": b"[]}", "more_body": False},
+        ]
+    )
+    assert asyncio.run(_read_body(chunked)) == b'{"rows":[]}'
+    assert asyncio.run(chunked.body()) == b'{"rows":[]}'  # cached, not read again
+    assert asyncio.run(_read_body(request([{"type": "http.request"}]))) == b""
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(_read_body(request([{"type": "http.disconnect"}])))
