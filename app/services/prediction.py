@@ -187,30 +187,47 @@ def _batch_size_check(key: str, n: int) -> None:
 _REAL = frozenset({float, int})
 
 
+# Up to this many values, one Python sum tests them all for NaN / inf faster than NumPy can start.
+_SUM_TEST_MAX = 4096
+
+
+def _flat_matrix(flat: list[Any], n: int, width: int) -> np.ndarray | None:
+    """``flat`` (N * D values, row-major) as a (N, D) float64 matrix, or None when some value
+    needs a closer look (the slow path names it)."""
+    # Exact types: bool (an int subclass), str and None go to the slow path, which names them.
+    if not set(map(type, flat)) <= _REAL:
+        return None
+    try:
+        # NaN or inf anywhere makes the sum NaN or inf. A finite sum that overflows only sends
+        # the batch to the slow path, which accepts it.
+        if len(flat) <= _SUM_TEST_MAX and not math.isfinite(sum(flat)):
+            return None
+        matrix = np.array(flat, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        return None
+    if len(flat) > _SUM_TEST_MAX and not np.isfinite(matrix).all():
+        return None
+    return matrix.reshape(n, width)
+
+
 def _fast_matrix(item: Loaded, values: list[list[Any]]) -> np.ndarray | None:
     """All-numeric input as a (N, D) float64 matrix, or None when some value needs a closer look."""
     width = len(item.names)
     if any(len(v) != width for v in values):
         return None
-    # Exact types: bool (an int subclass), str and None go to the slow path, which names them.
-    if not {type(x) for v in values for x in v} <= _REAL:
-        return None
-    try:
-        matrix = np.array(values, dtype=np.float64)
-    except OverflowError:  # an integer beyond float64
-        return None
-    return matrix if np.isfinite(matrix).all() else None
+    flat = values[0] if len(values) == 1 else [x for v in values for x in v]
+    return _flat_matrix(flat, len(values), width)
 
 
 def _matrix_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> np.ndarray | None:
     names = item.names
     try:
-        values = [[row[name] for name in names] for row in rows]
+        flat = [row[name] for row in rows for name in names]
     except KeyError:
         return None
     if any(len(row) != len(names) for row in rows):
         return None  # extra keys: reported by the slow path
-    return _fast_matrix(item, values)
+    return _flat_matrix(flat, len(rows), len(names))
 
 
 def _columns_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -79,3 +79,24 @@ def test_read_body_joins_chunks_and_raises_on_disconnect() -> None:
     assert asyncio.run(_read_body(request([{"type": "http.request"}]))) == b""
     with pytest.raises(ClientDisconnect):
         asyncio.run(_read_body(request([{"type": "http.disconnect"}])))
+
+
+def test_flat_matrix_takes_only_plain_finite_numbers() -> None:
+    import math
+
+    import numpy as np
+
+    from app.services.prediction import _SUM_TEST_MAX, _flat_matrix
+
+    matrix = _flat_matrix([1, 2.5, -3.0, 4], 2, 2)
+    assert matrix is not None and matrix.dtype == np.float64
+    assert matrix.tolist() == [[1.0, 2.5], [-3.0, 4.0]]
+    for bad in (math.nan, math.inf, -math.inf, True, None, "1.0", 10**400):
+        assert _flat_matrix([1.0, bad], 1, 2) is None, bad
+    # Finite values whose sum overflows: left to the slow path, which accepts them.
+    assert _flat_matrix([1e308, 1e308], 1, 2) is None
+    # Past the sum test's size, NumPy finds the NaN.
+    big = [0.5] * (_SUM_TEST_MAX + 2)
+    assert _flat_matrix(big, len(big) // 2, 2) is not None
+    big[-1] = math.nan
+    assert _flat_matrix(big, len(big) // 2, 2) is None
