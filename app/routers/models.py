@@ -1,6 +1,7 @@
 """/models endpoints: read, delete, predict, sparsity statistics, export."""
 
 import json
+import json.encoder
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -36,8 +37,33 @@ ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (
 INLINE_ROWS = 256
 
 
-# One encoder for every response: json.dumps with non-default separators builds a new one per call.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+# One encoder for every response: json.dumps with non-default separators builds a new one per
+# call, and JSONEncoder.encode still builds a C encoder per call. The C encoder built once writes
+# the same text (no circular-reference markers: results are fresh lists). Arguments: markers,
+# default, string encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_C_ENCODE = (
+    None
+    if json.encoder.c_make_encoder is None
+    else json.encoder.c_make_encoder(
+        None,
+        _JSON.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+)
+
+
+def _encode(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``, the same text."""
+    if _C_ENCODE is None:  # pragma: no cover - CPython has the C encoder
+        return _JSON.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 def _owner_from_db(request: Request) -> str | None:
@@ -139,7 +165,7 @@ async def predict(model_id: str, request: Request) -> Response:
         )
     # Serialized by hand: the result is plain lists already, and skipping the response-model
     # round trip matters for single-row latency.
-    return _JSONBody(_ENCODE(result).encode())
+    return _JSONBody(_encode(result).encode())
 
 
 class PredictRoute(APIRoute):

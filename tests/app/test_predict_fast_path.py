@@ -100,3 +100,14 @@ def test_flat_matrix_takes_only_plain_finite_numbers() -> None:
     assert _flat_matrix(big, len(big) // 2, 2) is not None
     big[-1] = math.nan
     assert _flat_matrix(big, len(big) // 2, 2) is None
+
+
+def test_encode_writes_what_json_dumps_writes() -> None:
+    from app.routers.models import _encode
+
+    for value in (
+        {"predictions": [0, "yes"], "probabilities": [[0.25, 0.75]], "classes": [0, "yes"]},
+        {"predictions": [1e-05, -0.0, 10**30, 3.141592653589793], "probabilities": None},
+        {"classes": ["é", "\u2028", 'a"b\\c', True, None]},
+    ):
+        assert _encode(value) == json.dumps(value, separators=(",", ":"))
