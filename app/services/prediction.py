@@ -359,8 +359,13 @@ def predict(
                 loc.append(exc.column if key == "rows" else item.names.index(exc.column))
         raise InvalidInput(exc.msg, loc=loc, code=exc.code) from exc
     # One whole-array test for the usual all-finite case; only a failure pays for the rows. (Not
-    # a sum: inf - inf would warn, and finite outputs could overflow it.)
-    bad = None if np.isfinite(out).all() else ~np.isfinite(out).all(axis=1)
+    # a NumPy sum: inf - inf would warn. A Python sum of a few values does not, and is cheaper
+    # than np.isfinite for one row; a finite sum that overflows only costs the per-row test.)
+    if out.size <= _SUM_TEST_MAX:
+        finite = math.isfinite(sum(out.ravel().tolist()))
+    else:
+        finite = bool(np.isfinite(out).all())
+    bad = None if finite else ~np.isfinite(out).all(axis=1)
     if bad is not None and bad.any():
         # Finite inputs far outside the training range can overflow the network (float32); a
         # NaN is not JSON and would be a silent wrong answer.

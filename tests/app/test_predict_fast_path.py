@@ -111,3 +111,38 @@ def test_encode_writes_what_json_dumps_writes() -> None:
         {"classes": ["é", "\u2028", 'a"b\\c', True, None]},
     ):
         assert _encode(value) == json.dumps(value, separators=(",", ":"))
+
+
+def test_output_check_flags_only_non_finite_rows() -> None:
+    import math
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytest
+
+    from app.services import prediction
+
+    def item(out: list[list[float]]) -> prediction.Loaded:
+        model = SimpleNamespace(
+            decision_function=lambda X: np.array(out, dtype=np.float64),
+            task="regression",
+            classes=None,
+        )
+        return prediction.Loaded(
+            id="m",
+            owner_id=None,
+            model=model,  # type: ignore[arg-type]
+            names=("a",),
+            numeric=(True,),
+            name_set=frozenset({"a"}),
+            labels=None,
+        )
+
+    # Finite outputs whose sum overflows are still fine.
+    result = prediction.predict(item([[1e308], [1e308]]), rows=None, instances=[[1.0], [2.0]])
+    assert result["predictions"] == [1e308, 1e308]
+    for bad in (math.inf, math.nan):
+        with pytest.raises(prediction.PredictInvalid) as caught:
+            prediction.predict(item([[1.0], [bad]]), rows=None, instances=[[1.0], [2.0]])
+        assert [e["loc"] for e in caught.value.errors] == [["body", "instances", 1]]
+        assert caught.value.errors[0]["type"] == "non_finite_output"
