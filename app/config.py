@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     # A job may process at most this many epoch x row units (a guard against accidental giant jobs).
     max_epoch_rows: int = Field(default=2_000_000_000, ge=1)
     max_predict_rows: int = Field(default=100_000, ge=1)
+    # Estimated peak memory of one training job (weights, gradients, optimizer state, activations).
+    max_job_memory_mb: int = Field(default=4096, ge=1)
     job_timeout_seconds: float = Field(default=3600.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     # A running job whose heartbeat is older than this is considered orphaned at start-up.

@@ -5,6 +5,7 @@ conditional ``UPDATE ... WHERE status = ...`` so that the API, the reaper and th
 without ever moving a job backwards.
 """
 
+import itertools
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -171,8 +172,43 @@ def _check_columns(
     return features, errors
 
 
-def _check_limits(normalized: dict[str, Any], dataset: Dataset) -> list[dict[str, Any]]:
+def _job_memory_bytes(normalized: dict[str, Any], dataset: Dataset, features: list[str]) -> int:
+    """A lower bound on a job's peak memory, from the spec and the dataset's column summaries.
+
+    Per weight: the weight, its gradient and up to two optimizer buffers; per hidden or output unit
+    and batch row: the activation, its gradient and a dropout mask; plus the encoded inputs.
+    """
+    columns = {c["name"]: c for c in dataset.columns}
+    n_inputs = sum(
+        (columns[name].get("distinct") or 1) if columns[name]["dtype"] == "string" else 1
+        for name in features
+        if name in columns
+    )
+    n_outputs = 1 if normalized["task"] == "regression" else 2
+    widths = [n_inputs, *normalized["model"]["hidden_layers"], n_outputs]
+    n_weights = sum(a * b for a, b in itertools.pairwise(widths))
+    units = sum(widths[1:])
+    itemsize = 8 if normalized["dtype"] == "float64" else 4
+    batch = min(normalized["batch_size"], dataset.rows)
+    return itemsize * (4 * n_weights + 3 * batch * units + dataset.rows * n_inputs)
+
+
+def _check_limits(
+    normalized: dict[str, Any], dataset: Dataset, features: list[str]
+) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
+    needed_mb = _job_memory_bytes(normalized, dataset, features) / 2**20
+    if needed_mb > settings.max_job_memory_mb:
+        errors.append(
+            _err(
+                ["model", "hidden_layers"],
+                f"model: this network and batch size need at least {needed_mb:,.0f} MB of memory "
+                f"(weights, gradients and activations), over this service's limit of "
+                f"{settings.max_job_memory_mb:,} MB per job; use fewer or narrower hidden layers "
+                "or a smaller batch_size.",
+                "limit_exceeded",
+            )
+        )
     epochs, batch_size = normalized["epochs"], normalized["batch_size"]
     if epochs > settings.max_epochs:
         errors.append(
@@ -213,7 +249,7 @@ def validate(
         raise SpecInvalid([_err(list(exc.loc), exc.msg, exc.code)]) from exc
     dataset = _dataset_for_spec(session=session, dataset_id=spec_in.dataset_id, owner_id=owner_id)
     features, errors = _check_columns(spec_in, normalized, dataset)
-    errors += _check_limits(normalized, dataset)
+    errors += _check_limits(normalized, dataset, features)
     if errors:
         raise SpecInvalid(errors)
     stored = {"dataset_id": dataset.id, "target": spec_in.target, "features": features}

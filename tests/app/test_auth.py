@@ -415,11 +415,12 @@ def test_epoch_rows_limit_is_422(
 
 
 @pytest.mark.parametrize(
-    ("model", "batch_size"),
+    ("model", "batch_size", "rows"),
     [
-        ({"hidden_layers": [100_000, 100_000]}, 32),  # 1e10 weights: 40 GB before any gradient
-        ({"hidden_layers": [100_000]}, 65_536),  # small weights, 26 GB of activations per batch
-        ({"hidden_layers": [20_000] * 8}, 32),  # 2.8e9 weights spread over many layers
+        ({"hidden_layers": [100_000, 100_000]}, 32, 60),  # 1e10 weights: 40 GB before gradients
+        # Small weights, 5 GB of activations per batch (a batch is at most the dataset's rows).
+        ({"hidden_layers": [100_000]}, 65_536, 4_000),
+        ({"hidden_layers": [20_000] * 8}, 32, 60),  # 2.8e9 weights spread over many layers
     ],
     ids=["wide", "wide-batch", "deep"],
 )
@@ -429,12 +430,13 @@ def test_model_too_large_for_memory_is_rejected_before_it_runs(
     monkeypatch: pytest.MonkeyPatch,
     model: dict[str, Any],
     batch_size: int,
+    rows: int,
 ) -> None:
     from app import worker
 
     # Never let such a job reach an executor, even if the API wrongly accepted it.
     monkeypatch.setattr(worker, "submit", lambda job_id: None)
-    upload = client.post("/datasets", files={"file": ("a.csv", _csv(60), "text/csv")})
+    upload = client.post("/datasets", files={"file": ("a.csv", _csv(rows), "text/csv")})
     assert upload.status_code == 201, upload.text
     spec = _spec(upload.json()["id"], model=model, batch_size=batch_size)
     response = client.post("/jobs", json=spec)
