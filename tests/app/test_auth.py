@@ -415,14 +415,17 @@ def test_epoch_rows_limit_is_422(
 
 
 @pytest.mark.parametrize(
-    ("model", "batch_size", "rows"),
+    ("model", "batch_size", "rows", "extra"),
     [
-        ({"hidden_layers": [100_000, 100_000]}, 32, 60),  # 1e10 weights: 40 GB before gradients
+        ({"hidden_layers": [100_000, 100_000]}, 32, 60, {}),  # 1e10 weights: 40 GB
         # Small weights, 5 GB of activations per batch (a batch is at most the dataset's rows).
-        ({"hidden_layers": [100_000]}, 65_536, 4_000),
-        ({"hidden_layers": [20_000] * 8}, 32, 60),  # 2.8e9 weights spread over many layers
+        ({"hidden_layers": [100_000]}, 65_536, 4_000, {}),
+        ({"hidden_layers": [20_000] * 8}, 32, 60, {}),  # 2.8e9 weights over many layers
+        # Small batches, but the validation split goes through the network in one pass each
+        # epoch: 20,000 rows x 100,000 units = 8 GB.
+        ({"hidden_layers": [100_000]}, 32, 40_000, {"validation_split": 0.5}),
     ],
-    ids=["wide", "wide-batch", "deep"],
+    ids=["wide", "wide-batch", "deep", "wide-validation"],
 )
 def test_model_too_large_for_memory_is_rejected_before_it_runs(
     client: TestClient,
@@ -431,6 +434,7 @@ def test_model_too_large_for_memory_is_rejected_before_it_runs(
     model: dict[str, Any],
     batch_size: int,
     rows: int,
+    extra: dict[str, Any],
 ) -> None:
     from app import worker
 
@@ -438,7 +442,7 @@ def test_model_too_large_for_memory_is_rejected_before_it_runs(
     monkeypatch.setattr(worker, "submit", lambda job_id: None)
     upload = client.post("/datasets", files={"file": ("a.csv", _csv(rows), "text/csv")})
     assert upload.status_code == 201, upload.text
-    spec = _spec(upload.json()["id"], model=model, batch_size=batch_size)
+    spec = _spec(upload.json()["id"], model=model, batch_size=batch_size, **extra)
     response = client.post("/jobs", json=spec)
     assert response.status_code == 422, response.text
     item = response.json()["detail"][0]
@@ -446,7 +450,8 @@ def test_model_too_large_for_memory_is_rejected_before_it_runs(
     assert "memory" in item["msg"] or "weights" in item["msg"], item
     assert session.scalars(select(Job)).all() == []
     # A model of ordinary size still passes the same check.
-    ok = client.post("/jobs", json=_spec(upload.json()["id"], model={"hidden_layers": [256, 128]}))
+    ordinary = _spec(upload.json()["id"], model={"hidden_layers": [256, 128]}, **extra)
+    ok = client.post("/jobs", json=ordinary)
     assert ok.status_code == 202, ok.text
 
 
