@@ -176,7 +176,8 @@ def _job_memory_bytes(normalized: dict[str, Any], dataset: Dataset, features: li
     """A lower bound on a job's peak memory, from the spec and the dataset's column summaries.
 
     Per weight: the weight, its gradient and up to two optimizer buffers; per hidden or output unit
-    and batch row: the activation, its gradient and a dropout mask; plus the encoded inputs.
+    and batch row: the activation, its gradient and a dropout mask; plus the encoded inputs; plus
+    the validation split's one-pass evaluation each epoch (a layer's input and output at once).
     """
     columns = {c["name"]: c for c in dataset.columns}
     n_inputs = sum(
@@ -190,7 +191,9 @@ def _job_memory_bytes(normalized: dict[str, Any], dataset: Dataset, features: li
     units = sum(widths[1:])
     itemsize = 8 if normalized["dtype"] == "float64" else 4
     batch = min(normalized["batch_size"], dataset.rows)
-    return itemsize * (4 * n_weights + 3 * batch * units + dataset.rows * n_inputs)
+    val_rows = int(dataset.rows * (normalized.get("validation_split") or 0.0))
+    evaluation = val_rows * 2 * max(widths[1:])
+    return itemsize * (4 * n_weights + 3 * batch * units + dataset.rows * n_inputs + evaluation)
 
 
 def _check_limits(
