@@ -104,6 +104,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mp.setattr(settings, "executor", "inline")
         mp.setattr(settings, "auth_required", False)
         mp.setattr(settings, "max_predict_rows", MAX_PREDICT_ROWS)
+        mp.setattr(settings, "max_upload_mb", 1)  # also the cap on a predict body
         app = create_app()
 
         def _get_db() -> Iterator[Session]:
@@ -360,6 +361,14 @@ HUGE_BATCH = [
         _predict({"instances": [VALID_INSTANCES[0]] * HUGE}),
         (413, 422),
         ("too_many_rows",),
+    ),
+    # Few rows, many bytes: refused by size before the JSON parser builds it in memory.
+    Case(
+        "bytes",
+        _predict({"rows": [{"x1": 0.5, "x2": 0.1, "color": "r" * 1_200_000}]}),
+        (413,),
+        ("too_large",),
+        ("body",),
     ),
 ]
 
