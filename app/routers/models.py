@@ -18,6 +18,7 @@ from app.auth import OwnerDep, current_owner
 from app.config import settings
 from app.db import get_sessionmaker
 from app.deps import SessionDep
+from app.errors import PayloadTooLarge
 from app.routers.common import MAX_OFFSET, JSONBodyRoute
 from app.schemas.models import (
     PREDICT_EXAMPLES,
@@ -119,13 +120,32 @@ def _parse_predict_body(raw: bytes, content_type: str | None) -> PredictRequest:
         raise RequestValidationError(errors) from exc
 
 
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is larger than this service's limit of {settings.max_upload_mb} MB "
+        "(REGULA_MAX_UPLOAD_MB); send fewer rows per request.",
+        loc=["body"],
+    )
+
+
 async def _read_body(request: Request) -> bytes:
-    """``request.body()`` without its async generator: the usual body is one message."""
+    """``request.body()`` without its async generator: the usual body is one message.
+
+    Capped at the upload limit, so a stranger cannot make the JSON parser hold gigabytes.
+    """
+    limit = settings.max_upload_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large()
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await request.receive()
         if message["type"] == "http.request":
             chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large()
             if not message.get("more_body", False):
                 body = b"".join((*chunks, chunk)) if chunks else chunk
                 request._body = body  # as request.body() caches it
