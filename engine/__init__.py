@@ -16,7 +16,7 @@ All are ``ValueError`` subclasses. Registries (tuples of names) describe the val
 schemas; ``HISTORY_KEYS`` names the fields of a history record.
 """
 
-from engine.errors import InputError, ModelFormatError, SpecError
+from engine.errors import InputError, ModelFormatError, SpecError, TrainingTimeout
 from engine.model import Model, fit
 from engine.serialize import load
 from engine.sparsity import sparsity
@@ -50,6 +50,7 @@ __all__ = [
     "Model",
     "ModelFormatError",
     "SpecError",
+    "TrainingTimeout",
     "default_spec",
     "fit",
     "load",

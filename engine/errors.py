@@ -75,3 +75,22 @@ class ModelFormatError(ValueError):
         self.msg = msg
         self.code = code
         super().__init__(f"{msg} [{code}]")
+
+
+class TrainingTimeout(TimeoutError):
+    """Training passed the time limit given to ``fit(max_seconds=...)``; checked every mini-batch.
+
+    Attributes
+    ----------
+    msg : str
+        A sentence naming the limit and the epoch in which it was reached.
+    epoch : int
+        The epoch (1-based) that was interrupted.
+    """
+
+    code = "timeout"
+
+    def __init__(self, msg: str, epoch: int) -> None:
+        self.msg = msg
+        self.epoch = epoch
+        super().__init__(msg)

@@ -262,6 +262,7 @@ def fit(
     *,
     feature_names: Sequence[str] | None = None,
     callbacks: Iterable[Callable[[dict[str, Any]], bool | None]] = (),
+    max_seconds: float | None = None,
 ) -> Model:
     """Train a model from raw data.
 
@@ -280,6 +281,9 @@ def fit(
     callbacks : iterable of callables
         ``cb(record) -> bool | None`` after every epoch; ``True`` stops training (``stopped ==
         "cancelled"``).
+    max_seconds : float, optional
+        Wall-time limit of the whole fit, checked before every mini-batch, so one long epoch
+        cannot overrun it.
 
     Returns
     -------
@@ -291,11 +295,14 @@ def fit(
         Invalid spec; binary cross-entropy on a target without exactly 2 classes (``loc ==
         ("loss",)``, code ``"loss_class_mismatch"``); a diverged run (non-finite loss, ``loc ==
         ("optimizer", "learning_rate")``, code ``"diverged"``).
+    TrainingTimeout
+        ``max_seconds`` passed (no model is returned).
     InputError
         ``missing_target``, ``one_class``, ``too_many_classes``, ``constant_target``,
         ``non_finite``, ``not_numeric``, ``mixed_types``, ``length_mismatch``, ``too_few_rows``,
         ...
     """
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     # Imported here so `import engine` (spec validation, registries) stays light for the service.
     from engine.network import Network
     from engine.trainer import train
@@ -410,6 +417,7 @@ def fit(
             Y_val=Y[val_rows] if has_val else None,
             callbacks=tuple(callbacks),
             rng=rng,
+            deadline=deadline,
         )
     except FloatingPointError as exc:
         # A NaN/inf loss is nearly always a step size too large for the data's scale.

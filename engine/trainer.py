@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.errors import TrainingTimeout
 from engine.layers import Dropout
 from engine.losses import LOSS_TASKS, make_loss
 from engine.network import Network
@@ -227,6 +228,7 @@ def train(
     Y_val: np.ndarray | None = None,
     callbacks: Sequence[Callback] = (),
     rng: np.random.Generator,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train ``network`` in place on ``X (N, D)``, ``Y (N,)``.
 
@@ -247,6 +249,8 @@ def train(
         ``cb(record) -> bool | None`` after every epoch; a truthy return stops ("cancelled").
     rng : numpy.random.Generator
         Shuffling and dropout masks.
+    deadline : float, optional
+        A ``time.monotonic()`` value; checked before every mini-batch (FISTA: every iteration).
 
     Returns
     -------
@@ -266,11 +270,19 @@ def train(
     # Overflow shows up as a non-finite epoch loss, reported by _check_finite with a clear message.
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(opt, Fista):
-            return _train_fista(network, X, Y, spec, opt, X_val, Y_val, callbacks)
-        return _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng)
+            return _train_fista(network, X, Y, spec, opt, X_val, Y_val, callbacks, deadline)
+        return _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng, deadline)
 
 
-def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> TrainResult:
+def _check_deadline(deadline: float | None, epoch: int) -> None:
+    # A monotonic clock read per batch (~50 ns): a long epoch cannot overrun the caller's limit.
+    if deadline is not None and time.monotonic() > deadline:
+        raise TrainingTimeout(f"training reached its time limit during epoch {epoch}", epoch)
+
+
+def _train_minibatch(
+    network, X, Y, spec, opt, X_val, Y_val, callbacks, rng, deadline
+) -> TrainResult:
     loss_name = spec.get("loss", "mse")
     loss_fn = make_loss(loss_name, spec.get("loss_params"))
     reg = spec.get("regularization") or {}
@@ -305,6 +317,7 @@ def _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng) -> 
         total = 0.0
         metric.reset()
         for start in range(0, N, bs):
+            _check_deadline(deadline, epoch)
             if perm is None:
                 xb = X[start : start + bs]
                 yb = Y[start : start + bs]
@@ -459,7 +472,7 @@ def _lasso_gap(
     return 2.0 / N * gap + r_mean * r_mean
 
 
-def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> TrainResult:
+def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadline) -> TrainResult:
     loss_name = spec.get("loss", "mse")
     _check_fista(network, loss_name)
     loss_fn = make_loss(loss_name, spec.get("loss_params"))
@@ -526,6 +539,7 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks) -> Tr
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         for _ in range(iters):
+            _check_deadline(deadline, epoch)
             f_y, ds = smooth(u_y, y_W)
             gW = X.T @ ds
             if use_gap:

@@ -173,8 +173,6 @@ def _read_table(
 def _epoch_callback(
     sessions: sessionmaker[Session], job_id: str, guard: list[Any], epochs: int
 ) -> Callable[[dict[str, Any]], bool]:
-    started = time.monotonic()
-
     def on_epoch(record: dict[str, Any]) -> bool:
         epoch = int(record["epoch"])
         with sessions() as session:
@@ -191,12 +189,6 @@ def _epoch_callback(
             session.add(EpochRecord(job_id=job_id, epoch=epoch, **fields))
             cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
             session.commit()
-        if time.monotonic() - started > settings.job_timeout_seconds:
-            raise JobFailed(
-                f"The job exceeded this service's time limit of "
-                f"{settings.job_timeout_seconds:g} seconds (stopped after epoch {epoch}).",
-                "timeout",
-            )
         return bool(cancel)
 
     return on_epoch
@@ -257,19 +249,29 @@ def run(job_id: str, database_url: str, data_dir: Path) -> str:
         return "skipped"
     guard = [Job.id == job_id, Job.status == "running", Job.attempts == attempt]
     log.info("job %s: attempt %d started on %s", job_id, attempt, worker_name())
+    started = time.monotonic()
     try:
         with Heartbeat(sessions, guard, settings.heartbeat_seconds):
             job, dataset = _load(sessions, job_id)
             X, y = _read_table(job, dataset, data_dir)
             spec = {k: v for k, v in job.spec.items() if k not in SERVICE_KEYS}
             callback = _epoch_callback(sessions, job_id, guard, int(spec["epochs"]))
-            model = engine.fit(spec, X, y, callbacks=[callback])
+            # The time limit covers loading too; the engine checks it before every mini-batch.
+            remaining = settings.job_timeout_seconds - (time.monotonic() - started)
+            model = engine.fit(spec, X, y, callbacks=[callback], max_seconds=remaining)
             status = _store_model(sessions, job_id, guard, model)
     except LostClaim:
         log.warning("job %s: attempt %d lost its claim; leaving the row alone", job_id, attempt)
         return "lost"
     except JobFailed as exc:
         _fail(sessions, guard, exc.msg, exc.code)
+        return "failed"
+    except engine.TrainingTimeout as exc:
+        msg = (
+            f"The job exceeded this service's time limit of {settings.job_timeout_seconds:g} "
+            f"seconds (stopped during epoch {exc.epoch})."
+        )
+        _fail(sessions, guard, msg, "timeout")
         return "failed"
     except (engine.InputError, engine.SpecError) as exc:
         _fail(sessions, guard, exc.msg, exc.code)

@@ -491,3 +491,19 @@ def test_docs_examples_work_on_the_shipped_example_csv(client: TestClient) -> No
         predicted = client.post(f"/models/{job['model_id']}/predict", json=example["value"])
         assert predicted.status_code == 200, predicted.text
         assert predicted.json()["predictions"][0] in ("no", "yes")
+
+
+def test_time_limit_stops_a_job_inside_its_first_epoch(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = upload(client, classification_csv(4_000))
+    monkeypatch.setattr(settings, "job_timeout_seconds", 0.01)
+    # One epoch of 4,000 single-row steps through a hidden layer takes far longer than 10 ms.
+    spec = spec_for(dataset["id"], epochs=1, batch_size=1, model={"hidden_layers": [256]})
+    job = wait(client, client.post("/jobs", json=spec).json()["id"])
+    assert job["status"] == "failed"
+    assert job["error_code"] == "timeout"
+    assert "time limit of 0.01 seconds" in job["error"]
+    assert "during epoch 1" in job["error"]
+    assert job["epochs_done"] == 0
+    assert session.scalar(select(func.count()).select_from(EpochRecord)) == 0

@@ -254,3 +254,19 @@ def test_float32_training_never_upcasts(optimizer):
     assert seen and set(seen) == {np.dtype(np.float32)}
     params, grads = net.parameters()
     assert {p.dtype for p in params} | {g.dtype for g in grads} == {np.dtype(np.float32)}
+
+
+def test_fit_time_limit_interrupts_a_long_epoch() -> None:
+    import engine
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 20))
+    y = (X[:, 0] > 0).astype(int)
+    records: list[dict] = []
+    spec = {"model": {"hidden_layers": [64]}, "epochs": 3, "batch_size": 1}
+    with pytest.raises(engine.TrainingTimeout) as caught:
+        engine.fit(spec, X, y, callbacks=[records.append], max_seconds=0.0)
+    # Stopped inside the first epoch: no epoch ever finished, so no callback ran.
+    assert caught.value.epoch == 1
+    assert records == []
+    assert caught.value.code == "timeout"
