@@ -202,7 +202,22 @@ class _Stopper:
         return stop
 
 
-def _record(epoch, data_loss, pen, val, metric, val_metric, zf, lr, seconds) -> dict:
+def _epoch_record(
+    network: Network,
+    epoch: int,
+    data_loss: float,
+    pen: float,
+    metric: float,
+    lr: float,
+    t0: float,
+    validation: tuple[np.ndarray, np.ndarray, Callable, _Metric] | None,
+) -> dict:
+    """Close an epoch: check the loss, evaluate the validation split, build the history record."""
+    _check_finite(data_loss, epoch)
+    val = val_metric = None
+    if validation is not None:
+        X_val, Y_val, loss_fn, metric_val = validation
+        val, val_metric = _evaluate(network, X_val, Y_val, loss_fn, metric_val)
     return {
         "epoch": int(epoch),
         "loss": float(data_loss + pen),
@@ -211,9 +226,9 @@ def _record(epoch, data_loss, pen, val, metric, val_metric, zf, lr, seconds) -> 
         "val_loss": None if val is None else float(val + pen),
         "metric": float(metric),
         "val_metric": None if val_metric is None else float(val_metric),
-        "zero_fraction": float(zf),
+        "zero_fraction": float(network.zero_fraction()),
         "learning_rate": float(lr),
-        "seconds": float(seconds),
+        "seconds": float(time.perf_counter() - t0),
     }
 
 
@@ -306,7 +321,7 @@ def _train_minibatch(
         x_buf = np.empty((bs, *X.shape[1:]), dtype=X.dtype)
         y_buf = np.empty((bs, *Y.shape[1:]), dtype=Y.dtype)
     metric = _Metric(loss_name, Y)
-    val_metric = _Metric(loss_name, Y_val) if X_val is not None else None
+    validation = None if X_val is None else (X_val, Y_val, loss_fn, _Metric(loss_name, Y_val))
     stopper = _Stopper(spec, network, X_val is not None, callbacks)
     history: list[dict] = []
     stopped = "completed"
@@ -361,22 +376,9 @@ def _train_minibatch(
                 # every row
                 t = s * gl1 if np.isscalar(s) else gl1 * s.shape[1] / np.sum(1.0 / s, axis=1)
                 block_soft_threshold(params[i], t, out=params[i])
-        data_loss = total / N
-        _check_finite(data_loss, epoch)
         pen = penalty_value(network.weights, l1, l2, gl1)
-        val = vm = None
-        if X_val is not None:
-            val, vm = _evaluate(network, X_val, Y_val, loss_fn, val_metric)
-        record = _record(
-            epoch,
-            data_loss,
-            pen,
-            val,
-            metric.value(),
-            vm,
-            network.zero_fraction(),
-            opt.current_lr,
-            time.perf_counter() - t0,
+        record = _epoch_record(
+            network, epoch, total / N, pen, metric.value(), opt.current_lr, t0, validation
         )
         history.append(record)
         stop = stopper.end_epoch(record)
@@ -530,7 +532,7 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadl
     t_k = 1.0
 
     metric = _Metric(loss_name, Y)
-    val_metric = _Metric(loss_name, Y_val) if X_val is not None else None
+    validation = None if X_val is None else (X_val, Y_val, loss_fn, _Metric(loss_name, Y_val))
     stopper = _Stopper(spec, network, X_val is not None, callbacks)
     history: list[dict] = []
     stopped = "completed"
@@ -588,23 +590,11 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadl
         W[...] = x_W
         b[...] = x_b
         data_loss, _ = loss_fn(u_x, Y)
-        _check_finite(data_loss, epoch)
         metric.reset()
         metric.add(u_x, Y)
         pen = penalty_value([W], l1, l2, gl1)
-        val = vm = None
-        if X_val is not None:
-            val, vm = _evaluate(network, X_val, Y_val, loss_fn, val_metric)
-        record = _record(
-            epoch,
-            data_loss,
-            pen,
-            val,
-            metric.value(),
-            vm,
-            network.zero_fraction(),
-            1.0 / L,
-            time.perf_counter() - t0,
+        record = _epoch_record(
+            network, epoch, data_loss, pen, metric.value(), 1.0 / L, t0, validation
         )
         history.append(record)
         stop = stopper.end_epoch(record)
