@@ -1,7 +1,7 @@
 """The ``regula`` command: ``serve``, ``migrate``, ``keys create``.
 
-Settings come from ``app.config.settings`` (``REGULA_*`` variables, ``.env``); a flag given on the
-command line overrides the matching field for this process.
+Settings come from ``app.core.config.settings`` (``REGULA_*`` variables, ``.env``); a flag given
+on the command line overrides the matching field for this process.
 """
 
 import argparse
@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.config import settings
+from app.core.config import settings
 
 
 def _migrate() -> None:
-    from app import migrate
+    from app.core import migrate
 
     if settings.database_url.startswith("sqlite:///"):
         # SQLite creates the file but not its folder.
@@ -65,8 +65,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create an API key and print it (shown once; only its hash is stored)."""
-    from app.auth import create_key
-    from app.db import get_sessionmaker
+    from app.core.auth import create_key
+    from app.core.db import get_sessionmaker
 
     if args.database_url:
         settings.database_url = args.database_url

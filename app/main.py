@@ -7,16 +7,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.config import settings
-from app.db import get_sessionmaker
-from app.errors import install_error_handlers
-from app.routers import datasets, health, jobs, models
+from app.core.config import settings
+from app.core.db import get_sessionmaker
+from app.core.errors import install_error_handlers
+from app.datasets import router as datasets
+from app.health import router as health
+from app.jobs import router as jobs
+from app.models import router as models
 
 log = logging.getLogger("regula")
 
 
 def _collect_orphan_files() -> None:
-    from app.services import datasets
+    from app.datasets import service as datasets
 
     with get_sessionmaker(settings.database_url)() as session:
         datasets.gc_orphans(session=session, data_dir=settings.data_dir)
@@ -25,8 +28,8 @@ def _collect_orphan_files() -> None:
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     """Start the executor, recover jobs of a previous run, start the reaper; stop them after."""
-    from app import worker
-    from app.services import prediction
+    from app.jobs import executor as worker
+    from app.models import prediction
 
     # Files of uploads a crash interrupted; later ones are collected by the reaper's housekeeping.
     await asyncio.to_thread(_collect_orphan_files)

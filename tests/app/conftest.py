@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app import migrate
-from app.config import settings
-from app.db import get_db, get_sessionmaker
+from app.core import migrate
+from app.core.config import settings
+from app.core.db import get_db, get_sessionmaker
 
 
 @pytest.fixture

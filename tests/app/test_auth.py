@@ -25,11 +25,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import migrate
-from app.auth import create_key
-from app.config import settings
-from app.db import get_db, get_sessionmaker
-from app.models import ApiKey, Dataset, Job
+from app.core import migrate
+from app.core.auth import create_key
+from app.core.config import settings
+from app.core.db import get_db, get_sessionmaker
+from app.core.keys import ApiKey
+from app.datasets.orm import Dataset
+from app.jobs.orm import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -436,7 +438,7 @@ def test_model_too_large_for_memory_is_rejected_before_it_runs(
     rows: int,
     extra: dict[str, Any],
 ) -> None:
-    from app import worker
+    from app.jobs import executor as worker
 
     # Never let such a job reach an executor, even if the API wrongly accepted it.
     monkeypatch.setattr(worker, "submit", lambda job_id: None)

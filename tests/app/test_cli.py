@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import inspect
 
 from app import cli
-from app.config import settings
-from app.db import make_engine
+from app.core.config import settings
+from app.core.db import make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,12 +15,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.auth import create_key
-from app.config import settings
-from app.db import get_sessionmaker
-from app.models import Dataset
-from app.services import datasets as service
-from app.services import ingest
+from app.core.auth import create_key
+from app.core.config import settings
+from app.core.db import get_sessionmaker
+from app.datasets import ingest, service
+from app.datasets.orm import Dataset
 
 SMALL_CSV = b"age,income,city,flag\n30,1.5,Paris,1\n40,,Lyon,0\n,3.5,Paris,1\n50,4.0,NA,1\n"
 

@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
 from sqlalchemy.orm import Session
 
-from app import migrate, worker
-from app.config import settings as app_settings
-from app.db import get_db, get_sessionmaker
+from app.core import migrate
+from app.core.config import settings as app_settings
+from app.core.db import get_db, get_sessionmaker
+from app.jobs import executor as worker
 from app.main import create_app
 
 MAX_EXAMPLES = 100

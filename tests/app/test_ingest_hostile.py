@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.config import settings
-from app.models import Dataset
-from app.services import ingest
+from app.core.config import settings
+from app.datasets import ingest
+from app.datasets.orm import Dataset
 
 BASELINE_CSV = b"a,b\n1,2\n3,4\n"
 

@@ -11,13 +11,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import worker
-from app.config import settings
-from app.models import EpochRecord, Job, Model, utcnow
-from app.schemas.jobs import TRAINING_SPEC_EXAMPLE, TrainingSpec
-from app.schemas.models import PREDICT_EXAMPLES
-from app.services import jobs as jobs_service
-from app.services import training
+from app.core.config import settings
+from app.core.db import utcnow
+from app.jobs import body as training
+from app.jobs import executor as worker
+from app.jobs import service as jobs_service
+from app.jobs.orm import EpochRecord, Job
+from app.jobs.schemas import TRAINING_SPEC_EXAMPLE, TrainingSpec
+from app.models.orm import Model
+from app.models.schemas import PREDICT_EXAMPLES
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from app import migrate
-from app.db import Base, make_engine
+from app.core import migrate
+from app.core.db import Base, make_engine
 
 TABLES = {"alembic_version", "api_keys", "datasets", "jobs", "epoch_records", "models"}
 

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import engine
-from app.models import Model
-from app.services import prediction
+from app.models import prediction
+from app.models.orm import Model
 from tests.app.test_jobs import classification_csv, train, upload
 
 ROWS = [

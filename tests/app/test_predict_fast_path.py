@@ -38,7 +38,7 @@ def test_other_methods_still_get_fastapis_405(client: TestClient) -> None:
 
 
 def test_predict_is_matched_first_and_documented_once(client: TestClient) -> None:
-    from app.routers.models import PredictFirst
+    from app.models.router import PredictFirst
 
     assert isinstance(client.app.router.routes[0], PredictFirst)
     paths = client.get("/openapi.json").json()["paths"]
@@ -57,7 +57,7 @@ def test_read_body_joins_chunks_and_raises_on_disconnect() -> None:
     import pytest
     from starlette.requests import ClientDisconnect, Request
 
-    from app.routers.models import _read_body
+    from app.models.router import _read_body
 
     def request(messages: list[dict]) -> Request:
         queue = iter(messages)
@@ -86,7 +86,7 @@ def test_flat_matrix_takes_only_plain_finite_numbers() -> None:
 
     import numpy as np
 
-    from app.services.prediction import _SUM_TEST_MAX, _flat_matrix
+    from app.models.prediction import _SUM_TEST_MAX, _flat_matrix
 
     matrix = _flat_matrix([1, 2.5, -3.0, 4], 2, 2)
     assert matrix is not None and matrix.dtype == np.float64
@@ -103,7 +103,7 @@ def test_flat_matrix_takes_only_plain_finite_numbers() -> None:
 
 
 def test_encode_writes_what_json_dumps_writes() -> None:
-    from app.routers.models import _encode
+    from app.models.router import _encode
 
     for value in (
         {"predictions": [0, "yes"], "probabilities": [[0.25, 0.75]], "classes": [0, "yes"]},
@@ -120,7 +120,7 @@ def test_output_check_flags_only_non_finite_rows() -> None:
     import numpy as np
     import pytest
 
-    from app.services import prediction
+    from app.models import prediction
 
     def item(out: list[list[float]]) -> prediction.Loaded:
         model = SimpleNamespace(

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.config import settings
-from app.models import Job
+from app.core.config import settings
+from app.jobs.orm import Job
 from tests.app.test_jobs import upload
 
 # num1/num2 numeric; color string; label yes/no; three a/b/c; const 7; gaps numeric with holes.

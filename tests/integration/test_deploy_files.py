@@ -386,7 +386,7 @@ def test_regula_migrate_creates_the_schema_on_sqlite(tmp_path: Path) -> None:
     assert {"api_keys", "datasets", "jobs", "models", "epoch_records"} <= tables
     from alembic.script import ScriptDirectory
 
-    from app.migrate import alembic_config
+    from app.core.migrate import alembic_config
 
     head = ScriptDirectory.from_config(alembic_config(f"sqlite:///{db}")).get_current_head()
     assert version == head
@@ -490,9 +490,9 @@ def test_compose_scheduler_and_worker_commands_run_and_pass_their_healthchecks(
 
 
 def _job_module_file() -> str:
-    import app.worker
+    import app.jobs.executor
 
-    return str(app.worker.__file__)
+    return str(app.jobs.executor.__file__)
 
 
 def test_regular_wheel_install_migrates_outside_the_source_tree(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 from sqlalchemy.orm import sessionmaker
 
-from app import migrate
-from app.db import Base, make_engine
-from app.models import Job
+from app.core import migrate
+from app.core.db import Base, make_engine
+from app.jobs.orm import Job
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +179,7 @@ def _queued_jobs(url: str, count: int) -> list[str]:
 
 
 def _claim_in_thread(url: str, job_ids: list[str], contenders: int) -> dict[str, list[int]]:
-    from app.services.training import claim
+    from app.jobs.body import claim
 
     engine = make_engine(url, pool_size=contenders, max_overflow=0)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
@@ -211,7 +211,7 @@ def _claim_in_thread(url: str, job_ids: list[str], contenders: int) -> dict[str,
 
 
 def _claim_in_process(url: str, job_id: str, barrier: Any, results: Any) -> None:
-    from app.services.training import claim
+    from app.jobs.body import claim
 
     engine = make_engine(url)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
@@ -277,7 +277,7 @@ def test_concurrent_claims_from_processes_run_a_job_once(any_url: str) -> None:
 
 
 def test_a_claimed_job_cannot_be_claimed_again(any_url: str) -> None:
-    from app.services.training import claim
+    from app.jobs.body import claim
 
     migrate.upgrade(any_url)
     (job_id,) = _queued_jobs(any_url, 1)

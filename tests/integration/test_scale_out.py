@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from app.db import make_engine
-from app.models import EpochRecord, Job, Model
+from app.core.db import make_engine
+from app.jobs.orm import EpochRecord, Job
+from app.models.orm import Model
 from tests.integration.test_postgres import fresh_postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

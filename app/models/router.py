@@ -14,21 +14,20 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
-from app.auth import OwnerDep, current_owner
-from app.config import settings
-from app.db import get_sessionmaker
-from app.deps import SessionDep
-from app.errors import PayloadTooLarge
-from app.routers.common import MAX_OFFSET, JSONBodyRoute
-from app.schemas.models import (
+from app.core.auth import OwnerDep, current_owner
+from app.core.config import settings
+from app.core.db import get_sessionmaker
+from app.core.deps import SessionDep
+from app.core.errors import PayloadTooLarge
+from app.core.routing import MAX_OFFSET, JSONBodyRoute
+from app.models import prediction, service
+from app.models.schemas import (
     PREDICT_EXAMPLES,
     ModelRead,
     PredictRequest,
     PredictResponse,
     SparsityRead,
 )
-from app.services import models as service
-from app.services import prediction
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=JSONBodyRoute)
 

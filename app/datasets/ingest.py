@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 FILE_LOC = ["body", "file"]
 # Cells read as missing, in any column: pyarrow's defaults plus spellings pandas and R write.

@@ -1,8 +1,10 @@
-"""ORM classes: ApiKey, Dataset, Job, Model, EpochRecord. Schema changes go through Alembic."""
+"""Job and EpochRecord (ORM): a training job's row and its loss history.
 
-import uuid
-from datetime import UTC, datetime
-from typing import Any
+Only ``app.jobs.state`` changes a job's status; everything else reads these rows.
+"""
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -12,57 +14,19 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base
+from app.core.db import Base, new_id, utcnow
+
+if TYPE_CHECKING:
+    from app.models.orm import Model
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-
-
-def new_id() -> str:
-    """A random 32-hex-digit identifier (uuid4)."""
-    return uuid.uuid4().hex
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
-
-
-class ApiKey(Base):
-    """An API key; only its SHA-256 hash is stored. Every resource belongs to at most one key."""
-
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200))
-    prefix: Mapped[str] = mapped_column(String(16))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class Dataset(Base):
-    """An uploaded table. The rows live in a Parquet file under ``settings.data_dir``."""
-
-    __tablename__ = "datasets"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    owner_id: Mapped[str | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
-    )
-    name: Mapped[str] = mapped_column(String(255))
-    path: Mapped[str] = mapped_column(String(1024))  # relative to settings.data_dir
-    rows: Mapped[int] = mapped_column(Integer)
-    size_bytes: Mapped[int] = mapped_column(Integer)  # bytes of the uploaded file
-    columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # one summary per column
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Job(Base):
@@ -100,33 +64,6 @@ class Job(Base):
     @property
     def model_id(self) -> str | None:
         return self.model.id if self.model is not None else None
-
-
-class Model(Base):
-    """A trained model: spec, fitted preprocessing and weights (npz bytes from engine.serialize)."""
-
-    __tablename__ = "models"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    owner_id: Mapped[str | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
-    )
-    job_id: Mapped[str | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
-    )
-    dataset_id: Mapped[str | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
-    )
-    task: Mapped[str] = mapped_column(String(32))
-    target: Mapped[str] = mapped_column(String(255))
-    feature_names: Mapped[list[str]] = mapped_column(JSON)
-    classes: Mapped[list[Any] | None] = mapped_column(JSON)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
-    weights: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-    job: Mapped[Job | None] = relationship(back_populates="model")
 
 
 class EpochRecord(Base):

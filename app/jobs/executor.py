@@ -24,10 +24,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from app.config import settings
-from app.db import get_sessionmaker
-from app.models import Job, utcnow
-from app.services import jobs
+from app.core.config import settings
+from app.core.db import get_sessionmaker, utcnow
+from app.jobs import service as jobs
+from app.jobs.orm import Job
 
 log = logging.getLogger("regula.worker")
 
@@ -57,7 +57,7 @@ def run_job(job_id: str, database_url: str, data_dir: str) -> str:
     """The job body submitted to the executor: claim, train, store. Returns the final status."""
     from threadpoolctl import threadpool_limits
 
-    from app.services import training
+    from app.jobs import body as training
 
     # The database and data folder are the submitting service's (they may come from `regula
     # serve` flags the worker process never saw); the rest of the settings come from REGULA_*.

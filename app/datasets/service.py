@@ -25,11 +25,12 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.config import settings
-from app.errors import NotFound
-from app.models import Dataset, new_id
-from app.services import ingest
-from app.services.common import owned
+from app.core.config import settings
+from app.core.db import new_id
+from app.core.errors import NotFound
+from app.core.ownership import owned
+from app.datasets import ingest
+from app.datasets.orm import Dataset
 
 log = logging.getLogger("regula.datasets")
 

@@ -4,12 +4,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from app.auth import OwnerDep
-from app.deps import SessionDep
-from app.models import Job
-from app.routers.common import MAX_OFFSET, JSONBodyRoute
-from app.schemas.jobs import TRAINING_SPEC_EXAMPLE, JobHistory, JobRead, JobStatus, TrainingSpec
-from app.services import jobs as service
+from app.core.auth import OwnerDep
+from app.core.deps import SessionDep
+from app.core.routing import MAX_OFFSET, JSONBodyRoute
+from app.jobs import service as service
+from app.jobs.orm import Job
+from app.jobs.schemas import TRAINING_SPEC_EXAMPLE, JobHistory, JobRead, JobStatus, TrainingSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JSONBodyRoute)
 

@@ -6,9 +6,9 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
-from app.errors import NotFound
-from app.models import Model
-from app.services.common import owned
+from app.core.errors import NotFound
+from app.core.ownership import owned
+from app.models.orm import Model
 
 # The listing never needs the weights themselves, only their size.
 _SIZE = func.length(Model.weights).label("size_bytes")
@@ -54,7 +54,7 @@ def get_weights(*, session: Session, model_id: str, owner_id: str | None) -> byt
 
 def delete(*, session: Session, model_id: str, owner_id: str | None) -> None:
     """Delete the caller's model (and drop it from the prediction cache)."""
-    from app.services import prediction
+    from app.models import prediction
 
     # One conditional DELETE: of concurrent deletes of the same model exactly one removes it.
     stmt = owned(sql_delete(Model).where(Model.id == model_id), Model.owner_id, owner_id)

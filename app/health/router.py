@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from app.deps import SessionDep
+from app.core.deps import SessionDep
 
 router = APIRouter(tags=["health"])
 

@@ -20,9 +20,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import engine
-from app.config import settings
-from app.db import get_sessionmaker
-from app.models import Dataset, EpochRecord, Job, Model, utcnow
+from app.core.config import settings
+from app.core.db import get_sessionmaker, utcnow
+from app.datasets.orm import Dataset
+from app.jobs.orm import EpochRecord, Job
+from app.models.orm import Model
 
 log = logging.getLogger("regula.training")
 
@@ -149,7 +151,7 @@ def _load(sessions: sessionmaker[Session], job_id: str) -> tuple[Job, Dataset]:
 def _read_table(
     job: Job, dataset: Dataset, data_dir: Path
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    from app.services import datasets
+    from app.datasets import service as datasets
 
     spec = job.spec
     try:

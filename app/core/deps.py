@@ -5,6 +5,6 @@ from typing import Annotated
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
-from app.db import get_db
+from app.core.db import get_db
 
 SessionDep = Annotated[Session, Depends(get_db)]

@@ -1,13 +1,25 @@
 """SQLAlchemy 2.0 engine and sessions; one ``Session`` per request through ``get_db``."""
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from app.config import settings
+from app.core.config import settings
+
+
+def new_id() -> str:
+    """A random 32-hex-digit identifier (uuid4)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):

@@ -16,11 +16,11 @@ import numpy as np
 from sqlalchemy import select
 
 import engine
-from app.config import settings
-from app.db import get_sessionmaker
-from app.errors import InvalidInput, NotFound, PayloadTooLarge
-from app.models import Model
-from app.services.common import owned
+from app.core.config import settings
+from app.core.db import get_sessionmaker
+from app.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from app.core.ownership import owned
+from app.models.orm import Model
 from engine.preprocess import classes_array
 
 # More than this many bad values in one request: the rest are summarised, not listed.

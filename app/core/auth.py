@@ -12,10 +12,10 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.config import settings
-from app.deps import SessionDep
-from app.errors import Unauthorized
-from app.models import ApiKey
+from app.core.config import settings
+from app.core.deps import SessionDep
+from app.core.errors import Unauthorized
+from app.core.keys import ApiKey
 
 KEY_PREFIX = "rg_"
 

@@ -14,11 +14,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 import engine
-from app.config import settings
-from app.errors import Conflict, InvalidInput, NotFound
-from app.models import FINISHED_STATUSES, Dataset, EpochRecord, Job, utcnow
-from app.schemas.jobs import TrainingSpec
-from app.services.common import owned
+from app.core.config import settings
+from app.core.db import utcnow
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.ownership import owned
+from app.datasets.orm import Dataset
+from app.jobs.orm import FINISHED_STATUSES, EpochRecord, Job
+from app.jobs.schemas import TrainingSpec
 
 log = logging.getLogger("regula.jobs")
 
@@ -261,7 +263,7 @@ def validate(
 
 def create(*, session: Session, spec_in: TrainingSpec, owner_id: str | None) -> Job:
     """Validate, insert a queued job, commit, then hand it to the executor."""
-    from app import worker  # late: the worker module imports this one
+    from app.jobs import executor as worker  # late: the worker module imports this one
 
     dataset, spec = validate(session=session, spec_in=spec_in, owner_id=owner_id)
     job = Job(owner_id=owner_id, dataset_id=dataset.id, spec=spec, status="queued")
@@ -312,7 +314,7 @@ def cancel(*, session: Session, job_id: str, owner_id: str | None) -> Job:
     session.commit()
     session.refresh(job)
     if queued.rowcount == 1:
-        from app import worker  # late: the worker module imports this one
+        from app.jobs import executor as worker  # late: the worker module imports this one
 
         worker.discard(job.id)
     elif job.status in FINISHED_STATUSES:

@@ -6,14 +6,13 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from app.auth import OwnerDep
-from app.config import settings
-from app.deps import SessionDep
-from app.errors import InvalidInput
-from app.routers.common import MAX_OFFSET
-from app.schemas.datasets import DatasetRead
-from app.services import datasets as service
-from app.services import ingest
+from app.core.auth import OwnerDep
+from app.core.config import settings
+from app.core.deps import SessionDep
+from app.core.errors import InvalidInput
+from app.core.routing import MAX_OFFSET
+from app.datasets import ingest, service
+from app.datasets.schemas import DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.jobs import UTCDateTime
+from app.jobs.schemas import UTCDateTime
 
 
 class ModelRead(BaseModel):

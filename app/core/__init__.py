@@ -1,0 +1,1 @@
+"""What every domain shares: settings, database sessions, the error shape, auth and routing."""

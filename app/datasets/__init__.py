@@ -1,0 +1,1 @@
+"""Datasets: upload (CSV, Parquet, images), column profiles, storage of payloads."""

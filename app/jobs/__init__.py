@@ -1,0 +1,1 @@
+"""Jobs: the state machine, the executors, the job body workers run, history and events."""

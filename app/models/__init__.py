@@ -1,0 +1,1 @@
+"""Models: read, delete, predict, sparsity, export."""
