@@ -26,7 +26,7 @@ def _collect_orphan_files() -> None:
 
 
 @asynccontextmanager
-async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the executor, recover jobs of a previous run, start the reaper; stop them after."""
     from app.jobs import executor as worker
     from app.models import prediction
@@ -35,9 +35,11 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(_collect_orphan_files)
     # Blocking (a LocalCluster spawns processes), so off the event loop.
     executor, reaper = await asyncio.to_thread(worker.start_service, _collect_orphan_files)
+    app.state.executor = executor
     try:
         yield
     finally:
+        app.state.executor = None
         await asyncio.to_thread(worker.stop_service, executor, reaper)
         prediction.cache.clear()
 

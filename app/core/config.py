@@ -30,11 +30,17 @@ class Settings(BaseSettings):
     # Estimated peak memory of one training job (weights, gradients, optimizer state, activations).
     max_job_memory_mb: int = Field(default=4096, ge=1)
     job_timeout_seconds: float = Field(default=3600.0, gt=0)
-    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # Epoch rows are written at most this often (one commit per flush), and logged this often.
+    history_flush_seconds: float = Field(default=0.25, ge=0, le=60)
+    progress_log_seconds: float = Field(default=5.0, ge=0, le=3600)
     # A running job whose heartbeat is older than this is considered orphaned at start-up.
     stale_after_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=2, ge=1)
     model_cache_size: int = Field(default=64, ge=0)
+    # Queued + running jobs one API key may have at once; beyond it POST /jobs answers 429.
+    max_queued_per_key: int = Field(default=20, ge=1, le=100_000)
+    quota_retry_after_seconds: int = Field(default=30, ge=1, le=3600)
 
     auth_required: bool = False
     log_level: str = "info"

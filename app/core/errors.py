@@ -58,6 +58,17 @@ class UnsupportedMediaType(RegulaError):
     code = "unsupported_media_type"
 
 
+class TooManyJobs(RegulaError):
+    """A per-key quota is exhausted; ``retry_after`` seconds is a fair time to wait."""
+
+    status_code = 429
+    code = "too_many_jobs"
+
+    def __init__(self, msg: str, *, loc: Sequence[str | int] = (), retry_after: int) -> None:
+        super().__init__(msg, loc=loc)
+        self.retry_after = retry_after
+
+
 class Unauthorized(RegulaError):
     status_code = 401
     code = "unauthorized"
@@ -74,7 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RegulaError)
     async def _regula_error(_request: Request, exc: RegulaError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyJobs):
+            headers = {"Retry-After": str(exc.retry_after)}
         return _error_response(exc.status_code, exc.detail(), headers)
 
     @app.exception_handler(StarletteHTTPException)

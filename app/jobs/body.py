@@ -1,8 +1,8 @@
 """The job body: claim a queued job, train it with the engine, store history and model.
 
-Runs on a Dask worker (or the inline executor's thread), never in a request. Every write after the
-claim is guarded by ``status = 'running' AND attempts = <this attempt>``: if the reaper took the job
-back (the worker was presumed lost) a late writer changes nothing.
+Runs on a Dask worker (or the inline executor's thread), never in a request. Every write goes
+through ``app.jobs.state`` and is guarded by ``status = 'running' AND attempts = <this attempt>``:
+if the reaper took the job back (the worker was presumed lost) a late writer changes nothing.
 """
 
 import logging
@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import engine
 from app.core.config import settings
-from app.core.db import get_sessionmaker, utcnow
+from app.core.db import get_sessionmaker
 from app.datasets.orm import Dataset
-from app.jobs.orm import EpochRecord, Job
+from app.jobs import state
+from app.jobs.orm import Job
 from app.models.orm import Model
 
 log = logging.getLogger("regula.training")
@@ -42,56 +42,23 @@ class JobFailed(Exception):
         self.code = code
 
 
-class LostClaim(Exception):
-    """The row is no longer this attempt's (re-queued by the reaper or already finished)."""
-
-
 def worker_name() -> str:
     """The Dask worker address running this body, else ``hostname:pid``."""
     try:
         from distributed import get_worker
 
-        return get_worker().address
+        return str(get_worker().address)
     except (ImportError, ValueError):
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim(sessions: sessionmaker[Session], job_id: str) -> int | None:
-    """Atomically move ``job_id`` from queued to running; return this attempt's number or None.
-
-    A single conditional UPDATE is race-free on SQLite and PostgreSQL alike: of two bodies for the
-    same job only one sees rowcount 1, so a double submission runs once.
-    """
-    now = utcnow()
-    with sessions() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(
-                status="running",
-                started_at=now,
-                heartbeat_at=now,
-                attempts=Job.attempts + 1,
-                worker=worker_name()[:255],
-                error=None,
-                error_code=None,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
-            session.rollback()
-            return None
-        attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
-        session.commit()
-    return int(attempts)
-
-
 class Heartbeat:
-    """A daemon thread refreshing ``heartbeat_at``: a long epoch is not a lost worker."""
+    """A daemon thread refreshing the attempt's heartbeat: a long epoch is not a lost worker."""
 
-    def __init__(self, sessions: sessionmaker[Session], guard: list[Any], interval: float) -> None:
-        self._sessions = sessions
-        self._guard = guard
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: str, attempt: int, interval: float
+    ) -> None:
+        self._beat = lambda: state.heartbeat(sessions, job_id, attempt)
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="regula-heartbeat", daemon=True)
@@ -107,14 +74,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                with self._sessions() as session:
-                    session.execute(
-                        update(Job)
-                        .where(*self._guard)
-                        .values(heartbeat_at=utcnow())
-                        .execution_options(synchronize_session=False)
-                    )
-                    session.commit()
+                self._beat()
             except Exception:  # a missed beat is harmless; the next one retries
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -125,6 +85,10 @@ def _finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.4g}"
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
@@ -138,7 +102,7 @@ def _load(sessions: sessionmaker[Session], job_id: str) -> tuple[Job, Dataset]:
     with sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise LostClaim(job_id)
+            raise state.LostClaim(job_id)
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         session.expunge_all()
     if dataset is None:
@@ -172,123 +136,149 @@ def _read_table(
     return X, y
 
 
-def _epoch_callback(
-    sessions: sessionmaker[Session], job_id: str, guard: list[Any], epochs: int
-) -> Callable[[dict[str, Any]], bool]:
-    def on_epoch(record: dict[str, Any]) -> bool:
-        epoch = int(record["epoch"])
-        with sessions() as session:
-            result = session.execute(
-                update(Job)
-                .where(*guard)
-                .values(progress=min(epoch / epochs, 1.0), epochs_done=epoch, heartbeat_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:
-                session.rollback()
-                raise LostClaim(job_id)
-            fields = {key: _finite(record.get(key)) for key in HISTORY_FIELDS}
-            session.add(EpochRecord(job_id=job_id, epoch=epoch, **fields))
-            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-            session.commit()
-        return bool(cancel)
+class HistoryWriter:
+    """The trainer's epoch callback: stores epoch rows in batches and answers "cancel?".
 
-    return on_epoch
+    Each flush is one transaction (rows, progress, heartbeat, the cancel flag read back), at most
+    one every ``flush_seconds``: 10,000 short epochs cost a few commits a second, not 10,000,
+    while a watcher still sees the history grow live. The first epoch and the last are flushed at
+    once.
+    """
 
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        attempt: int,
+        *,
+        epochs: int,
+        flush_seconds: float,
+    ) -> None:
+        self._sessions = sessions
+        self._job_id = job_id
+        self._attempt = attempt
+        self._epochs = epochs
+        self._flush_seconds = flush_seconds
+        self._pending: list[dict[str, Any]] = []
+        self._last_flush = -math.inf
+        self._last_log = -math.inf
+        self._cancel = False
 
-def _store_model(sessions: sessionmaker[Session], job_id: str, guard: list[Any], model: Any) -> str:
-    weights = model.to_bytes()
-    status = "cancelled" if model.stopped == "cancelled" else "succeeded"
-    now = utcnow()
-    values: dict[str, Any] = {"status": status, "finished_at": now, "heartbeat_at": now}
-    if status == "succeeded":
-        values["progress"] = 1.0
-    with sessions() as session:
-        # Model row and final status in ONE transaction: a finished job always has its model.
-        result = session.execute(
-            update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
+    def _log(self, record: dict[str, Any]) -> None:
+        # One console line every few seconds while a job trains, so an operator sees it move.
+        now = time.monotonic()
+        if now - self._last_log < settings.progress_log_seconds:
+            return
+        self._last_log = now
+        log.info(
+            "job %s: epoch %d/%d loss %s val_loss %s zero_fraction %s",
+            self._job_id,
+            int(record["epoch"]),
+            self._epochs,
+            _fmt(record.get("loss")),
+            _fmt(record.get("val_loss")),
+            _fmt(record.get("zero_fraction")),
         )
-        if result.rowcount != 1:
-            session.rollback()
-            raise LostClaim(job_id)
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.add(
-            Model(
-                owner_id=job.owner_id,
-                job_id=job.id,
-                dataset_id=job.dataset_id,
-                task=model.task,
-                target=job.spec["target"],
-                feature_names=list(model.feature_names),
-                classes=model.classes,
-                spec=job.spec,
-                metrics=model.metrics,
-                weights=weights,
-            )
+
+    def __call__(self, record: dict[str, Any]) -> bool:
+        row = {key: _finite(record.get(key)) for key in HISTORY_FIELDS}
+        row["epoch"] = int(record["epoch"])
+        self._pending.append(row)
+        self._log(record)
+        if time.monotonic() - self._last_flush >= self._flush_seconds:
+            self.flush()
+        return self._cancel
+
+    def flush(self) -> None:
+        """Write the pending rows now (also called once training has ended)."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        self._cancel = state.record_epochs(
+            self._sessions, self._job_id, self._attempt, rows, epochs=self._epochs
         )
-        session.commit()
-    return status
+        self._last_flush = time.monotonic()
 
 
-def _fail(sessions: sessionmaker[Session], guard: list[Any], msg: str, code: str) -> None:
-    with sessions() as session:
-        session.execute(
-            update(Job)
-            .where(*guard)
-            .values(status="failed", error=msg, error_code=code, finished_at=utcnow())
-            .execution_options(synchronize_session=False)
+def _model_row(model: Any, weights: bytes) -> Callable[[Job], Model]:
+    def make(job: Job) -> Model:
+        return Model(
+            owner_id=job.owner_id,
+            job_id=job.id,
+            dataset_id=job.dataset_id,
+            task=model.task,
+            target=job.spec["target"],
+            feature_names=list(model.feature_names),
+            classes=model.classes,
+            spec=job.spec,
+            metrics=model.metrics,
+            weights=weights,
         )
-        session.commit()
+
+    return make
 
 
-def run(job_id: str, database_url: str, data_dir: Path) -> str:
+def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
     """Claim and train ``job_id``; return the final status ("skipped" if the claim was refused)."""
     sessions = get_sessionmaker(database_url)
-    attempt = claim(sessions, job_id)
+    attempt = state.claim(sessions, job_id, worker_name())
     if attempt is None:
         log.info("job %s: not queued any more, skipping", job_id)
         return "skipped"
-    guard = [Job.id == job_id, Job.status == "running", Job.attempts == attempt]
     log.info("job %s: attempt %d started on %s", job_id, attempt, worker_name())
     started = time.monotonic()
+
+    def fail(msg: str, code: str) -> str:
+        state.fail(sessions, job_id, attempt, msg, code)
+        log.info("job %s: failed (%s) after %.1f s", job_id, code, time.monotonic() - started)
+        return "failed"
+
     try:
-        with Heartbeat(sessions, guard, settings.heartbeat_seconds):
+        with Heartbeat(sessions, job_id, attempt, settings.heartbeat_seconds):
             job, dataset = _load(sessions, job_id)
             X, y = _read_table(job, dataset, data_dir)
             spec = {k: v for k, v in job.spec.items() if k not in SERVICE_KEYS}
-            callback = _epoch_callback(sessions, job_id, guard, int(spec["epochs"]))
+            history = HistoryWriter(
+                sessions,
+                job_id,
+                attempt,
+                epochs=int(spec["epochs"]),
+                flush_seconds=settings.history_flush_seconds,
+            )
             # The time limit covers loading too; the engine checks it before every mini-batch.
             remaining = settings.job_timeout_seconds - (time.monotonic() - started)
-            model = engine.fit(spec, X, y, callbacks=[callback], max_seconds=remaining)
-            status = _store_model(sessions, job_id, guard, model)
-    except LostClaim:
+            try:
+                model = engine.fit(spec, X, y, callbacks=[history], max_seconds=remaining)
+            finally:
+                history.flush()
+            status = state.finish(
+                sessions,
+                job_id,
+                attempt,
+                cancelled=model.stopped == "cancelled",
+                make_model=_model_row(model, model.to_bytes()),
+            )
+    except state.LostClaim:
         log.warning("job %s: attempt %d lost its claim; leaving the row alone", job_id, attempt)
         return "lost"
     except JobFailed as exc:
-        _fail(sessions, guard, exc.msg, exc.code)
-        return "failed"
+        return fail(exc.msg, exc.code)
     except engine.TrainingTimeout as exc:
-        msg = (
+        return fail(
             f"The job exceeded this service's time limit of {settings.job_timeout_seconds:g} "
-            f"seconds (stopped during epoch {exc.epoch})."
+            f"seconds (stopped during epoch {exc.epoch}).",
+            "timeout",
         )
-        _fail(sessions, guard, msg, "timeout")
-        return "failed"
     except (engine.InputError, engine.SpecError) as exc:
-        _fail(sessions, guard, exc.msg, exc.code)
-        return "failed"
+        return fail(exc.msg, exc.code)
     except MemoryError:
-        _fail(sessions, guard, "The job ran out of memory on its worker.", "out_of_memory")
-        return "failed"
-    except Exception as exc:
+        return fail("The job ran out of memory on its worker.", "out_of_memory")
+    except Exception:
+        # Internals (SQL, paths, library messages) go to the server log only, never to the user.
         log.exception("job %s: unexpected error", job_id)
-        _fail(
-            sessions,
-            guard,
-            f"Training failed with an unexpected error: {type(exc).__name__}: {exc}",
+        return fail(
+            "Training failed with an unexpected error; the service's log has the details.",
             "internal_error",
         )
-        return "failed"
-    log.info("job %s: %s", job_id, status)
+    log.info("job %s: %s after %.1f s", job_id, status, time.monotonic() - started)
     return status

@@ -1,4 +1,4 @@
-"""The executor that runs job bodies, start-up recovery and the reaper.
+"""Executors run job bodies; the reaper thread drives the state machine's recovery passes.
 
 ``settings.executor`` picks the executor:
 
@@ -7,27 +7,26 @@
 - ``"tcp://host:port"``: a ``Client`` of an existing Dask scheduler (scale-out, with PostgreSQL);
 - ``"inline"``: one background thread of the API process (tests only).
 
-The executor only runs bodies; the database row is the job's state. Hence recovery is about rows:
-a running job whose worker is gone is re-queued (or failed after ``max_attempts``), and a queued
-job is (re)submitted - the body's atomic claim makes a double submission harmless.
+The executor only runs bodies; the database row is the job's state, and every transition is in
+``app.jobs.state``, which is handed the executor. Bodies are queued with a priority (higher runs
+first) so that keys share the workers fairly.
 """
 
+import heapq
+import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from sqlalchemy import select, update
+from fastapi import Depends, Request
 
 from app.core.config import settings
-from app.core.db import get_sessionmaker, utcnow
-from app.jobs import service as jobs
-from app.jobs.orm import Job
+from app.core.db import get_sessionmaker
+from app.jobs import state
 
 log = logging.getLogger("regula.worker")
 
@@ -38,8 +37,6 @@ BLAS_ENV = {
     "VECLIB_MAXIMUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1",
 }
-# A queued job whose body errors this many times before it could even claim the row is failed.
-MAX_SUBMIT_ERRORS = 3
 # Dask's defaults suit many short tasks; ours are few and long. Its background chores (event-loop
 # ticks every 20 ms, a statistical profiler sampling every 10 ms, system monitor, stealing) would
 # otherwise cost the API process - where the embedded scheduler and the client live - CPU that
@@ -62,7 +59,7 @@ def run_job(job_id: str, database_url: str, data_dir: str) -> str:
     # The database and data folder are the submitting service's (they may come from `regula
     # serve` flags the worker process never saw); the rest of the settings come from REGULA_*.
     with threadpool_limits(limits=1):
-        return training.run(job_id, database_url, Path(data_dir))
+        return training.run(job_id=job_id, database_url=database_url, data_dir=Path(data_dir))
 
 
 class Executor:
@@ -83,8 +80,8 @@ class Executor:
     def close(self) -> None:
         """Stop (or disconnect from) the workers."""
 
-    def submit(self, job_id: str) -> None:
-        """Queue the body of ``job_id``."""
+    def submit(self, job_id: str, *, priority: int = 0) -> None:
+        """Queue the body of ``job_id``; among waiting bodies a higher ``priority`` runs first."""
         raise NotImplementedError
 
     def discard(self, job_id: str) -> None:
@@ -107,12 +104,16 @@ class Executor:
 
 
 class InlineExecutor(Executor):
-    """One background thread of the API process runs the bodies in order (tests only)."""
+    """One background thread of the API process runs the bodies, by priority (tests only)."""
 
     def __init__(self) -> None:
         super().__init__()
-        # Items: a job id, an Event to set once everything before it ran (join), None to stop.
-        self._queue: queue.Queue[str | threading.Event | None] = queue.Queue()
+        # A heap of (-priority, sequence, job id); sequence keeps equal priorities in order.
+        self._heap: list[tuple[int, int, str]] = []
+        self._sequence = itertools.count()
+        self._ready = threading.Condition(self._lock)
+        self._stopping = False
+        self._running: str | None = None
         self._thread = threading.Thread(target=self._loop, name="regula-inline", daemon=True)
         self._failed: list[tuple[str, str]] = []
 
@@ -120,29 +121,44 @@ class InlineExecutor(Executor):
         self._thread.start()
 
     def close(self) -> None:
-        self._queue.put(None)
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
         self._thread.join(timeout=60)
 
-    def submit(self, job_id: str) -> None:
-        with self._lock:
+    def submit(self, job_id: str, *, priority: int = 0) -> None:
+        with self._ready:
             self._in_flight[job_id] = True
-        self._queue.put(job_id)
+            heapq.heappush(self._heap, (-priority, next(self._sequence), job_id))
+            self._ready.notify_all()
+
+    def discard(self, job_id: str) -> None:
+        with self._ready:
+            if job_id != self._running:
+                self._heap = [item for item in self._heap if item[2] != job_id]
+                heapq.heapify(self._heap)
+                self._in_flight.pop(job_id, None)
+            self._ready.notify_all()
 
     def join(self, timeout: float = 120.0) -> None:
         """Wait until every body submitted so far has run (tests)."""
-        done = threading.Event()
-        self._queue.put(done)
-        if not done.wait(timeout):
-            raise TimeoutError("the inline executor did not drain in time")
+        with self._ready:
+            if not self._ready.wait_for(lambda: not self._in_flight, timeout):
+                raise TimeoutError("the inline executor did not drain in time")
+
+    def _next(self) -> str | None:
+        with self._ready:
+            self._ready.wait_for(lambda: self._heap or self._stopping)
+            if self._stopping:
+                return None
+            self._running = heapq.heappop(self._heap)[2]
+            return self._running
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
+            item = self._next()
             if item is None:
                 return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
             try:
                 run_job(item, settings.database_url, str(settings.data_dir))
             except Exception as exc:  # the body catches its own errors; this is the DB being down
@@ -151,8 +167,10 @@ class InlineExecutor(Executor):
                     self._failed.append((item, f"{type(exc).__name__}: {exc}"))
                 self.wakeup.set()
             finally:
-                with self._lock:
+                with self._ready:
+                    self._running = None
                     self._in_flight.pop(item, None)
+                    self._ready.notify_all()
 
     def failures(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -194,7 +212,7 @@ class DaskExecutor(Executor):
         if self.cluster is not None:
             self.cluster.close()
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, *, priority: int = 0) -> None:
         # A unique key per attempt: Dask would otherwise hand back the previous (finished) future.
         key = f"regula-job-{job_id}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(
@@ -204,6 +222,7 @@ class DaskExecutor(Executor):
             str(settings.data_dir),
             key=key,
             pure=False,
+            priority=priority,
         )
         with self._lock:
             self._in_flight[job_id] = future
@@ -242,118 +261,6 @@ def make_executor(address: str) -> Executor:
     return DaskExecutor(address)
 
 
-_executor: Executor | None = None
-
-
-def get_executor() -> Executor | None:
-    """The running executor, if the service started one."""
-    return _executor
-
-
-def set_executor(executor: Executor | None) -> None:
-    """Install the executor used by ``submit`` (the lifespan does this)."""
-    global _executor
-    _executor = executor
-
-
-def discard(job_id: str) -> None:
-    """Tell the executor a queued job was cancelled: its pending body need not wait for a slot."""
-    if _executor is not None:
-        _executor.discard(job_id)
-
-
-def submit(job_id: str) -> None:
-    """Hand a committed, queued job to the executor (no-op with a warning if none is running)."""
-    if _executor is None:
-        # The row stays queued; start-up recovery or the reaper of a running service submits it.
-        log.warning("job %s: no executor running; it stays queued", job_id)
-        return
-    _executor.submit(job_id)
-
-
-# --- recovery and reaping -------------------------------------------------------------------------
-
-
-def recover(executor: Executor) -> dict[str, int]:
-    """Start-up: take back orphaned running jobs, then (re)submit every queued job."""
-    sessions = get_sessionmaker(settings.database_url)
-    requeued = failed = 0
-    with sessions() as session:
-        stale_only = not executor.owns_workers
-        for job_id, attempts in jobs.orphaned(session=session, all_running=not stale_only):
-            if jobs.requeue_or_fail(
-                session=session, job_id=job_id, attempts=attempts, only_if_stale=stale_only
-            ):
-                requeued += 1
-            else:
-                failed += 1
-        queued = jobs.queued_ids(session=session)
-    for job_id in queued:
-        executor.submit(job_id)
-    if queued or failed:
-        log.info(
-            "recovery: %d running job(s) re-queued, %d failed, %d queued job(s) submitted",
-            requeued,
-            failed,
-            len(queued),
-        )
-    return {"requeued": requeued, "failed": failed, "submitted": len(queued)}
-
-
-def _handle_failure(executor: Executor, job_id: str, reason: str) -> None:
-    """A body ended abnormally: take back its job if the row says it is still in progress."""
-    sessions = get_sessionmaker(settings.database_url)
-    with sessions() as session:
-        row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).first()
-        if row is None:
-            return
-        if row.status == "running":
-            if jobs.requeue_or_fail(session=session, job_id=job_id, attempts=row.attempts):
-                executor.submit(job_id)
-        elif row.status == "queued":
-            # The body died before it could claim the row (e.g. the task was cancelled).
-            if executor.note_submit_error(job_id) >= MAX_SUBMIT_ERRORS:
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == "queued")
-                    .values(
-                        status="failed",
-                        error=f"The job could not be started on a worker ({reason}).",
-                        error_code="worker_error",
-                        finished_at=utcnow(),
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                session.commit()
-            else:
-                executor.submit(job_id)
-
-
-def reap_once(executor: Executor) -> dict[str, int]:
-    """One reaper pass: stale heartbeats, failed futures, queued jobs nobody is running."""
-    sessions = get_sessionmaker(settings.database_url)
-    counts = {"stale": 0, "failed_futures": 0, "resubmitted": 0}
-    for job_id, reason in executor.failures():
-        counts["failed_futures"] += 1
-        log.warning("job %s: its task ended abnormally: %s", job_id, reason)
-        _handle_failure(executor, job_id, reason)
-    with sessions() as session:
-        for job_id, attempts in jobs.orphaned(session=session, all_running=False):
-            counts["stale"] += 1
-            if jobs.requeue_or_fail(
-                session=session, job_id=job_id, attempts=attempts, only_if_stale=True
-            ):
-                executor.submit(job_id)
-        # A queued job that no executor task will pick up (its submission was lost) gets one.
-        cutoff = utcnow() - timedelta(seconds=settings.stale_after_seconds)
-        stmt = select(Job.id).where(Job.status == "queued", Job.created_at < cutoff)
-        leftovers = [job_id for job_id in session.scalars(stmt) if not executor.in_flight(job_id)]
-    for job_id in leftovers:
-        counts["resubmitted"] += 1
-        executor.submit(job_id)
-    return counts
-
-
 class Reaper:
     """A thread that runs ``reap_once`` every few seconds (or at once when a task ends).
 
@@ -375,6 +282,10 @@ class Reaper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="regula-reaper", daemon=True)
 
+    @staticmethod
+    def _sessions() -> Any:
+        return get_sessionmaker(settings.database_url)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -391,7 +302,7 @@ class Reaper:
             if self._stop.is_set():
                 return
             try:
-                reap_once(self.executor)
+                state.reap_once(sessions=self._sessions(), executor=self.executor)
                 if (
                     self.housekeeping is not None
                     and time.monotonic() - last_housekeeping > self.housekeeping_every
@@ -406,8 +317,7 @@ def start_service(housekeeping: Callable[[], None] | None = None) -> tuple[Execu
     """Lifespan start: executor, recovery, reaper."""
     executor = make_executor(settings.executor)
     executor.start()
-    set_executor(executor)
-    recover(executor)
+    state.recover(sessions=get_sessionmaker(settings.database_url), executor=executor)
     reaper = Reaper(executor, housekeeping=housekeeping)
     reaper.start()
     return executor, reaper
@@ -416,5 +326,12 @@ def start_service(housekeeping: Callable[[], None] | None = None) -> tuple[Execu
 def stop_service(executor: Executor, reaper: Reaper) -> None:
     """Lifespan end: stop the reaper, then the executor."""
     reaper.stop()
-    set_executor(None)
     executor.close()
+
+
+def get_executor(request: Request) -> Executor | None:
+    """The executor the app's lifespan started (None outside a running app)."""
+    return getattr(request.app.state, "executor", None)
+
+
+ExecutorDep = Annotated[Executor | None, Depends(get_executor)]

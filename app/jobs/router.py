@@ -7,7 +7,8 @@ from fastapi import APIRouter, Body, Query, Response, status
 from app.core.auth import OwnerDep
 from app.core.deps import SessionDep
 from app.core.routing import MAX_OFFSET, JSONBodyRoute
-from app.jobs import service as service
+from app.jobs import service
+from app.jobs.executor import ExecutorDep
 from app.jobs.orm import Job
 from app.jobs.schemas import TRAINING_SPEC_EXAMPLE, JobHistory, JobRead, JobStatus, TrainingSpec
 
@@ -30,6 +31,7 @@ def _read(job: Job) -> JobRead:
     summary="Submit a training job",
     responses={
         202: {"description": "Queued; poll the Location URL."},
+        429: {"description": "Too many of this key's jobs are queued or running (Retry-After)."},
         422: {"description": "The spec is invalid; every failing field is named."},
     },
 )
@@ -59,10 +61,11 @@ def create_job(
     ],
     session: SessionDep,
     owner: OwnerDep,
+    executor: ExecutorDep,
     response: Response,
 ) -> JobRead:
     """Validate the spec completely, queue the job and return it (202, Location header)."""
-    job = service.create(session=session, spec_in=spec, owner_id=owner)
+    job = service.create(session=session, spec_in=spec, owner_id=owner, executor=executor)
     response.headers["Location"] = f"/jobs/{job.id}"
     return _read(job)
 
@@ -76,7 +79,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobRead]:
     """The caller's jobs, newest first, optionally only those of one status."""
-    found = service.list_(
+    found = service.list(
         session=session, owner_id=owner, status=status_, limit=limit, offset=offset
     )
     return [_read(job) for job in found]
@@ -94,9 +97,10 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
     summary="Cancel a job",
     responses={**ERRORS, 409: {"description": "The job has already finished."}},
 )
-def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
+def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep, executor: ExecutorDep) -> JobRead:
     """Cancel a queued job at once; a running job stops after its epoch and keeps its best model."""
-    return _read(service.cancel(session=session, job_id=job_id, owner_id=owner))
+    job = service.cancel(session=session, job_id=job_id, owner_id=owner, executor=executor)
+    return _read(job)
 
 
 @router.get(

@@ -1,30 +1,30 @@
-"""Jobs: validate a TrainingSpec completely, queue it, list, cancel, read the history, recover.
+"""Jobs: validate a TrainingSpec completely, queue it, get, list, cancel, read the history.
 
-The database row is the single source of truth for a job's state. Every state change here is a
-conditional ``UPDATE ... WHERE status = ...`` so that the API, the reaper and the workers can race
-without ever moving a job backwards.
+Every change of a job's state goes through ``app.jobs.state``; this module decides what may be
+queued (the spec against the engine's rules, the dataset and the service's limits).
 """
 
+from __future__ import annotations
+
+import builtins
 import itertools
 import logging
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 import engine
 from app.core.config import settings
-from app.core.db import utcnow
-from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound, TooManyJobs
 from app.core.ownership import owned
 from app.datasets.orm import Dataset
-from app.jobs.orm import FINISHED_STATUSES, EpochRecord, Job
+from app.jobs import state
+from app.jobs.executor import Executor
+from app.jobs.orm import EpochRecord, Job
 from app.jobs.schemas import TrainingSpec
 
 log = logging.getLogger("regula.jobs")
-
-WORKER_LOST = "the worker running this job was lost"
 
 
 class SpecInvalid(InvalidInput):
@@ -76,7 +76,7 @@ def _check_columns(
                 )
             )
     else:
-        features = list(spec_in.features)
+        features = builtins.list(spec_in.features)
         seen: set[str] = set()
         for i, name in enumerate(features):
             if name not in columns:
@@ -112,7 +112,7 @@ def _check_columns(
             _err(
                 ["target"],
                 f"target: dataset {dataset.name!r} has no column {target!r} "
-                f"(columns: {', '.join(list(columns)[:20])}).",
+                f"(columns: {', '.join(builtins.list(columns)[:20])}).",
                 "unknown_column",
             )
         )
@@ -251,7 +251,7 @@ def validate(
     try:
         normalized = engine.normalize_spec(spec_in.engine_spec())
     except engine.SpecError as exc:
-        raise SpecInvalid([_err(list(exc.loc), exc.msg, exc.code)]) from exc
+        raise SpecInvalid([_err(builtins.list(exc.loc), exc.msg, exc.code)]) from exc
     dataset = _dataset_for_spec(session=session, dataset_id=spec_in.dataset_id, owner_id=owner_id)
     features, errors = _check_columns(spec_in, normalized, dataset)
     errors += _check_limits(normalized, dataset, features)
@@ -261,17 +261,22 @@ def validate(
     return dataset, {**stored, **normalized}
 
 
-def create(*, session: Session, spec_in: TrainingSpec, owner_id: str | None) -> Job:
-    """Validate, insert a queued job, commit, then hand it to the executor."""
-    from app.jobs import executor as worker  # late: the worker module imports this one
-
+def create(
+    *, session: Session, spec_in: TrainingSpec, owner_id: str | None, executor: Executor | None
+) -> Job:
+    """Validate, check the caller's quota, queue the job and hand it to the executor."""
     dataset, spec = validate(session=session, spec_in=spec_in, owner_id=owner_id)
-    job = Job(owner_id=owner_id, dataset_id=dataset.id, spec=spec, status="queued")
-    session.add(job)
-    session.commit()
-    # Submitted only after the commit, so a worker never looks for a row that is not there yet.
-    worker.submit(job.id)
-    return job
+    unfinished = state.unfinished_count(session=session, owner_id=owner_id)
+    if unfinished >= settings.max_queued_per_key:
+        raise TooManyJobs(
+            f"You have {unfinished} jobs queued or running, this service's limit per API key "
+            f"(REGULA_MAX_QUEUED_PER_KEY = {settings.max_queued_per_key}); wait for one to "
+            "finish or cancel one.",
+            loc=["body"],
+            retry_after=settings.quota_retry_after_seconds,
+        )
+    job = Job(owner_id=owner_id, dataset_id=dataset.id, spec=spec)
+    return state.queue(session=session, job=job, executor=executor)
 
 
 def get(*, session: Session, job_id: str, owner_id: str | None) -> Job:
@@ -283,7 +288,7 @@ def get(*, session: Session, job_id: str, owner_id: str | None) -> Job:
     return job
 
 
-def list_(
+def list(
     *, session: Session, owner_id: str | None, status: str | None, limit: int, offset: int
 ) -> list[Job]:
     """The caller's jobs, newest first, optionally of one status."""
@@ -291,33 +296,15 @@ def list_(
     if status is not None:
         stmt = stmt.where(Job.status == status)
     stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    return list(session.scalars(stmt.options(selectinload(Job.model))))
+    return builtins.list(session.scalars(stmt.options(selectinload(Job.model))))
 
 
-def cancel(*, session: Session, job_id: str, owner_id: str | None) -> Job:
+def cancel(
+    *, session: Session, job_id: str, owner_id: str | None, executor: Executor | None
+) -> Job:
     """Cancel a queued job at once; ask a running one to stop after its current epoch."""
     job = get(session=session, job_id=job_id, owner_id=owner_id)
-    now = utcnow()
-    queued = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if queued.rowcount != 1:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == "running")
-            .values(cancel_requested=True)
-            .execution_options(synchronize_session=False)
-        )
-    session.commit()
-    session.refresh(job)
-    if queued.rowcount == 1:
-        from app.jobs import executor as worker  # late: the worker module imports this one
-
-        worker.discard(job.id)
-    elif job.status in FINISHED_STATUSES:
+    if state.cancel(session=session, job=job, executor=executor) == "finished":
         raise Conflict(
             f"Job {job.id!r} has already finished ({job.status}); there is nothing to cancel.",
             loc=["path", "job_id"],
@@ -330,73 +317,4 @@ def history(*, session: Session, job_id: str, owner_id: str | None) -> list[Epoc
     """The job's epoch records, in epoch order."""
     job = get(session=session, job_id=job_id, owner_id=owner_id)
     stmt = select(EpochRecord).where(EpochRecord.job_id == job.id).order_by(EpochRecord.epoch)
-    return list(session.scalars(stmt))
-
-
-# --- recovery -------------------------------------------------------------------------------------
-
-
-def _stale_cutoff() -> datetime:
-    return utcnow() - timedelta(seconds=settings.stale_after_seconds)
-
-
-def requeue_or_fail(
-    *, session: Session, job_id: str, attempts: int, only_if_stale: bool = False
-) -> bool:
-    """Take back a running job whose worker is gone: re-queue it (True) or fail it for good (False).
-
-    ``attempts`` is the value seen when the job was judged lost; if the row changed since (a worker
-    claimed it again, finished it, or - with ``only_if_stale`` - sent a heartbeat) nothing happens
-    and False is returned.
-    """
-    requeue = attempts < settings.max_attempts
-    guard = [Job.id == job_id, Job.status == "running", Job.attempts == attempts]
-    if only_if_stale:
-        guard.append(Job.heartbeat_at.is_(None) | (Job.heartbeat_at < _stale_cutoff()))
-    if requeue:
-        values: dict[str, Any] = {
-            "status": "queued",
-            "progress": 0.0,
-            "epochs_done": 0,
-            "started_at": None,
-            "heartbeat_at": None,
-            "worker": None,
-        }
-    else:
-        values = {
-            "status": "failed",
-            "error": f"{WORKER_LOST} (after {attempts} attempts).",
-            "error_code": "worker_lost",
-            "finished_at": utcnow(),
-        }
-    result = session.execute(
-        update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        session.rollback()
-        return False
-    if requeue:
-        # The next attempt starts from epoch 1; its history must not interleave with this one's.
-        session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id))
-    session.commit()
-    log.warning(
-        "job %s: worker lost (attempt %d); %s",
-        job_id,
-        attempts,
-        "re-queued" if requeue else "failed",
-    )
-    return requeue
-
-
-def orphaned(*, session: Session, all_running: bool) -> list[tuple[str, int]]:
-    """Running jobs whose worker is presumed gone: all of them, or those with a stale heartbeat."""
-    stmt = select(Job.id, Job.attempts).where(Job.status == "running")
-    if not all_running:
-        stmt = stmt.where(Job.heartbeat_at.is_(None) | (Job.heartbeat_at < _stale_cutoff()))
-    return [(row.id, row.attempts) for row in session.execute(stmt)]
-
-
-def queued_ids(*, session: Session) -> list[str]:
-    """Ids of queued jobs, oldest first."""
-    stmt = select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
-    return list(session.scalars(stmt))
+    return builtins.list(session.scalars(stmt))

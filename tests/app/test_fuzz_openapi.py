@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from app.core import migrate
 from app.core.config import settings as app_settings
 from app.core.db import get_db, get_sessionmaker
-from app.jobs import executor as worker
+from app.jobs.executor import get_executor
 from app.main import create_app
 
 MAX_EXAMPLES = 100
@@ -92,7 +92,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             # Fuzzed specs are accepted and stored but never trained: a generated model can be
             # huge (up to 64 layers of 100,000 units), and running it would fuzz the host's
             # memory rather than the API.
-            mp.setattr(worker, "submit", lambda job_id: None)
+            APP.dependency_overrides[get_executor] = lambda: None
             yield dict(IDS)
         APP.dependency_overrides.clear()
 

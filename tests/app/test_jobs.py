@@ -12,10 +12,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import settings
-from app.core.db import utcnow
+from app.core.db import get_sessionmaker, utcnow
 from app.jobs import body as training
 from app.jobs import executor as worker
 from app.jobs import service as jobs_service
+from app.jobs import state
 from app.jobs.orm import EpochRecord, Job
 from app.jobs.schemas import TRAINING_SPEC_EXAMPLE, TrainingSpec
 from app.models.orm import Model
@@ -108,7 +109,7 @@ class RecordingExecutor(worker.Executor):
         self.submitted: list[str] = []
         self.failed: list[tuple[str, str]] = []
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, *, priority: int = 0) -> None:
         self.submitted.append(job_id)
 
     def failures(self) -> list[tuple[str, str]]:
@@ -254,7 +255,7 @@ def test_cancel_queued_job_cancels_at_once_and_it_never_runs(
     assert response.json()["finished_at"] is not None
     client.post(f"/jobs/{blocker}/cancel")
     wait(client, blocker)
-    worker.get_executor().join()  # the cancelled job's body has had its turn
+    client.app.state.executor.join()  # the cancelled job's body has had its turn
     row = session.get(Job, queued)
     session.refresh(row)
     assert row.status == "cancelled" and row.attempts == 0 and row.model is None
@@ -321,7 +322,9 @@ def test_unexpected_error_fails_the_job_not_leaves_it_running(
     job_id = client.post("/jobs", json=spec_for(dataset["id"])).json()["id"]
     job = wait(client, job_id)
     assert job["status"] == "failed" and job["error_code"] == "internal_error"
-    assert "disk on fire" in job["error"]
+    # The user gets our sentence; the exception itself goes to the server log only.
+    assert "disk on fire" not in job["error"]
+    assert "unexpected error" in job["error"]
 
 
 # --- the claim ------------------------------------------------------------------------------------
@@ -346,16 +349,15 @@ def test_a_worker_that_lost_its_claim_writes_nothing(
 ) -> None:
     dataset = upload(client, classification_csv())
     job = insert_job(session, dataset)
-    sessions = training.get_sessionmaker(db_url)
-    attempt = training.claim(sessions, job.id)
+    sessions = get_sessionmaker(db_url)
+    attempt = state.claim(sessions, job.id, "test:1")
     assert attempt == 1
     # The reaper judges the worker lost and re-queues the job...
-    assert jobs_service.requeue_or_fail(session=session, job_id=job.id, attempts=1)
-    guard = [Job.id == job.id, Job.status == "running", Job.attempts == attempt]
-    callback = training._epoch_callback(sessions, job.id, guard, epochs=5)
+    assert state.requeue_or_fail(session=session, job_id=job.id, attempts=1)
+    history = training.HistoryWriter(sessions, job.id, attempt, epochs=5, flush_seconds=0.0)
     # ...so the old worker's next epoch report is refused and nothing is written.
-    with pytest.raises(training.LostClaim):
-        callback({"epoch": 1, "loss": 0.5})
+    with pytest.raises(state.LostClaim):
+        history({"epoch": 1, "loss": 0.5})
     session.refresh(job)
     assert job.status == "queued" and job.epochs_done == 0
     assert session.scalar(select(func.count()).where(EpochRecord.job_id == job.id)) == 0
@@ -388,7 +390,7 @@ def test_reaper_requeues_a_stale_running_job(client: TestClient, session: Sessio
     stale = _running(session, dataset, age=settings.stale_after_seconds + 60)
     fresh = _running(session, dataset, age=0.0)
     executor = RecordingExecutor(owns_workers=False)
-    counts = worker.reap_once(executor)
+    counts = state.reap_once(sessions=get_sessionmaker(settings.database_url), executor=executor)
     assert counts["stale"] == 1
     assert executor.submitted == [stale.id]
     session.expire_all()
@@ -404,7 +406,7 @@ def test_reaper_fails_a_stale_job_out_of_attempts(client: TestClient, session: S
     dataset = upload(client, classification_csv())
     job = _running(session, dataset, age=1000, attempts=settings.max_attempts)
     executor = RecordingExecutor(owns_workers=False)
-    worker.reap_once(executor)
+    state.reap_once(sessions=get_sessionmaker(settings.database_url), executor=executor)
     assert executor.submitted == []
     session.expire_all()
     row = session.get(Job, job.id)
@@ -420,7 +422,7 @@ def test_reaper_requeues_a_running_job_whose_task_died(
     job = _running(session, dataset, age=0.0)  # heartbeat still fresh
     executor = RecordingExecutor(owns_workers=False)
     executor.failed = [(job.id, "KilledWorker: worker died")]
-    counts = worker.reap_once(executor)
+    counts = state.reap_once(sessions=get_sessionmaker(settings.database_url), executor=executor)
     assert counts["failed_futures"] == 1
     assert executor.submitted == [job.id]
     session.expire_all()
@@ -435,7 +437,7 @@ def test_startup_recovery_requeues_running_and_submits_queued(
     spent = _running(session, dataset, age=0.0, attempts=settings.max_attempts)
     queued = insert_job(session, dataset)
     executor = RecordingExecutor(owns_workers=True)  # a new local cluster: all running are lost
-    result = worker.recover(executor)
+    result = state.recover(sessions=get_sessionmaker(settings.database_url), executor=executor)
     assert result == {"requeued": 1, "failed": 1, "submitted": 2}
     assert sorted(executor.submitted) == sorted([running.id, queued.id])
     session.expire_all()
@@ -449,7 +451,7 @@ def test_startup_recovery_with_remote_workers_keeps_live_jobs(
     dataset = upload(client, classification_csv())
     live = _running(session, dataset, age=0.0)
     executor = RecordingExecutor(owns_workers=False)
-    worker.recover(executor)
+    state.recover(sessions=get_sessionmaker(settings.database_url), executor=executor)
     assert executor.submitted == []
     session.expire_all()
     assert session.get(Job, live.id).status == "running"
@@ -458,7 +460,9 @@ def test_startup_recovery_with_remote_workers_keeps_live_jobs(
 def test_requeued_job_runs_again_from_epoch_one(client: TestClient, session: Session) -> None:
     dataset = upload(client, classification_csv())
     job = _running(session, dataset, age=1000)
-    worker.reap_once(worker.get_executor())  # the real inline executor reruns it
+    state.reap_once(
+        sessions=get_sessionmaker(settings.database_url), executor=client.app.state.executor
+    )  # the real inline executor reruns it
     done = wait(client, job.id)
     assert done["status"] == "succeeded" and done["attempts"] == 2
     epochs = [e["epoch"] for e in client.get(f"/jobs/{job.id}/history").json()["epochs"]]
