@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     max_epoch_rows: int = Field(default=2_000_000_000, ge=1)
     max_predict_rows: int = Field(default=100_000, ge=1)
     # Estimated peak memory of one training job (weights, gradients, optimizer state, activations).
-    max_job_memory_mb: int = Field(default=4096, ge=1)
+    max_job_memory_mb: int = Field(default=4096, ge=1, le=1_048_576)
+    # A model's weights must fit one database value (SQLite and PostgreSQL cap those at 1 GB)
+    # and the prediction cache; larger networks are refused at submit.
+    max_model_mb: int = Field(default=256, ge=1, le=1000)
+    # A classification target with more distinct values than this is refused at submit.
+    max_classes: int = Field(default=1000, ge=2, le=100_000)
     job_timeout_seconds: float = Field(default=3600.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0, le=3600)
     # Epoch rows are written at most this often (one commit per flush), and logged this often.

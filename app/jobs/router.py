@@ -79,7 +79,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobRead]:
     """The caller's jobs, newest first, optionally only those of one status."""
-    found = service.list(
+    found = service.list_(
         session=session, owner_id=owner, status=status_, limit=limit, offset=offset
     )
     return [_read(job) for job in found]

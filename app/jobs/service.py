@@ -6,8 +6,6 @@ queued (the spec against the engine's rules, the dataset and the service's limit
 
 from __future__ import annotations
 
-import builtins
-import itertools
 import logging
 from typing import Any
 
@@ -15,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 import engine
+import engine.footprint
 from app.core.config import settings
 from app.core.errors import Conflict, InvalidInput, NotFound, TooManyJobs
 from app.core.ownership import owned
@@ -58,6 +57,18 @@ def _dataset_for_spec(*, session: Session, dataset_id: str, owner_id: str | None
     return dataset
 
 
+def _n_classes(column: dict[str, Any]) -> int | None:
+    """The target's class count from its column summary (None when the profile does not say)."""
+    distinct = column.get("distinct")
+    if (
+        distinct is None
+        and column.get("min") is not None
+        and column.get("min") == column.get("max")
+    ):
+        return 1  # a constant numeric column
+    return None if distinct is None else int(distinct)
+
+
 def _check_columns(
     spec_in: TrainingSpec, normalized: dict[str, Any], dataset: Dataset
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -76,7 +87,7 @@ def _check_columns(
                 )
             )
     else:
-        features = builtins.list(spec_in.features)
+        features = list(spec_in.features)
         seen: set[str] = set()
         for i, name in enumerate(features):
             if name not in columns:
@@ -112,7 +123,7 @@ def _check_columns(
             _err(
                 ["target"],
                 f"target: dataset {dataset.name!r} has no column {target!r} "
-                f"(columns: {', '.join(builtins.list(columns)[:20])}).",
+                f"(columns: {', '.join(list(columns)[:20])}).",
                 "unknown_column",
             )
         )
@@ -127,13 +138,7 @@ def _check_columns(
             )
         )
     task, loss = normalized["task"], normalized["loss"]
-    distinct = column.get("distinct")
-    if (
-        distinct is None
-        and column.get("min") is not None
-        and column.get("min") == column.get("max")
-    ):
-        distinct = 1  # numeric summaries carry min/max, not a distinct count
+    distinct = _n_classes(column)
     if task == "regression":
         if column.get("dtype") != "number":
             errors.append(
@@ -174,43 +179,67 @@ def _check_columns(
     return features, errors
 
 
-def _job_memory_bytes(normalized: dict[str, Any], dataset: Dataset, features: list[str]) -> int:
-    """A lower bound on a job's peak memory, from the spec and the dataset's column summaries.
-
-    Per weight: the weight, its gradient and up to two optimizer buffers; per hidden or output unit
-    and batch row: the activation, its gradient and a dropout mask; plus the encoded inputs; plus
-    the validation split's one-pass evaluation each epoch (a layer's input and output at once).
-    """
+def _footprint(
+    normalized: dict[str, Any], dataset: Dataset, features: list[str], target: str
+) -> engine.footprint.Footprint:
+    """What this job will hold in memory and store, from the spec and the column summaries."""
     columns = {c["name"]: c for c in dataset.columns}
     n_inputs = sum(
         (columns[name].get("distinct") or 1) if columns[name]["dtype"] == "string" else 1
         for name in features
         if name in columns
     )
-    n_outputs = 1 if normalized["task"] == "regression" else 2
-    widths = [n_inputs, *normalized["model"]["hidden_layers"], n_outputs]
-    n_weights = sum(a * b for a, b in itertools.pairwise(widths))
-    units = sum(widths[1:])
-    itemsize = 8 if normalized["dtype"] == "float64" else 4
-    batch = min(normalized["batch_size"], dataset.rows)
-    val_rows = int(dataset.rows * (normalized.get("validation_split") or 0.0))
-    evaluation = val_rows * 2 * max(widths[1:])
-    return itemsize * (4 * n_weights + 3 * batch * units + dataset.rows * n_inputs + evaluation)
+    n_outputs = 1
+    if normalized["task"] == "classification" and normalized["loss"] != "binary_cross_entropy":
+        n_outputs = _n_classes(columns.get(target, {})) or 2
+    return engine.footprint.footprint(
+        normalized,
+        n_rows=dataset.rows,
+        n_columns=len(features),
+        n_inputs=n_inputs,
+        n_outputs=n_outputs,
+    )
 
 
 def _check_limits(
-    normalized: dict[str, Any], dataset: Dataset, features: list[str]
+    normalized: dict[str, Any], dataset: Dataset, features: list[str], target: str
 ) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
-    needed_mb = _job_memory_bytes(normalized, dataset, features) / 2**20
+    column = next((c for c in dataset.columns if c["name"] == target), {})
+    classes = _n_classes(column)
+    if normalized["task"] == "classification" and classes and classes > settings.max_classes:
+        errors.append(
+            _err(
+                ["target"],
+                f"target: column {target!r} has {classes:,}"
+                f"{'+' if column.get('distinct_capped') else ''} distinct values, over this "
+                f"service's limit of {settings.max_classes:,} classes (REGULA_MAX_CLASSES); "
+                "is it an identifier or a numeric target for regression?",
+                "too_many_classes",
+            )
+        )
+    size = _footprint(normalized, dataset, features, target)
+    model_mb = size.model / 2**20
+    if model_mb > settings.max_model_mb:
+        errors.append(
+            _err(
+                ["model", "hidden_layers"],
+                f"model: this network has {size.parameters:,} parameters ({model_mb:,.0f} MB), "
+                f"over this service's limit of {settings.max_model_mb:,} MB per model "
+                "(REGULA_MAX_MODEL_MB): it could be neither stored nor served.",
+                "model_too_large",
+            )
+        )
+    needed_mb = size.total / 2**20
     if needed_mb > settings.max_job_memory_mb:
         errors.append(
             _err(
                 ["model", "hidden_layers"],
-                f"model: this network and batch size need at least {needed_mb:,.0f} MB of memory "
-                f"(weights, gradients and activations), over this service's limit of "
-                f"{settings.max_job_memory_mb:,} MB per job; use fewer or narrower hidden layers "
-                "or a smaller batch_size.",
+                f"model: this job needs about {needed_mb:,.0f} MB of memory (the data and its "
+                f"encoding, weights with their gradients and optimizer state, activations and "
+                f"the validation pass), over this service's limit of "
+                f"{settings.max_job_memory_mb:,} MB per job (REGULA_MAX_JOB_MEMORY_MB); use "
+                "fewer or narrower hidden layers, a smaller batch_size or fewer rows.",
                 "limit_exceeded",
             )
         )
@@ -251,10 +280,10 @@ def validate(
     try:
         normalized = engine.normalize_spec(spec_in.engine_spec())
     except engine.SpecError as exc:
-        raise SpecInvalid([_err(builtins.list(exc.loc), exc.msg, exc.code)]) from exc
+        raise SpecInvalid([_err(list(exc.loc), exc.msg, exc.code)]) from exc
     dataset = _dataset_for_spec(session=session, dataset_id=spec_in.dataset_id, owner_id=owner_id)
     features, errors = _check_columns(spec_in, normalized, dataset)
-    errors += _check_limits(normalized, dataset, features)
+    errors += _check_limits(normalized, dataset, features, spec_in.target)
     if errors:
         raise SpecInvalid(errors)
     stored = {"dataset_id": dataset.id, "target": spec_in.target, "features": features}
@@ -288,7 +317,7 @@ def get(*, session: Session, job_id: str, owner_id: str | None) -> Job:
     return job
 
 
-def list(
+def list_(
     *, session: Session, owner_id: str | None, status: str | None, limit: int, offset: int
 ) -> list[Job]:
     """The caller's jobs, newest first, optionally of one status."""
@@ -296,7 +325,7 @@ def list(
     if status is not None:
         stmt = stmt.where(Job.status == status)
     stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    return builtins.list(session.scalars(stmt.options(selectinload(Job.model))))
+    return list(session.scalars(stmt.options(selectinload(Job.model))))
 
 
 def cancel(
@@ -317,4 +346,4 @@ def history(*, session: Session, job_id: str, owner_id: str | None) -> list[Epoc
     """The job's epoch records, in epoch order."""
     job = get(session=session, job_id=job_id, owner_id=owner_id)
     stmt = select(EpochRecord).where(EpochRecord.job_id == job.id).order_by(EpochRecord.epoch)
-    return builtins.list(session.scalars(stmt))
+    return list(session.scalars(stmt))

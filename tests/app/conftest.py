@@ -1,5 +1,9 @@
-"""API tests run on a temporary SQLite file migrated by Alembic, handed in through get_db."""
+"""API tests run on a temporary SQLite file migrated by Alembic, handed in through get_db.
 
+Alembic runs once per test session into a template file; each test gets a copy of it.
+"""
+
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +16,19 @@ from app.core.config import settings
 from app.core.db import get_db, get_sessionmaker
 
 
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per test session."""
+    path = tmp_path_factory.mktemp("template") / "regula.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def db_url(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite database at head, with settings pointing at it and at a temp data dir."""
+    shutil.copyfile(template_db, tmp_path / "regula.db")
     url = f"sqlite:///{tmp_path / 'regula.db'}"
-    migrate.upgrade(url)
     monkeypatch.setattr(settings, "database_url", url)
     monkeypatch.setattr(settings, "data_dir", tmp_path / "data")
     monkeypatch.setattr(settings, "executor", "inline")
