@@ -5,17 +5,20 @@ through ``app.jobs.state`` and is guarded by ``status = 'running' AND attempts =
 if the reaper took the job back (the worker was presumed lost) a late writer changes nothing.
 """
 
+import contextlib
 import logging
 import math
 import os
+import resource
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from sqlalchemy.orm import Session, sessionmaker
 
 import engine
@@ -52,6 +55,41 @@ def worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@contextlib.contextmanager
+def memory_limit(budget_bytes: int) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``budget_bytes`` meanwhile.
+
+    An allocation past the cap raises ``MemoryError`` in the job (failed as ``out_of_memory``)
+    instead of the machine swapping. Only for a process that runs one job at a time (a Dask
+    worker with one thread): the cap is the whole process's.
+    """
+    current = psutil.Process().memory_info().vms
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = current + budget_bytes
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _memory_guard() -> contextlib.AbstractContextManager[None]:
+    """The job's memory cap on a one-thread Dask worker; nothing in the API process (inline)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return contextlib.nullcontext()
+    if worker.state.nthreads != 1:
+        return contextlib.nullcontext()
+    # The submit-time estimate is held to the limit; the margin covers the interpreter's own
+    # allocations and temporaries the estimate leaves out.
+    return memory_limit(int(settings.max_job_memory_mb * 2**20 * MEMORY_MARGIN))
+
+
 class Heartbeat:
     """A daemon thread refreshing the attempt's heartbeat: a long epoch is not a lost worker."""
 
@@ -85,6 +123,30 @@ def _finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+# Runtime memory cap = REGULA_MAX_JOB_MEMORY_MB times this.
+MEMORY_MARGIN = 1.25
+
+# Values whose squares overflow float32 (about 1.8e19): a loss over them is inf from the start.
+HUGE_VALUE = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def _divergence_reason(spec: dict[str, Any], dataset: Dataset) -> str | None:
+    """Name the column that made training diverge, when its profile shows values too large."""
+    used = {spec["target"], *spec["features"]}
+    for column in dataset.columns:
+        if column["name"] not in used or column.get("dtype") != "number":
+            continue
+        extreme = max(abs(column.get("min") or 0.0), abs(column.get("max") or 0.0))
+        if extreme > HUGE_VALUE:
+            role = "target" if column["name"] == spec["target"] else "feature"
+            return (
+                f"Training diverged: {role} column {column['name']!r} holds values up to "
+                f"{extreme:.3g}, too large for the network's arithmetic; rescale that column "
+                "(e.g. to other units, or its logarithm)."
+            )
+    return None
 
 
 def _fmt(value: Any) -> str:
@@ -248,7 +310,8 @@ def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
             # The time limit covers loading too; the engine checks it before every mini-batch.
             remaining = settings.job_timeout_seconds - (time.monotonic() - started)
             try:
-                model = engine.fit(spec, X, y, callbacks=[history], max_seconds=remaining)
+                with _memory_guard():
+                    model = engine.fit(spec, X, y, callbacks=[history], max_seconds=remaining)
             finally:
                 history.flush()
             status = state.finish(
@@ -269,10 +332,19 @@ def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
             f"seconds (stopped during epoch {exc.epoch}).",
             "timeout",
         )
-    except (engine.InputError, engine.SpecError) as exc:
+    except engine.SpecError as exc:
+        if exc.code == "diverged":
+            return fail(_divergence_reason(job.spec, dataset) or exc.msg, exc.code)
+        return fail(exc.msg, exc.code)
+    except engine.InputError as exc:
         return fail(exc.msg, exc.code)
     except MemoryError:
-        return fail("The job ran out of memory on its worker.", "out_of_memory")
+        return fail(
+            f"The job needed more memory than this service allows per job "
+            f"({settings.max_job_memory_mb:,} MB, REGULA_MAX_JOB_MEMORY_MB); use a smaller "
+            "network, batch_size or dataset.",
+            "out_of_memory",
+        )
     except Exception:
         # Internals (SQL, paths, library messages) go to the server log only, never to the user.
         log.exception("job %s: unexpected error", job_id)

@@ -18,7 +18,7 @@ from app.jobs import executor as executors
 from app.jobs import state
 from app.jobs.executor import get_executor
 from app.jobs.orm import EpochRecord, Job
-from tests.app.test_jobs import classification_csv, spec_for, upload
+from tests.app.test_jobs import classification_csv, spec_for, upload, wait
 
 
 def _numeric_dataset(session: Session, *, rows: int, columns: int, target: dict[str, Any]) -> str:
@@ -229,3 +229,12 @@ def test_history_rows_are_written_in_batches_not_one_commit_per_epoch(
     session.expire_all()
     assert session.query(EpochRecord).filter_by(job_id=job_id).count() == 100
     assert session.get(Job, job_id).epochs_done == 100
+
+
+def test_a_run_that_diverges_on_huge_values_names_the_column(client: TestClient) -> None:
+    lines = ["x,big,y"] + [f"{i % 7},{(i % 5 + 1) * 1e300},{i % 3}" for i in range(60)]
+    dataset = upload(client, ("\n".join(lines) + "\n").encode())
+    spec = spec_for(dataset["id"], target="y", loss="mse", standardize=False)
+    job = wait(client, client.post("/jobs", json=spec).json()["id"])
+    assert job["status"] == "failed" and job["error_code"] == "diverged", job
+    assert "'big'" in job["error"] and "learning_rate" not in job["error"]
