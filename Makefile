@@ -5,12 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Two pytest workers: the machines this project targets have two cores.
+PYTEST := $(BIN)/pytest -p no:cacheprovider
+FAST := -m "not integration" tests/engine tests/app
 
-.PHONY: serve migrate test lint format lint-docker bench clean-venv
+.PHONY: serve migrate test test-fast test-integration lint typecheck format lint-docker bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The project and its dev extra, reinstalled when pyproject.toml changes.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
 
 # Start the service locally on the embedded default (SQLite ./regula.db, Dask LocalCluster).
 serve: $(BIN)/python
@@ -21,33 +29,42 @@ migrate: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/regula migrate
 
-# Lint, format check and the whole test suite. pytest's exit code 5 ("no tests collected") is
-# reported but not treated as a failure; every other non-zero code is.
-test: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+# Everything CI runs: lint, format check, type check, the fast lane, then the integration tests
+# (real servers, Dask workers, PostgreSQL, a real browser). pytest's exit code 5 ("no tests
+# collected") is reported but not treated as a failure; every other non-zero code is.
+test: lint typecheck
+	@$(MAKE) --no-print-directory test-fast
+	@$(MAKE) --no-print-directory test-integration
+
+# Engine and app unit tests: no subprocesses, two workers.
+test-fast: $(VENV)/.dev-installed
+	@status=0; $(PYTEST) -n 2 $(FAST) $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
 	exit $$status
 
-lint: $(BIN)/python
+test-integration: $(VENV)/.dev-installed
+	@status=0; $(PYTEST) -m integration tests $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
+	exit $$status
+
+lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(BIN)/python
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy engine app
+
+format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 # The Dockerfile through hadolint, the compose file against the compose-spec JSON schema.
-lint-docker: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+lint-docker: $(VENV)/.dev-installed
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
-# Benchmarks against peers; the `bench` extra brings PyTorch (CPU) and scikit-learn.
-bench: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+# Benchmarks against peers (PyTorch CPU and scikit-learn come with the dev extra).
+bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
 
 clean-venv:

@@ -334,6 +334,7 @@ def test_keys_are_stored_hashed(world: World) -> None:
         assert key[12:].encode() not in raw
 
 
+@pytest.mark.integration  # a subprocess
 def test_cli_keys_create_prints_a_working_key(world: World) -> None:
     env = {**os.environ, "REGULA_DATABASE_URL": world.url}
     done = subprocess.run(

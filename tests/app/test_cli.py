@@ -14,6 +14,7 @@ from app.core.db import make_engine
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.integration  # a subprocess
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sub' / 'regula.db'}"  # the folder does not exist yet
     done = subprocess.run(
