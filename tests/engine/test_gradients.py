@@ -99,7 +99,9 @@ def test_dense_dropconnect_gradients_with_seeded_mask():
 
 
 @pytest.mark.parametrize(
-    "make", [Sigmoid, Tanh, ReLU, lambda: LeakyReLU(0.1), Linear], ids=["sigmoid", "tanh", "relu", "leaky_relu", "linear"]
+    "make",
+    [Sigmoid, Tanh, ReLU, lambda: LeakyReLU(0.1), Linear],
+    ids=["sigmoid", "tanh", "relu", "leaky_relu", "linear"],
 )
 def test_activation_gradients(make):
     rng = np.random.default_rng(SEED)
