@@ -30,6 +30,24 @@ REDOC_URL = "/redoc"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 
 
+# The pages may load nothing from another host: the browser refuses (and never sends) such
+# requests. ReDoc's sidebar, for one, shows a logo from its vendor's CDN, with no option to hide it.
+_SAME_ORIGIN = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'"
+)
+CSP_DASHBOARD = f"{_SAME_ORIGIN}; script-src 'self'"
+# Swagger UI's page starts it from an inline script.
+CSP_SWAGGER_UI = f"{_SAME_ORIGIN}; script-src 'self' 'unsafe-inline'"
+CSP_REDOC = f"{_SAME_ORIGIN}; script-src 'self'"
+
+
+def _same_origin_only(response: HTMLResponse, policy: str) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = policy
+    return response
+
+
 def _prefix(request: Request) -> str:
     # Behind a proxy that strips a path prefix, every URL the pages load must carry it back.
     return request.scope.get("root_path", "").rstrip("/")
@@ -43,13 +61,17 @@ def mount(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
         """The dashboard (a static page that reads the API's own JSON and event stream)."""
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            media_type="text/html",
+            headers={"Content-Security-Policy": CSP_DASHBOARD},
+        )
 
     @app.get(DOCS_URL, include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
         """Swagger UI from the vendored swagger-ui-dist."""
         root = _prefix(request)
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=root + openapi_url,
             title=f"{title} - Swagger UI",
             swagger_js_url=f"{root}/static/{SWAGGER_UI}/swagger-ui-bundle.js",
@@ -59,6 +81,7 @@ def mount(app: FastAPI) -> None:
             # Swagger UI's default validator badge is an image fetched from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+        return _same_origin_only(page, CSP_SWAGGER_UI)
 
     @app.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
     def swagger_ui_redirect() -> HTMLResponse:
@@ -69,12 +92,13 @@ def mount(app: FastAPI) -> None:
     def redoc(request: Request) -> HTMLResponse:
         """ReDoc from the vendored standalone bundle, without Google Fonts."""
         root = _prefix(request)
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=root + openapi_url,
             title=f"{title} - ReDoc",
             redoc_js_url=f"{root}/static/{REDOC}/redoc.standalone.js",
             redoc_favicon_url=f"{root}/static/favicon.svg",
             with_google_fonts=False,
         )
+        return _same_origin_only(page, CSP_REDOC)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -19,17 +19,18 @@ function axisValues(_u, splits) {
 }
 
 /** Keep a chart as wide as its box (laptop or phone). Returns a disconnect function. */
-function fitWidth(el, chart, height) {
+function fitWidth(card, box, chart, height) {
   if (typeof ResizeObserver !== "function") return () => {};
-  let last = widthOf(el);
+  let last = widthOf(box);
   const ro = new ResizeObserver(() => {
-    const w = widthOf(el);
+    const w = widthOf(box);
     if (w !== last) {
       last = w;
       chart.setSize({ width: w, height });
     }
   });
-  ro.observe(el);
+  // The card, not the chart box: the box's content is the chart itself.
+  ro.observe(card);
   return () => ro.disconnect();
 }
 
@@ -43,7 +44,7 @@ export function epochChart(container, { id, title, series, yLabel, sync, height 
   const card = h("figure", { class: "chart-card" }, h("figcaption", {}, title), box);
   container.append(card);
   const opts = {
-    width: widthOf(container),
+    width: widthOf(box),
     height,
     cursor: sync ? { sync: { key: sync } } : {},
     legend: { live: true },
@@ -67,7 +68,7 @@ export function epochChart(container, { id, title, series, yLabel, sync, height 
   };
   const empty = [[], ...series.map(() => [])];
   const chart = new uPlot(opts, empty, box);
-  const disconnect = fitWidth(container, chart, height);
+  const disconnect = fitWidth(card, box, chart, height);
   return {
     /** Draw these records (sorted by epoch). */
     set(records) {
@@ -104,7 +105,7 @@ export function overlayChart(container, { id, title, runs, key, yLabel, height =
     }),
   ];
   const opts = {
-    width: widthOf(container),
+    width: widthOf(box),
     height,
     scales: { x: { time: false } },
     axes: [
@@ -123,7 +124,7 @@ export function overlayChart(container, { id, title, runs, key, yLabel, height =
     ],
   };
   const chart = new uPlot(opts, data, box);
-  const disconnect = fitWidth(container, chart, height);
+  const disconnect = fitWidth(card, box, chart, height);
   return {
     destroy() {
       disconnect();
@@ -144,7 +145,7 @@ export function histogramChart(container, { id, title, histogram, log = false, h
   const centres = counts.map((_c, i) => (edges[i] + edges[i + 1]) / 2);
   const ys = counts.map((c) => (log && c <= 0 ? null : c));
   const opts = {
-    width: widthOf(container),
+    width: widthOf(box),
     height,
     scales: { x: { time: false }, y: log ? { distr: 3 } : { range: (_u, _min, max) => [0, max || 1] } },
     axes: [
@@ -164,7 +165,7 @@ export function histogramChart(container, { id, title, histogram, log = false, h
     ],
   };
   const chart = new uPlot(opts, [centres, ys], box);
-  const disconnect = fitWidth(container, chart, height);
+  const disconnect = fitWidth(card, box, chart, height);
   return {
     destroy() {
       disconnect();

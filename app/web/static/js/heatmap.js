@@ -36,7 +36,7 @@ export function heatmap({ id, values, rowNames = [], dropped = new Set(), width 
   const showLabels = cellH >= 9;
   const labelW = showLabels ? Math.min(180, 12 + 7 * Math.max(0, ...rowNames.map((n) => String(n).length))) : 0;
   const cellW = Math.max(2, Math.min(36, Math.floor((width - labelW - 8) / Math.max(1, M))));
-  const headH = cellW >= 14 ? 16 : 4;
+  const headH = cellW >= 6 ? 16 : 4;
   const cssW = labelW + cellW * M;
   const cssH = headH + cellH * D;
   const dpr = window.devicePixelRatio || 1;
@@ -59,7 +59,9 @@ export function heatmap({ id, values, rowNames = [], dropped = new Set(), width 
   if (headH > 4) {
     g.fillStyle = "#666";
     g.textAlign = "center";
-    for (let j = 0; j < M; j++) g.fillText(String(j), labelW + j * cellW + cellW / 2, headH / 2);
+    // Every k-th unit number, so that two-digit numbers never run into each other.
+    const every = Math.ceil((M >= 10 ? 20 : 12) / cellW);
+    for (let j = 0; j < M; j += every) g.fillText(String(j), labelW + j * cellW + cellW / 2, headH / 2);
   }
   g.textAlign = "right";
   for (let i = 0; i < D; i++) {
@@ -108,8 +110,12 @@ export function heatmap({ id, values, rowNames = [], dropped = new Set(), width 
     h("span", {}, fmt(-maxAbs, 3)),
     h("span", { class: "gradient" }),
     h("span", {}, fmt(maxAbs, 3)),
-    h("span", { class: "swatch", style: { background: ZERO_COLOR } }),
-    h("span", {}, `exact zero (${zeros} of ${D * M})`),
+    h(
+      "span",
+      { class: "zero-key" },
+      h("span", { class: "swatch", style: { background: ZERO_COLOR } }),
+      ` exact zero (${zeros} of ${D * M})`,
+    ),
   );
   return h("div", { class: "heatmap" }, h("div", { class: "heatmap-scroll" }, canvas), legend, tip);
 }

@@ -1,7 +1,7 @@
 // Hash router: #/datasets, #/datasets/ID, #/jobs, #/jobs/new, #/jobs/ID, #/models, #/models/ID,
 // #/compare?ids=a,b. Each page module exports render(root, ctx) and may return a cleanup function
 // (closing event streams, timers, charts) that runs when the user navigates away.
-import { initAuthPanel } from "./api.js";
+import { ApiError, initAuthPanel } from "./api.js";
 import { h, notice, replace } from "./dom.js";
 import * as compare from "./pages/compare.js";
 import * as datasets from "./pages/datasets.js";
@@ -68,6 +68,11 @@ async function route() {
     else if (typeof result === "function") result();
   } catch (err) {
     if (mine !== generation) return;
+    if (err instanceof ApiError && err.status === 401) {
+      // The key field above is open; saving a key reloads this page.
+      replace(root, notice("info", `${err.message} Paste an API key above.`, "auth-needed"));
+      return;
+    }
     console.error(err);
     replace(
       root,

@@ -50,9 +50,12 @@ export async function render(root, ctx) {
               }),
           },
           { label: "Job", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, h("code", {}, short(j.id))) },
-          { label: "Status", cell: (j) => statusBadge(j.status) },
+          {
+            label: "Status",
+            cell: (j) => h("span", { title: j.error || null }, statusBadge(j.status)),
+          },
           { label: "Progress", class: "num", cell: (j) => pct(j.progress, 0) },
-          { label: "Spec", cell: (j) => specSummary(j.spec) },
+          { label: "Spec", class: "wrap", cell: (j) => specSummary(j.spec) },
           { label: "Created", cell: (j) => when(j.created_at) },
           {
             label: "Model",
