@@ -236,3 +236,16 @@ def test_vendored_files_are_unchanged() -> None:
     assert len(sums) >= 10
     for digest, rel in sums:
         assert hashlib.sha256((VENDOR / rel).read_bytes()).hexdigest() == digest, rel
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/redoc"])
+def test_pages_forbid_other_hosts(client: TestClient, path: str) -> None:
+    """A same-origin Content-Security-Policy: the browser never fetches from another host."""
+    policy = client.get(path).headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'self'"
+    for name in ("img-src", "script-src", "connect-src", "style-src", "font-src"):
+        sources = directives[name].split()
+        assert "'self'" in sources
+        assert set(sources) <= {"'self'", "'unsafe-inline'", "data:", "blob:"}, (name, sources)
+    assert "'unsafe-inline'" not in directives["script-src"] or path == "/docs"

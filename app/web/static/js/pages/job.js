@@ -138,14 +138,24 @@ export async function render(root, ctx) {
     const parts = [];
     if (job.status === "succeeded" && job.model_id) {
       parts.push(
-        notice("info", "Training finished. "),
-        h("a", { id: "model-link", class: "btn", href: `#/models/${job.model_id}` }, "Open the model"),
+        h(
+          "div",
+          { class: "notice info", role: "status" },
+          "Training finished.",
+          h("a", { id: "model-link", class: "btn", href: `#/models/${job.model_id}` }, "Open the model"),
+        ),
       );
     } else if (job.status === "cancelled") {
-      parts.push(notice("info", "The job was cancelled."));
-      if (job.model_id) {
-        parts.push(h("a", { id: "model-link", class: "btn", href: `#/models/${job.model_id}` }, "Open the model it kept"));
-      }
+      parts.push(
+        h(
+          "div",
+          { class: "notice info", role: "status" },
+          "The job was cancelled.",
+          job.model_id
+            ? h("a", { id: "model-link", class: "btn", href: `#/models/${job.model_id}` }, "Open the model it kept")
+            : null,
+        ),
+      );
     } else if (job.status === "failed") {
       parts.push(
         notice("error", `Failed${job.error_code ? ` (${job.error_code})` : ""}: ${job.error || "no reason given"}`, "job-error"),
