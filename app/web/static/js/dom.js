@@ -95,18 +95,18 @@ export function notice(kind, text, id) {
   return h("div", { class: `notice ${kind}`, role: kind === "error" ? "alert" : "status", id }, text);
 }
 
-/** A table; columns: [{label, cell: row => node|string, class}], rowAttrs: row => attrs. */
+/** A table; columns: [{label, cell: (row, index) => node|string, class}], rowAttrs: row => attrs. */
 export function table(columns, rows, { id, rowAttrs, empty = "Nothing yet." } = {}) {
   const head = h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.class }, c.label))));
   const body = h(
     "tbody",
     {},
     rows.length
-      ? rows.map((row) =>
+      ? rows.map((row, i) =>
           h(
             "tr",
             rowAttrs ? rowAttrs(row) : {},
-            columns.map((c) => h("td", { class: c.class }, c.cell(row))),
+            columns.map((c) => h("td", { class: c.class }, c.cell(row, i))),
           ),
         )
       : h("tr", { class: "empty" }, h("td", { colspan: columns.length }, empty)),

@@ -1,7 +1,7 @@
 // #/compare?ids=a,b[&metric=val_loss]: several jobs' curves of one quantity overlaid.
 import { get } from "../api.js";
-import { overlayChart } from "../charts.js";
-import { h, notice, replace, short, statusBadge, when } from "../dom.js";
+import { overlayChart, PALETTE } from "../charts.js";
+import { h, notice, replace, short, statusBadge, table, when } from "../dom.js";
 import { specSummary } from "./job.js";
 
 const QUANTITIES = ["loss", "val_loss", "data_loss", "penalty", "metric", "val_metric", "zero_fraction", "learning_rate"];
@@ -90,7 +90,7 @@ export async function render(root, ctx) {
   }
   const runs = histories
     .filter((r) => !r.error)
-    .map((r) => ({ ...r, label: `${short(r.id)} ${specSummary((byId.get(r.id) || {}).spec)}` }));
+    .map((r) => ({ ...r, label: short(r.id) }));
   const chart = overlayChart(chartBox, {
     id: "compare-chart",
     title: `${metric} per epoch`,
@@ -98,5 +98,26 @@ export async function render(root, ctx) {
     key: metric,
     yLabel: metric,
   });
+  // The spec of each line, in the chart's colours (the legend keeps only the short ids).
+  chartBox.append(
+    h(
+      "section",
+      { class: "card" },
+      table(
+        [
+          {
+            label: "",
+            cell: (_r, i) => h("span", { class: "swatch", style: { background: PALETTE[i % PALETTE.length] } }),
+          },
+          { label: "Job", cell: (r) => h("a", { href: `#/jobs/${r.id}` }, h("code", {}, short(r.id))) },
+          { label: "Status", cell: (r) => statusBadge((byId.get(r.id) || {}).status || "?") },
+          { label: "Epochs", class: "num", cell: (r) => String(r.records.length) },
+          { label: "Spec", class: "wrap", cell: (r) => specSummary((byId.get(r.id) || {}).spec) },
+        ],
+        runs,
+        { id: "compare-legend" },
+      ),
+    ),
+  );
   return () => chart.destroy();
 }
