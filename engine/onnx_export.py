@@ -14,8 +14,8 @@ Graph, for raw features ``x_j`` and the network of :mod:`engine.network`::
              in float64 as engine.preprocess does, then Cast to the model's dtype
     strings  ai.onnx.ml OneHotEncoder(cats_strings = training categories, zeros = 1) -> [N, K]
     Z        Concat(Zn, one-hots) -> [N, F]; the rows of W_1 are permuted to this column order
-    network  Dense -> MatMul + Add; relu, sigmoid, tanh, leaky_relu (LeakyRelu), prelu (PRelu with the
-             per-unit slopes), linear -> nothing; Dropout: inverted -> nothing (identity at
+    network  Dense -> MatMul + Add; relu, sigmoid, tanh, leaky_relu (LeakyRelu), prelu (PRelu with
+             the per-unit slopes), linear -> nothing; Dropout: inverted -> nothing (identity at
              predict), standard -> Mul by keep = 1 - rate (its predict-time scaling); DropConnect
              Dense -> plain MatMul (inverted scaling leaves W unchanged at predict)
     outputs  classification: ``label`` [N] (the model's classes, through a constant Gather:
@@ -142,9 +142,7 @@ def _encode_inputs(g: _Graph, model: Model) -> tuple[list[onnx.ValueInfoProto], 
         categories = pre.categories[j]
         if not categories:
             continue  # no encoded column: the input is accepted and unused
-        hot = g.op(
-            "OneHotEncoder", [pre.feature_names[j]], "hot", cats_strings=categories, zeros=1
-        )
+        hot = g.op("OneHotEncoder", [pre.feature_names[j]], "hot", cats_strings=categories, zeros=1)
         hot = g.op("Reshape", [hot, g.const("shape", np.array([-1, len(categories)]))], "hot")
         if elem != TensorProto.FLOAT:
             hot = g.op("Cast", [hot], "hot", to=elem)
@@ -177,7 +175,9 @@ def _network(g: _Graph, model: Model, Z: str, perm: np.ndarray) -> str:
         elif isinstance(layer, PReLU):
             alpha = np.asarray(layer.params["alpha"], dtype=dtype)
             out = g.op("PRelu", [out, g.const("alpha", alpha)], "a")
-        elif isinstance(layer, Linear) or (isinstance(layer, Dropout) and layer.identity_at_predict):
+        elif isinstance(layer, Linear) or (
+            isinstance(layer, Dropout) and layer.identity_at_predict
+        ):
             continue
         elif isinstance(layer, Dropout) and layer.mode == "standard":
             keep = np.asarray(1.0 - layer.rate, dtype=dtype)

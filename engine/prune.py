@@ -1,8 +1,8 @@
 """Pruned serving copies of a trained model: only the inputs and hidden units that matter.
 
-L1 and group-L1 leave exact zeros behind. A raw feature whose first-layer rows ``W_1[G_j, :]`` are all
-zero contributes nothing to any prediction, and a hidden unit whose weights are zero on one side is
-either constant or invisible:
+L1 and group-L1 leave exact zeros behind. A raw feature whose first-layer rows ``W_1[G_j, :]`` are
+all zero contributes nothing to any prediction, and a hidden unit whose weights are zero on one side
+is either constant or invisible:
 
 - unit ``m`` of hidden layer ``k`` with all-zero *incoming* weights ``W_k[:, m]`` has the constant
   pre-activation ``b_k[m]``, so its output is the constant ``a_m = f(b_k[m])`` (``f`` = the
@@ -50,21 +50,22 @@ def _blocks(network: Network) -> tuple[list[Dense], list[list[Layer]]]:
     (input dropout) act elementwise on the input and keep no parameters: pruning leaves them be."""
     dense: list[Dense] = []
     between: list[list[Layer]] = []
+    current: list[Layer] = []
     for layer in network.layers:
         if isinstance(layer, Dense):
             if dense:
                 between.append(current)
             dense.append(layer)
-            current: list[Layer] = []
+            current = []
         elif dense:
             current.append(layer)
     return dense, between
 
 
 def _constant_outputs(b: np.ndarray, layers: list[Layer]) -> np.ndarray:
-    """Predict-time output ``(M,)`` of ``layers`` (activation, dropout) for the pre-activation ``b``:
-    the value of every unit whose incoming weights are all zero. The layers' own ``predict`` is
-    used, so the activation formula lives only in :mod:`engine.layers`."""
+    """Predict-time output ``(M,)`` of ``layers`` (activation, dropout) for the pre-activation
+    ``b``: the value of every unit whose incoming weights are all zero. The layers' own
+    ``predict`` is used, so the activation formula lives only in :mod:`engine.layers`."""
     out = b.reshape(1, -1).copy()  # ReLU may work in place
     for layer in layers:
         out = layer.predict(out)

@@ -6,11 +6,11 @@ tests/engine/test_sklearn.py for the few checks that do not apply).
 
 Parameters are the spec's fields, flattened (``engine.spec`` documents each one)::
 
-    hidden_layers, activation, init, leaky_slope      -> spec["model"]
-    loss                                              -> spec["loss"]
-    l1, l2, group_l1, l1_method                       -> spec["regularization"]
-    dropout (hidden rate), input_dropout, dropout_mode -> spec["dropout"] {"hidden", "input", "mode"}
-    optimizer, learning_rate, momentum, nesterov, decay -> spec["optimizer"] {"name", ...}
+    hidden_layers, activation, init, leaky_slope         -> spec["model"]
+    loss                                                 -> spec["loss"]
+    l1, l2, group_l1, l1_method                          -> spec["regularization"]
+    dropout, input_dropout, dropout_mode                 -> spec["dropout"] {hidden, input, mode}
+    optimizer, learning_rate, momentum, nesterov, decay  -> spec["optimizer"] {name, ...}
     epochs, batch_size, validation_split, shuffle, seed, early_stopping, standardize, dtype
 
 A parameter left at ``None`` takes *the spec's default* (``engine.default_spec()``: hidden layers
@@ -168,7 +168,7 @@ class _RegulaEstimator(BaseEstimator):
             "dtype": self.dtype,
         }
 
-    def __sklearn_tags__(self):  # noqa: ANN204 (sklearn's Tags)
+    def __sklearn_tags__(self):  # sklearn.utils.Tags
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True  # imputed with the training mean by the engine
         if tags.classifier_tags is not None:
