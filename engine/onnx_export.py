@@ -79,7 +79,9 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name=name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], stem: str, *, out: str | None = None, **attrs):
+    def op(
+        self, op_type: str, inputs: list[str], stem: str, *, out: str | None = None, **attrs: Any
+    ) -> str:
         output = out or self.name(stem)
         domain = "ai.onnx.ml" if op_type == "OneHotEncoder" else ""
         self.nodes.append(
