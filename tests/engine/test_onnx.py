@@ -210,3 +210,35 @@ def test_feature_named_like_an_output_is_refused():
     model = _fit(X[:, :3], y, ["label", "b", "c"], epochs=1, regularization={"l1": 0.0})
     with pytest.raises(ValueError, match="clashes"):
         to_onnx(model)
+
+
+@pytest.mark.parametrize(
+    ("labels", "elem"),
+    [
+        (np.array([3, 7]), np.int64),
+        (np.array([False, True]), np.bool_),
+        (np.array([0.5, 2.5]), np.float64),
+        (np.array(["neg", "pos"], dtype=object), object),
+    ],
+)
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "binary_cross_entropy"])
+def test_labels_keep_their_type(labels, elem, loss):
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    X = X[:, :5]
+    model = _fit(X, labels[y], loss=loss, epochs=3, regularization={"l1": 0.0})
+    columns = {f"x{j}": X[:, j] for j in range(5)}
+    out, _ = _run(model, columns)
+    assert out["label"].dtype == elem
+    np.testing.assert_array_equal(out["label"], model.predict(X))
+
+
+def test_importing_engine_loads_neither_onnx_nor_sklearn():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, engine, engine.prune; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
