@@ -115,6 +115,20 @@ def _prune_weights(
     return out_W, out_b, kept
 
 
+def _with_widths(spec: dict, widths: list[int]) -> dict:
+    """A copy of ``spec`` whose hidden Dense layers have ``widths`` units, whether the spec says
+    ``model.hidden_layers`` or lists ``model.layers`` (``dense`` entries, in order)."""
+    spec = copy.deepcopy(spec)
+    section = spec["model"]
+    if section.get("layers") is not None:
+        dense = [entry for entry in section["layers"] if entry.get("type") == "dense"]
+        for entry, units in zip(dense, widths, strict=True):
+            entry["units"] = units
+    else:
+        section["hidden_layers"] = widths
+    return spec
+
+
 def prune(model: Model) -> Model:
     """A copy of ``model`` without the inputs and hidden units that cannot change a prediction.
 
@@ -126,10 +140,11 @@ def prune(model: Model) -> Model:
     Returns
     -------
     Model
-        ``feature_names`` = :func:`required_features`; the spec's ``hidden_layers`` give the pruned
-        widths; ``predict`` / ``predict_proba`` equal the original's up to rounding (module
-        docstring) on any rows, whatever the values of the columns it no longer reads. Classes,
-        history, metrics and ``stopped`` are the original's.
+        ``feature_names`` = :func:`required_features`; the spec's hidden widths (``hidden_layers``
+        or the ``dense`` entries of ``model.layers``) are the pruned ones; ``predict`` /
+        ``predict_proba`` equal the original's up to rounding (module docstring) on any rows,
+        whatever the values of the columns it no longer reads. Classes, history, metrics and
+        ``stopped`` are the original's.
     """
     network = model.network
     pre = model.preprocessor
@@ -157,8 +172,7 @@ def prune(model: Model) -> Model:
         pre.fill[features],
         standardize=pre.standardize,
     )
-    spec = copy.deepcopy(model.spec)
-    spec["model"]["hidden_layers"] = [len(units) for units in kept]
+    spec = _with_widths(model.spec, [len(units) for units in kept])
 
     from engine.network import Network  # as in engine.model: importing engine stays light
 
