@@ -1,0 +1,210 @@
+"""Pruned serving copies of a trained model: only the inputs and hidden units that matter.
+
+L1 and group-L1 leave exact zeros behind. A raw feature whose first-layer rows ``W_1[G_j, :]`` are
+all zero contributes nothing to any prediction, and a hidden unit whose weights are zero on one side
+is either constant or invisible:
+
+- unit ``m`` of hidden layer ``k`` with all-zero *incoming* weights ``W_k[:, m]`` has the constant
+  pre-activation ``b_k[m]``, so its output is the constant ``a_m = f(b_k[m])`` (``f`` = the
+  activation and, in ``standard`` dropout mode, the predict-time scaling ``keep``). It is removed
+  and its contribution folded into the next bias: ``b_{k+1} += a_m * W_{k+1}[m, :]``;
+- unit ``m`` with all-zero *outgoing* weights ``W_{k+1}[m, :]`` is removed outright.
+
+Removing units can create new such units (a unit whose only non-zero inputs were constant units),
+so the forward pass (constant units, input layer first) runs before the backward pass (invisible
+units, output layer first), which together reach the fixed point. A raw feature is then *required*
+iff some weight of its block of the pruned ``W_1`` is non-zero: the rule of
+:func:`engine.sparsity.weight_stats` applied to the pruned network, so it drops the features
+``engine.sparsity`` reports as dropped plus those whose weights only reach removed units.
+
+The pruned model predicts the same values as the original (the folded biases are summed in float64
+and rounded once, so outputs agree to rounding, not bit for bit) from rows holding only the
+required features; other columns are ignored or may be absent. Output units are never removed. A
+layer that would lose every unit keeps one with zero outgoing weights, and a model that needs no
+feature keeps its first (a network needs an input), so the result is always a valid model:
+``prune(model).to_bytes()`` loads with :func:`engine.load`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine.layers import Dense, PReLU
+from engine.model import Model
+from engine.preprocess import Preprocessor
+from engine.sparsity import weight_stats
+
+if TYPE_CHECKING:
+    from engine.layers import Layer
+    from engine.network import Network
+
+__all__ = ["prune", "required_features"]
+
+
+def _blocks(network: Network) -> tuple[list[Dense], list[list[Layer]]]:
+    """``(dense, between)``: the Dense layers in order and, for each Dense but the last, the layers
+    after it up to the next Dense (activation, hidden dropout). Layers before the first Dense
+    (input dropout) act elementwise on the input and keep no parameters: pruning leaves them be."""
+    dense: list[Dense] = []
+    between: list[list[Layer]] = []
+    current: list[Layer] = []
+    for layer in network.layers:
+        if isinstance(layer, Dense):
+            if dense:
+                between.append(current)
+            dense.append(layer)
+            current = []
+        elif dense:
+            current.append(layer)
+    return dense, between
+
+
+def _constant_outputs(b: np.ndarray, layers: list[Layer]) -> np.ndarray:
+    """Predict-time output ``(M,)`` of ``layers`` (activation, dropout) for the pre-activation
+    ``b``: the value of every unit whose incoming weights are all zero. The layers' own
+    ``predict`` is used, so the activation formula lives only in :mod:`engine.layers`."""
+    out = b.reshape(1, -1).copy()  # ReLU may work in place
+    for layer in layers:
+        out = layer.predict(out)
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def _prune_weights(
+    dense: list[Dense], between: list[list[Layer]]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """``(Ws, bs, kept)``: pruned float64 weights and biases, and the kept unit indices of every
+    hidden layer (see the module docstring). ``Ws[0]`` keeps every input row."""
+    Ws = [np.array(d.params["W"], dtype=np.float64) for d in dense]
+    bs = [np.array(d.params["b"], dtype=np.float64) for d in dense]
+    H = len(dense) - 1
+    kept = [np.arange(W.shape[1]) for W in Ws[:H]]
+
+    # Forward: constant units, folded into the next layer's bias.
+    for k in range(H):
+        rows = slice(None) if k == 0 else kept[k - 1]
+        incoming = Ws[k][rows][:, kept[k]]
+        constant = ~incoming.any(axis=0)
+        if not constant.any():
+            continue
+        values = _constant_outputs(bs[k], between[k])
+        units = kept[k][constant]
+        bs[k + 1] = bs[k + 1] + values[units] @ Ws[k + 1][units]
+        if constant.all():
+            # Keep one unit so the layer exists; its value is folded, so it must not count twice.
+            Ws[k + 1][units[0]] = 0.0
+            kept[k] = units[:1]
+        else:
+            kept[k] = kept[k][~constant]
+
+    # Backward: units nobody reads.
+    for k in range(H - 1, -1, -1):
+        cols = slice(None) if k == H - 1 else kept[k + 1]
+        outgoing = Ws[k + 1][kept[k]][:, cols]
+        read = outgoing.any(axis=1)
+        kept[k] = kept[k][read] if read.any() else kept[k][:1]
+
+    out_W = []
+    for k, W in enumerate(Ws):
+        rows = slice(None) if k == 0 else kept[k - 1]
+        cols = slice(None) if k == H else kept[k]
+        out_W.append(W[rows][:, cols])
+    out_b = [b if k == H else b[kept[k]] for k, b in enumerate(bs)]
+    return out_W, out_b, kept
+
+
+def _with_widths(spec: dict, widths: list[int]) -> dict:
+    """A copy of ``spec`` whose hidden Dense layers have ``widths`` units, whether the spec says
+    ``model.hidden_layers`` or lists ``model.layers`` (``dense`` entries, in order)."""
+    spec = copy.deepcopy(spec)
+    section = spec["model"]
+    if section.get("layers") is not None:
+        dense = [entry for entry in section["layers"] if entry.get("type") == "dense"]
+        for entry, units in zip(dense, widths, strict=True):
+            entry["units"] = units
+    else:
+        section["hidden_layers"] = widths
+    return spec
+
+
+def prune(model: Model) -> Model:
+    """A copy of ``model`` without the inputs and hidden units that cannot change a prediction.
+
+    Parameters
+    ----------
+    model : Model
+        A fitted model (any loss, activation and dropout mode).
+
+    Returns
+    -------
+    Model
+        ``feature_names`` = :func:`required_features`; the spec's hidden widths (``hidden_layers``
+        or the ``dense`` entries of ``model.layers``) are the pruned ones; ``predict`` /
+        ``predict_proba`` equal the original's up to rounding (module docstring) on any rows,
+        whatever the values of the columns it no longer reads. Classes, history, metrics and
+        ``stopped`` are the original's.
+    """
+    network = model.network
+    pre = model.preprocessor
+    dense, between = _blocks(network)
+    Ws, bs, kept = _prune_weights(dense, between)
+
+    selected = set(
+        weight_stats(
+            Ws,
+            groups=pre.groups,
+            feature_names=pre.feature_names,
+            layer_names=[f"dense{k}" for k in range(len(Ws))],
+        )["selected_features"]
+    )
+    features = [j for j, name in enumerate(pre.feature_names) if name in selected] or [0]
+    rows = np.concatenate([np.arange(*pre.groups[j]) for j in features]).astype(np.intp)
+    Ws[0] = Ws[0][rows]
+
+    pruned_pre = Preprocessor(
+        [pre.feature_names[j] for j in features],
+        [pre.kinds[j] for j in features],
+        [pre.categories[j] for j in features],
+        pre.center[features],
+        pre.scale[features],
+        pre.fill[features],
+        standardize=pre.standardize,
+    )
+    spec = _with_widths(model.spec, [len(units) for units in kept])
+
+    from engine.network import Network  # as in engine.model: importing engine stays light
+
+    pruned_net = Network.build(
+        spec, pruned_pre.n_features_out, model.n_outputs, rng=np.random.default_rng(0)
+    )
+    # Each parameter's new value, found by the layer that owns it in the original network; the
+    # rebuilt network has the same layers in the same order, hence the same parameter names.
+    dtype = network.dtype
+    values: dict[int, dict[str, np.ndarray]] = {}
+    for k, layer in enumerate(dense):
+        values[id(layer)] = {"W": Ws[k].astype(dtype), "b": bs[k].astype(dtype)}
+    for k, layers in enumerate(between):
+        for layer in layers:
+            if isinstance(layer, PReLU):
+                values[id(layer)] = {"alpha": layer.params["alpha"][kept[k]].copy()}
+    pruned_net.set_weights(
+        {name: values[id(layer)][key] for name, layer, key in network.param_refs}
+    )
+    return Model(
+        spec=spec,
+        network=pruned_net,
+        preprocessor=pruned_pre,
+        classes=model.classes,
+        history=model.history,
+        metrics=model.metrics,
+        stopped=model.stopped,
+        n_inputs=pruned_pre.n_features_out,
+        n_outputs=model.n_outputs,
+    )
+
+
+def required_features(model: Model) -> list[str]:
+    """Raw features a prediction of ``model`` reads, in input order (those of :func:`prune`)."""
+    return prune(model).feature_names
