@@ -434,11 +434,13 @@ def _network_max(spec: dict, data: _Data, param: str, feature_names: list[str]) 
     _, dscores = make_loss(spec["loss"], spec["loss_params"])(scores, Y)
     model.network.backward(dscores)
     lam = max(_gradient_max(model.network.dense_layers[0].grads["W"], param), 1e-12)
+    every = np.arange(data.n)
     for _ in range(_MAX_DOUBLINGS):
+        # the fit of the path's first point on all rows (engine.fit splits off validation itself)
         check = engine.fit(
             _with_value(spec, param, lam),
-            data.take_x(data.train_rows),
-            data.take_y(data.train_rows),
+            data.take_x(every),
+            data.take_y(every),
             feature_names=feature_names,
         )
         if _first_layer_zero(check):
@@ -970,6 +972,22 @@ def _point_stats(
     return total_nonzero, selected, norms.tolist()
 
 
+def _warm(previous: Any) -> dict[str, Any]:
+    """``warm_start=previous`` once ``engine.fit`` accepts it (its signature says so), else {}.
+
+    A path wants each point to start from the previous point's weights (glmnet's warm starts);
+    until ``engine.fit`` takes initial weights every point is a cold start from the seeded
+    initialisation.
+    """
+    import inspect
+
+    import engine
+
+    if previous is None or "warm_start" not in inspect.signature(engine.fit).parameters:
+        return {}
+    return {"warm_start": previous}
+
+
 def _run_split(
     spec: dict,
     data: _Data,
@@ -1041,6 +1059,7 @@ def _run_split(
     losses, metrics, models = [], [], []
     nonzero, selected, norms_list, coef, coef_names = [], [], [], [], []
     linear = _is_linear(spec)
+    previous = None
     for k, value in enumerate(grid):
         clock.check()
         left = clock.remaining()
@@ -1051,7 +1070,9 @@ def _run_split(
             y_all,
             feature_names=data.names,
             max_seconds=left,
+            **_warm(previous),
         )
+        previous = model
         extra: dict[str, Any] = {}
         if len(held):
             Z = model.preprocessor.transform(
