@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
-from sklearn.linear_model import ElasticNet, LassoCV, LogisticRegressionCV, lasso_path
+from sklearn.linear_model import ElasticNet, LassoCV, LogisticRegressionCV, Ridge, lasso_path
 from sklearn.model_selection import KFold
 
 import engine
@@ -136,6 +136,19 @@ def test_1se_rule_is_largest_value_within_one_standard_error(diabetes):
     np.testing.assert_allclose(se, folds.std(axis=0, ddof=1) / np.sqrt(5))
 
 
+def test_ridge_path_matches_sklearn_ridge(diabetes):
+    X, y = diabetes
+    values = [10.0, 1.0, 0.1, 0.01]
+    result = path(lasso_spec(), X, y, param="regularization.l2", values=values, folds=3)
+    assert result.grid == values
+    for point in result.points:
+        # (1/N)||r||^2 + l2 ||w||^2 = (1/N) (||r||^2 + N l2 ||w||^2): Ridge(alpha = N l2)
+        ref = Ridge(alpha=len(y) * point["value"]).fit(X, y)
+        np.testing.assert_allclose(point["coef"], ref.coef_, rtol=1e-8, atol=1e-8)
+        assert point["intercept"] == pytest.approx(ref.intercept_)
+    assert result.chosen["1se"] >= result.chosen["min"]
+
+
 def test_final_model_is_engine_fit_at_the_chosen_value(diabetes):
     X, y = diabetes
     result = path(lasso_spec(), X, y, num=15, folds=3)
@@ -219,7 +232,7 @@ def test_l1_logistic_choice_within_one_grid_step_of_sklearn():
         "model": {"hidden_layers": []},
         "loss": "binary_cross_entropy",
         "optimizer": {"name": "fista"},
-        "epochs": 600,
+        "epochs": 300,  # one FISTA iteration per epoch (batch = all rows)
         "batch_size": len(y),
         "standardize": False,
         "dtype": "float64",
@@ -239,8 +252,8 @@ def test_l1_logistic_choice_within_one_grid_step_of_sklearn():
             solver="saga",
             cv=cv,
             scoring="neg_log_loss",
-            tol=1e-4,
-            max_iter=2000,
+            tol=1e-3,
+            max_iter=1000,
             use_legacy_attributes=False,
         ).fit(X, y)
     sk_l1 = 1.0 / (n_train * float(np.atleast_1d(sk.C_)[0]))
@@ -300,3 +313,24 @@ def test_group_l1_mlp_path_keeps_the_informative_features(mlp_path):
 def test_group_l1_mlp_path_count_is_monotone_in_lambda(mlp_path):
     counts = [len(p["selected_features"]) for p in mlp_path.points]
     assert counts == sorted(counts)
+
+
+def test_dropout_rate_path_scores_each_rate_and_refits_the_chosen_one(diabetes):
+    X, y = diabetes
+    spec = {
+        "task": "regression",
+        "model": {"hidden_layers": [8]},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "epochs": 5,
+        "validation_split": 0.25,
+        "standardize": False,
+    }
+    result = path(spec, X, y, param="dropout.hidden", values=[0.0, 0.5, 0.25])
+    assert result.grid == [0.5, 0.25, 0.0]  # strongest regularization first
+    assert result.solver == "fit"
+    assert all(np.isfinite(p["cv_loss"]) and p["nonzero"] > 0 for p in result.points)
+    assert result.model.spec["dropout"]["hidden"] == result.chosen_value
+    # the model is the path's own fit at that rate: its validation loss is the point's, plus
+    # the (zero) penalty
+    point = result.points[result.chosen_index]
+    assert result.model.metrics["val_loss"] == pytest.approx(point["cv_loss"], rel=1e-5)
