@@ -598,7 +598,12 @@ class _ActiveSet:
         P = self.Minv[:m, :m] @ U
         Sinv = _inv(C - U.T @ P)
         PS = P @ Sinv
-        upd = np.matmul(PS, P.T, out=self._scratch[:m, :m])
+        try:
+            # P Sinv P^T = R R^T with R = P chol(Sinv): a symmetric product (BLAS syrk)
+            R = P @ np.linalg.cholesky(Sinv)
+            upd = np.matmul(R, R.T, out=self._scratch[:m, :m])
+        except np.linalg.LinAlgError:
+            upd = np.matmul(PS, P.T, out=self._scratch[:m, :m])
         np.add(self.Minv[:m, :m], upd, out=self.Minv[:m, :m])
         self.Minv[:m, m:end] = -PS
         self.Minv[m:end, :m] = -PS.T
@@ -827,7 +832,8 @@ class _GramCache:
         self.pre = pre
         self.Z = Z  # (N, F) every row, the encoding of every fold
         self.rows = rows  # the training rows (sorted)
-        Zt, yt = Z[rows], yv[rows]
+        every = len(rows) == Z.shape[0]  # then rows is arange(N): no gather
+        Zt, yt = (Z, yv) if every else (Z[rows], yv[rows])
         self.mu = Zt.mean(axis=0)
         self.my = float(yt.mean())
         self.Z0 = Zt - self.mu
@@ -867,7 +873,7 @@ def _gram_path(
 
     def gram_row(v: np.ndarray) -> np.ndarray:
         nz = np.flatnonzero(v)
-        if len(nz) * 4 < F:
+        if len(nz) * 8 < F:
             return v[nz] @ G[nz]
         return G @ v
 
