@@ -395,14 +395,22 @@ def _gradient_max(grad: np.ndarray, param: str) -> float:
     return float(np.abs(grad).max(initial=0.0))
 
 
-def _closed_form_max(spec: dict, data: _Data, param: str) -> float | None:
-    """lambda_max of a linear model with mse / bce / softmax from its gradient at W = 0."""
+def _closed_form_max(
+    spec: dict, data: _Data, param: str, encoded: np.ndarray | None = None
+) -> float | None:
+    """lambda_max of a linear model with mse / bce / softmax from its gradient at W = 0.
+
+    ``encoded``: the training rows' encoding ``Z`` when the caller has it already.
+    """
     loss = spec["loss"]
     if not _is_linear(spec) or loss not in ("mse", "binary_cross_entropy", "softmax_cross_entropy"):
         return None
     rows = data.train_rows
-    _, Z = data.encode(rows, spec["standardize"])
-    Z = Z[rows]
+    if encoded is None:
+        _, Z = data.encode(rows, spec["standardize"])
+        Z = Z[rows] if len(rows) < data.n else Z
+    else:
+        Z = encoded
     Y = _targets_matrix(data, rows, loss)
     # At the optimal intercept the residual has zero mean, so X needs no centring.
     resid = Y - Y.mean(axis=0)
@@ -469,11 +477,11 @@ def lambda_max(
     return _lambda_max(spec, data, param)
 
 
-def _lambda_max(spec: dict, data: _Data, param: str) -> float:
+def _lambda_max(spec: dict, data: _Data, param: str, encoded: np.ndarray | None = None) -> float:
     if param.startswith("dropout."):
         return _DROPOUT_TOP
     sparse = param if param in _SPARSE_PARAMS else "regularization.l1"
-    lam = _closed_form_max(spec, data, sparse)
+    lam = _closed_form_max(spec, data, sparse, encoded)
     if lam is None:
         lam = _network_max(spec, data, sparse, data.names)
     if param == "regularization.l2":
@@ -490,6 +498,7 @@ def _make_grid(
     values: Sequence[float] | None,
     num: int,
     min_ratio: float,
+    encoded: np.ndarray | None = None,
 ) -> np.ndarray:
     if values is not None:
         grid = np.array(sorted({float(v) for v in values}, reverse=True))
@@ -512,7 +521,7 @@ def _make_grid(
             f"search.min_ratio must be in (0, 1), got {min_ratio}.",
             "out_of_range",
         )
-    top = _lambda_max(spec, data, param)
+    top = _lambda_max(spec, data, param, encoded)
     return top * np.logspace(0.0, math.log10(min_ratio), num)
 
 
@@ -1361,7 +1370,6 @@ def path(
     if folds is not None:
         fold_rows(len(data.train_rows), folds, shuffle=False, seed=0)  # validates folds
     clock = _Clock(tuple(callbacks), cancel, max_seconds)
-    grid = _make_grid(spec, data, param, values, num, min_ratio)
     exact = _exact(spec, param)
     cache = None
     if exact and folds is not None and not spec["standardize"] and data.R is not None:
@@ -1370,6 +1378,10 @@ def path(
         pre, Z = data.encode(data.train_rows, False)
         if not np.isnan(data.R[data.train_rows]).any():
             cache = _GramCache(pre, Z, data.y_reg.astype(np.float64), data.train_rows)
+    # lambda_max reads X^T (y - mean y) over the training rows: centred columns give the same
+    grid = _make_grid(
+        spec, data, param, values, num, min_ratio, None if cache is None else cache.Z0
+    )
     paths = []
     for k in range(folds or 0):
         paths.append(_run_split(spec, data, grid, param, k, folds, clock, cache))
