@@ -837,7 +837,14 @@ class _GramCache:
     with the all-rows means, so the subtraction loses no precision to large column offsets.
     """
 
-    def __init__(self, pre: Preprocessor, Z: np.ndarray, yv: np.ndarray, rows: np.ndarray) -> None:
+    def __init__(
+        self,
+        pre: Preprocessor,
+        Z: np.ndarray,
+        yv: np.ndarray,
+        rows: np.ndarray,
+        parts: Sequence[np.ndarray] = (),
+    ) -> None:
         self.pre = pre
         self.Z = Z  # (N, F) every row, the encoding of every fold
         self.rows = rows  # the training rows (sorted)
@@ -847,20 +854,24 @@ class _GramCache:
         self.my = float(yt.mean())
         self.Z0 = Zt - self.mu
         self.y0 = yt - self.my
-        self.S = self.Z0.T @ self.Z0
+        self.n = len(rows)
+        # With folds that partition the rows (positions into ``rows``), X^T X is the sum of the
+        # folds' blocks: K products of N/K rows instead of one of N rows plus K of N/K.
+        self.blocks = [self.Z0[p].T @ self.Z0[p] for p in parts]
+        self.S = sum(self.blocks[1:], self.blocks[0].copy()) if parts else self.Z0.T @ self.Z0
         self.sz = self.Z0.sum(axis=0)
         self.cy = self.Z0.T @ self.y0
         self.sy = float(self.y0.sum())
-        self.n = Z.shape[0]
 
-    def without(self, held: np.ndarray) -> _GramStats:
-        """Stats of the training rows minus ``held`` (row numbers, a subset of ``rows``)."""
+    def without(self, held: np.ndarray, fold: int | None = None) -> _GramStats:
+        """Stats of the training rows minus ``held`` (row numbers, a subset of ``rows``; the
+        rows of ``parts[fold]`` when ``fold`` is given)."""
         pos = np.searchsorted(self.rows, held)
         Zh, yh = self.Z0[pos], self.y0[pos]
         n = self.n - len(held)
         m = (self.sz - Zh.sum(axis=0)) / n
         my = (self.sy - float(yh.sum())) / n
-        G = self.S - Zh.T @ Zh
+        G = self.S - (self.blocks[fold] if fold is not None and self.blocks else Zh.T @ Zh)
         G -= n * np.outer(m, m)
         G /= n
         c = (self.cy - Zh.T @ yh - n * m * my) / n
@@ -1064,7 +1075,9 @@ def _run_split(
         yv = data.y_reg.astype(np.float64)
         if cache is not None:
             pre, Z = cache.pre, cache.Z
-            stats = cache.without(np.setdiff1d(data.train_rows, fit_rows, assume_unique=True))
+            stats = cache.without(
+                np.setdiff1d(data.train_rows, fit_rows, assume_unique=True), fold_index
+            )
         else:
             pre, Z = data.encode(fit_rows, spec["standardize"])
             stats = _gram(Z[fit_rows], yv[fit_rows])
@@ -1377,7 +1390,10 @@ def path(
         # missing value is filled with its fold's mean: then one Gram serves every fold.
         pre, Z = data.encode(data.train_rows, False)
         if not np.isnan(data.R[data.train_rows]).any():
-            cache = _GramCache(pre, Z, data.y_reg.astype(np.float64), data.train_rows)
+            parts = fold_rows(
+                len(data.train_rows), folds, shuffle=spec["shuffle"], seed=spec["seed"]
+            )
+            cache = _GramCache(pre, Z, data.y_reg.astype(np.float64), data.train_rows, parts)
     # lambda_max reads X^T (y - mean y) over the training rows: centred columns give the same
     grid = _make_grid(
         spec, data, param, values, num, min_ratio, None if cache is None else cache.Z0

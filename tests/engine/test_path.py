@@ -173,9 +173,11 @@ def test_fold_rows_are_kfold_without_shuffle_and_seeded_with_it():
     assert [f.tolist() for f in a] != [f.tolist() for f in ours]
 
 
-def test_path_fold_and_combine_reproduce_path(sparse_problem):
+@pytest.mark.parametrize("validation_split", [0.0, 0.2])
+def test_path_fold_and_combine_reproduce_path(sparse_problem, validation_split):
     X, y = sparse_problem
-    spec = lasso_spec()
+    # path() shares one Gram matrix between folds; path_fold() computes its own
+    spec = lasso_spec(validation_split=validation_split)
     grid = path_grid(spec, X, y, num=10)
     parts = [path_fold(spec, X, y, k, grid=grid, folds=4) for k in (None, 0, 1, 2, 3)]
     # what a Dask task returns must survive JSON (and so pickling)
@@ -187,6 +189,9 @@ def test_path_fold_and_combine_reproduce_path(sparse_problem):
     assert combined.chosen == direct.chosen
     np.testing.assert_allclose(
         [p["cv_loss"] for p in combined.points], [p["cv_loss"] for p in direct.points]
+    )
+    np.testing.assert_allclose(
+        [p["coef"] for p in combined.points], [p["coef"] for p in direct.points], atol=1e-9
     )
     text = json.dumps(direct.to_dict())
     assert json.loads(text)["chosen"] == direct.chosen
