@@ -18,6 +18,7 @@ schemas; ``HISTORY_KEYS`` names the fields of a history record.
 
 from engine.errors import InputError, ModelFormatError, SpecError, TrainingTimeout
 from engine.model import Model, fit
+from engine.path import PathCancelled, PathResult, combine, final_spec, path, path_fold, path_grid
 from engine.serialize import load
 from engine.sparsity import sparsity
 from engine.spec import (
@@ -49,11 +50,18 @@ __all__ = [
     "InputError",
     "Model",
     "ModelFormatError",
+    "PathCancelled",
+    "PathResult",
     "SpecError",
     "TrainingTimeout",
+    "combine",
     "default_spec",
+    "final_spec",
     "fit",
     "load",
     "normalize_spec",
+    "path",
+    "path_fold",
+    "path_grid",
     "sparsity",
 ]
