@@ -1,0 +1,52 @@
+"""Errors of the datasets domain that core does not define (all in the one error shape)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.core.errors import InvalidInput, RegulaError
+
+# At most this many entries in one error list (as predict does), plus one summary entry.
+MAX_ERRORS = 50
+# Strings echoed back in a message (column names, file names) are cut to this many characters.
+MAX_ECHO_CHARS = 80
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when something was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RequestTimeout(RegulaError):
+    status_code = 408
+    code = "body_timeout"
+
+
+class InsufficientStorage(RegulaError):
+    status_code = 507
+    code = "insufficient_storage"
+
+
+class StorageUnavailable(RegulaError):
+    status_code = 503
+    code = "storage_unavailable"
+
+
+class InvalidInputs(InvalidInput):
+    """Several independent problems (corrupt images...), reported together, at most MAX_ERRORS."""
+
+    def __init__(self, errors: Sequence[dict[str, Any]], *, code: str) -> None:
+        errors = list(errors)
+        shown = errors[:MAX_ERRORS]
+        if len(errors) > MAX_ERRORS:
+            shown.append(
+                {
+                    "loc": ["body", "file"],
+                    "msg": f"... and {len(errors) - MAX_ERRORS} more problem(s) of the same kind.",
+                    "type": "too_many_errors",
+                }
+            )
+        super().__init__(shown[0]["msg"], loc=shown[0]["loc"], code=code)
+        self.errors = shown
+
+    def detail(self) -> list[dict[str, Any]]:
+        return self.errors
