@@ -108,9 +108,9 @@ def release(files: NewFiles) -> None:
     os.close(files.lock_fd)
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's files and the folder itself, to disk."""
-    paths = [*sorted(path.iterdir()), path] if path.is_dir() else [path]
+def _fsync(path: Path, *, contents: bool = True) -> None:
+    """Flush a file, or a folder (with its files unless ``contents`` is False), to disk."""
+    paths = [*sorted(path.iterdir()), path] if contents and path.is_dir() else [path]
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:
@@ -150,7 +150,7 @@ def _commit(
         # The row must never point at a file a power cut could lose.
         _fsync(temporary)
         os.replace(temporary, final)
-        _fsync(final.parent)
+        _fsync(final.parent, contents=False)  # the rename itself
         row = Dataset(
             id=files.dataset_id,
             owner_id=owner_id,
