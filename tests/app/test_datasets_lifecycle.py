@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ def test_eight_slow_uploads_leave_a_small_upload_unaffected(client: TestClient) 
         started = [asyncio.Event() for _ in range(n_slow)]
         release = asyncio.Event()
 
-        async def slow_body(i: int):  # noqa: ANN202 - an async generator
+        async def slow_body(i: int) -> AsyncIterator[bytes]:
             yield HEAD + b"a,b\n" + b"1,2\n" * 1000
             started[i].set()  # the server came back for more: it holds the first chunk
             await release.wait()
@@ -207,7 +207,7 @@ def test_client_still_there_after_the_body_is_committed(
     assert state(session)[0] == 1
 
 
-# --- B8. a full data disk --------------------------------------------------------------------------
+# --- B8. a full data disk --------------------------------------------------------------------
 
 
 def _disk_full(*_args: Any, **_kwargs: Any) -> None:
@@ -230,7 +230,7 @@ def test_full_disk_is_507_and_leaves_nothing(
     assert nothing_stored(session)
 
 
-# --- B9. deletes whose file cannot be removed ------------------------------------------------------
+# --- B9. deletes whose file cannot be removed ------------------------------------------------
 
 
 def _upload(client: TestClient) -> tuple[str, Path]:
