@@ -45,7 +45,7 @@ def _row(dataset_id: str) -> Dataset:
         return s.get_one(Dataset, dataset_id)
 
 
-# --- B13. headers, header-only files, blank cells --------------------------------------------------
+# --- B13. headers, header-only files, blank cells --------------------------------------------
 
 
 def test_header_of_nearly_4_mib_is_accepted(client: TestClient) -> None:

@@ -168,10 +168,24 @@ class _Reader:
         )
 
     def batches(self, names: Sequence[str]) -> Iterator[list[pa.Array]]:
-        """Every batch of the file, each column text with its blank cells null."""
+        """Every batch of the file, each column as text."""
         with self.open(names) as reader:
             for batch in reader:
-                yield [blank_to_null(col) for col in batch.columns]
+                yield batch.columns
+
+    def names(self, header_bytes: int) -> list[str]:
+        """The column names, parsed by pyarrow from the header line alone (a cheap read)."""
+        with open(self.src, "rb") as f:
+            head = f.read(header_bytes + 4)  # + a BOM, + "\r"
+        line = head.split(b"\n", 1)[0] + b"\n"
+        try:
+            source = pa.BufferReader(line)
+            parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=False)
+            with pacsv.open_csv(source, parse_options=parse) as reader:
+                return reader.schema.names
+        except pa.ArrowInvalid:
+            with self.open(None) as probe:  # a quoted header field spanning lines
+                return probe.schema.names
 
     def error(self, exc: pa.ArrowInvalid) -> InvalidInput:
         text = str(exc)
@@ -202,17 +216,21 @@ def is_straddle(text: str) -> bool:
 
 
 def _typed(col: pa.Array, kind: str) -> pa.Array:
-    """``col`` (text) as ``kind``; raises ArrowInvalid if a cell does not fit."""
+    """``col`` (text) as ``kind``, blank cells null; raises ArrowInvalid if a cell does not fit."""
     if kind == "string":
-        return col
-    return pc.cast(pc.utf8_trim_whitespace(col), pa.int64() if kind == "int" else pa.float64())
+        return blank_to_null(col)
+    trimmed = pc.utf8_trim_whitespace(col)
+    blank = pc.equal(trimmed, "")
+    if pc.any(blank).as_py():
+        trimmed = pc.if_else(blank, pa.scalar(None, pa.string()), trimmed)
+    return pc.cast(trimmed, pa.int64() if kind == "int" else pa.float64())
 
 
 def _widen(col: pa.Array, kind: str) -> str:
     """The narrowest kind, no narrower than ``kind``, that holds every cell of ``col``."""
     if kind == "string":
         return kind
-    values = col.drop_null()
+    values = blank_to_null(col).drop_null()
     if len(values) == 0:
         return kind
     for candidate in WIDENING[max(WIDENING.index(kind), 1) : 3]:
@@ -275,8 +293,7 @@ def convert_csv(upload: Spooled, dest: Path, *, max_columns: int) -> Ingested:
     while True:
         reader = _Reader(src, delimiter, upload.quotes > 0, block_bytes)
         try:
-            with reader.open(None) as probe:
-                names = probe.schema.names
+            names = reader.names(header_bytes)
             check_names(names, max_columns, loc=[*FILE_LOC, "line", 1])
             try:
                 return _convert(reader, dest, names, None)
