@@ -34,14 +34,18 @@ class StorageUnavailable(RegulaError):
 class InvalidInputs(InvalidInput):
     """Several independent problems (corrupt images...), reported together, at most MAX_ERRORS."""
 
-    def __init__(self, errors: Sequence[dict[str, Any]], *, code: str) -> None:
-        errors = list(errors)
-        shown = errors[:MAX_ERRORS]
-        if len(errors) > MAX_ERRORS:
+    def __init__(
+        self, errors: Sequence[dict[str, Any]], *, code: str, total: int | None = None
+    ) -> None:
+        """``errors``: the problems found (only the first MAX_ERRORS are kept); ``total``: how
+        many there were, if more than were passed in."""
+        shown = list(errors[:MAX_ERRORS])
+        total = max(total or 0, len(errors))
+        if total > MAX_ERRORS:
             shown.append(
                 {
                     "loc": ["body", "file"],
-                    "msg": f"... and {len(errors) - MAX_ERRORS} more problem(s) of the same kind.",
+                    "msg": f"... and {total - MAX_ERRORS} more problem(s) of the same kind.",
                     "type": "too_many_errors",
                 }
             )

@@ -39,9 +39,9 @@ def _row(dataset_id: str) -> Dataset:
         return s.get_one(Dataset, dataset_id)
 
 
-def npz(**arrays: Any) -> bytes:
+def npz(compressed: bool = False, **arrays: Any) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     return buf.getvalue()
 
 
@@ -110,11 +110,11 @@ def test_npz_uint8_images_are_stored_memory_mapped(client: TestClient) -> None:
         service.load_table(_row(body["id"]))
 
 
-def test_npz_float_nchw_images_with_string_labels(client: TestClient) -> None:
+def test_compressed_npz_float_nchw_images_with_string_labels(client: TestClient) -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((8, 3, 5, 6)).astype(np.float32)
     y = np.array(["cat", "dog"] * 4)
-    r = upload(client, npz(x=x, y=y), "rgb.npz")
+    r = upload(client, npz(compressed=True, x=x, y=y), "rgb.npz")
     assert r.status_code == 201, r.text
     profile = r.json()["images"]
     assert profile["shape"] == [3, 5, 6] and profile["dtype"] == "float32"

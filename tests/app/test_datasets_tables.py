@@ -76,12 +76,18 @@ def test_cells_of_only_whitespace_are_missing(client: TestClient) -> None:
 # --- B11. echoed strings are capped ---------------------------------------------------------------
 
 
-def test_long_column_names_are_clipped_in_errors(client: TestClient) -> None:
-    name = "n" * 5000
-    r = upload(client, f"{name},{name}\n1,2\n".encode())
+@pytest.mark.parametrize(
+    ("template", "code"),
+    [("{n},{n}\n1,2\n", "duplicate_column"), ("{n}\ninf\n", "non_finite")],
+    ids=["duplicate", "non-finite"],
+)
+def test_long_column_names_are_clipped_in_errors(
+    client: TestClient, template: str, code: str
+) -> None:
+    r = upload(client, template.format(n="n" * 5000).encode())
     assert r.status_code == 422
     (error,) = r.json()["detail"]
-    assert error["type"] == "duplicate_column"
+    assert error["type"] == code
     assert len(error["msg"]) < 300 and "…" in error["msg"]
     assert all(len(str(part)) <= 80 for part in error["loc"])
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from app.core.errors import InvalidInput, PayloadTooLarge
-from app.datasets.errors import InvalidInputs, clip
+from app.datasets.errors import MAX_ERRORS, InvalidInputs, clip
 from app.datasets.ingest.common import FILE_LOC, MAX_DISTINCT, Ingested, megabytes
 from app.datasets.ingest.spool import Spooled
 
@@ -340,9 +340,13 @@ def _from_folders(
 ) -> Ingested:
     size, channels = _parse_fields(fields)
     members, ignored = _image_members(infos)
-    problems: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []  # the first MAX_ERRORS problems found
+    found = [0]  # how many there are
 
     def problem(info: zipfile.ZipInfo, why: str) -> None:
+        found[0] += 1
+        if len(problems) >= MAX_ERRORS:
+            return
         problems.append(
             {
                 "loc": [*FILE_LOC, clip(info.filename)],
@@ -371,7 +375,7 @@ def _from_folders(
                 clip(info.filename),
             )
     if problems:
-        raise InvalidInputs(problems, code="corrupt_image")
+        raise InvalidInputs(problems, code="corrupt_image", total=found[0])
     known = [(m, hd) for m, hd in zip(members, headers, strict=True) if hd is not None]
     if size is None:
         (_, first), (h0, w0, _) = known[0]
@@ -414,7 +418,7 @@ def _from_folders(
         pixels = np.asarray(img, dtype=np.uint8)
         x[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     if problems:
-        raise InvalidInputs(problems, code="corrupt_image")
+        raise InvalidInputs(problems, code="corrupt_image", total=found[0])
     x.flush()
     labels = [cls for cls, _ in members]
     y = np.array(labels, dtype=f"<U{max(len(c) for c in labels)}")

@@ -51,7 +51,7 @@ class ColumnStats:
             raise InvalidInput(
                 f"Column {clip(self.name)!r}, row {row} (line {row + 1}): the value is infinite "
                 "or overflows float64 (|x| > 1.8e308); use an empty cell for a missing value.",
-                loc=[*FILE_LOC, self.name, "line", row + 1],
+                loc=[*FILE_LOC, clip(self.name), "line", row + 1],
                 code="non_finite",
             )
         self.count += len(col) - col.null_count
@@ -61,7 +61,7 @@ class ColumnStats:
         if math.isinf(total) or math.isinf(self.total):
             raise InvalidInput(
                 f"Column {clip(self.name)!r}: values are too large; their sum overflows float64.",
-                loc=[*FILE_LOC, self.name],
+                loc=[*FILE_LOC, clip(self.name)],
                 code="overflow",
             )
         return col
