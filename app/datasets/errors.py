@@ -17,16 +17,22 @@ def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
 
 
 class RequestTimeout(RegulaError):
+    """The client stopped sending the request body (408)."""
+
     status_code = 408
     code = "body_timeout"
 
 
 class InsufficientStorage(RegulaError):
+    """The data volume is full (507); nothing was stored."""
+
     status_code = 507
     code = "insufficient_storage"
 
 
 class StorageUnavailable(RegulaError):
+    """A stored file cannot be changed right now (503); nothing was changed."""
+
     status_code = 503
     code = "storage_unavailable"
 

@@ -25,6 +25,7 @@ class Ingested:
 
 
 def megabytes(n_bytes: int) -> str:
+    """``n_bytes`` as whole megabytes, for messages ('200 MB')."""
     return f"{n_bytes // (1024 * 1024)} MB"
 
 
@@ -37,6 +38,7 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def disk_full() -> InsufficientStorage:
+    """The 507 every full-disk failure of an upload becomes."""
     return InsufficientStorage(
         "The server's data disk is full, so the upload was not stored; nothing was kept. "
         "Try again later, or ask the operator to free space under REGULA_DATA_DIR.",

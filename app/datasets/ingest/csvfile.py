@@ -149,6 +149,7 @@ class _Reader:
         return "error"
 
     def open(self, names: Sequence[str] | None) -> pacsv.CSVStreamingReader:
+        """A streaming reader; with ``names``, every column is read as text."""
         types = None if names is None else dict.fromkeys(names, pa.string())
         return pacsv.open_csv(
             self.src,
@@ -188,6 +189,7 @@ class _Reader:
                 return probe.schema.names
 
     def error(self, exc: pa.ArrowInvalid) -> InvalidInput:
+        """pyarrow's parse error as a sentence naming the line (ragged rows) or the cause."""
         text = str(exc)
         if self.bad_row is not None:
             expected, got, row = self.bad_row
@@ -212,6 +214,7 @@ class _Reader:
 
 
 def is_straddle(text: str) -> bool:
+    """Whether pyarrow's error says a row did not fit in one block."""
     return "straddl" in text or "block size" in text
 
 
