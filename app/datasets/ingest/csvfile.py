@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 from app.core.errors import InvalidInput
 from app.datasets.ingest.common import FILE_LOC, Ingested, megabytes
 from app.datasets.ingest.spool import Spooled
+from app.datasets.ingest.stats import KIND_TYPES
 from app.datasets.ingest.table import blank_to_null, check_names, write_parquet
 
 # Cells read as missing, in any column: pyarrow's defaults plus spellings pandas and R write.
@@ -38,6 +39,8 @@ MAX_BLOCK_BYTES = 64 * 1024 * 1024
 # Types a column may have, narrowest first; "null" is a column with no value seen yet.
 WIDENING = ("null", "int", "float", "string")
 NO_ROWS = "The file has a header line but no data rows."
+# pyarrow's words for a cell that does not fit the column's type (not a malformed file).
+_CONVERSION = "conversion error"
 
 
 class _Contradicted(Exception):
@@ -148,9 +151,8 @@ class _Reader:
             self.bad_row = (row.expected_columns, row.actual_columns, row.text)
         return "error"
 
-    def open(self, names: Sequence[str] | None) -> pacsv.CSVStreamingReader:
-        """A streaming reader; with ``names``, every column is read as text."""
-        types = None if names is None else dict.fromkeys(names, pa.string())
+    def open(self, types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
+        """A streaming reader with these column types (None: inferred from the first block)."""
         return pacsv.open_csv(
             self.src,
             read_options=pacsv.ReadOptions(block_size=self.block_bytes, use_threads=True),
@@ -168,9 +170,9 @@ class _Reader:
             ),
         )
 
-    def batches(self, names: Sequence[str]) -> Iterator[list[pa.Array]]:
-        """Every batch of the file, each column as text."""
-        with self.open(names) as reader:
+    def batches(self, types: dict[str, pa.DataType] | None) -> Iterator[list[pa.Array]]:
+        """Every batch of the file, as lists of columns."""
+        with self.open(types) as reader:
             for batch in reader:
                 yield batch.columns
 
@@ -246,36 +248,92 @@ def _widen(col: pa.Array, kind: str) -> str:
 
 
 def _scan_kinds(reader: _Reader, names: Sequence[str]) -> list[str]:
-    """Every column's kind, from a pass over the whole file."""
+    """Every column's kind, from a pass over the whole file read as text."""
     kinds = ["null"] * len(names)
-    for arrays in reader.batches(names):
+    for arrays in reader.batches(dict.fromkeys(names, pa.string())):
         kinds = [_widen(col, k) for col, k in zip(arrays, kinds, strict=True)]
     return kinds
 
 
-def _convert(reader: _Reader, dest: Path, names: list[str], kinds: list[str] | None) -> Ingested:
-    """One pass: text batches -> typed batches -> Parquet. ``kinds`` None: from the first batch."""
-    batches = reader.batches(names)
-    first = next(batches, None)
-    if kinds is None:
-        guessed = True
-        kinds = ["null"] * len(names) if first is None else [_widen(col, "null") for col in first]
-    else:
-        guessed = False
-    # A column with no value is a number column with every cell missing.
-    kinds = ["float" if k == "null" else k for k in kinds]
+# How a column is read: "native" (pyarrow parses the numbers) or "text" (read as text, typed here).
+Plan = list[tuple[str, str]]
+
+
+def _first_plan(first: list[pa.Array]) -> tuple[Plan, bool]:
+    """The plan the first (type-inferred) batch suggests; True if the file must be reopened
+    with it (a column pyarrow read as booleans or dates, which we keep as the text written)."""
+    plan: Plan = []
+    reopen = False
+    for col in first:
+        t = col.type
+        if pa.types.is_integer(t):
+            plan.append(("int", "native"))
+        elif pa.types.is_floating(t) or pa.types.is_null(t):
+            plan.append(("float", "native"))
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            # Text that is numbers once blank cells are missing ("1", "  ", "3") is numbers.
+            kind = _widen(col, "null")
+            plan.append(("float" if kind == "null" else kind, "text"))
+        else:
+            plan.append(("string", "text"))
+            reopen = True
+    return plan, reopen
+
+
+def _cast(col: pa.Array, kind: str, mode: str) -> pa.Array:
+    if mode == "text":
+        return _typed(col, kind)
+    target = KIND_TYPES[kind]
+    return col if col.type == target else pc.cast(col, target)
+
+
+def _convert(
+    reader: _Reader, dest: Path, names: list[str], plan: Plan | None, *, final: bool = False
+) -> Ingested:
+    """One pass: batches -> typed batches -> Parquet. ``plan`` None: from the first batch.
+
+    Unless ``final`` (a plan from a scan of the whole file, which every cell fits), a batch
+    that contradicts the plan (or a pyarrow conversion error) raises ``_Contradicted``.
+    """
+    guessed = not final
+    types = None
+    if plan is not None:
+        types = {
+            n: KIND_TYPES[k] if m == "native" else pa.string()
+            for n, (k, m) in zip(names, plan, strict=True)
+        }
+    batches = reader.batches(types)
+
+    def read_next() -> list[pa.Array] | None:
+        try:
+            return next(batches, None)
+        except pa.ArrowInvalid as exc:
+            if guessed and reader.bad_row is None and _CONVERSION in str(exc):
+                raise _Contradicted from None
+            raise
+
+    first = read_next()
+    if plan is None:
+        if first is None:
+            plan = [("float", "native")] * len(names)
+        else:
+            plan, reopen = _first_plan(first)
+            if reopen:
+                batches.close()
+                return _convert(reader, dest, names, plan)  # still a guess
 
     def typed() -> Iterator[list[pa.Array]]:
-        for arrays in ([first] if first is not None else []), batches:
-            for cols in arrays:
-                try:
-                    yield [_typed(c, k) for c, k in zip(cols, kinds, strict=True)]
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    if not guessed:
-                        raise
-                    raise _Contradicted from None
+        cols = first
+        while cols is not None:
+            try:
+                yield [_cast(c, k, m) for c, (k, m) in zip(cols, plan, strict=True)]
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                if not guessed:
+                    raise
+                raise _Contradicted from None
+            cols = read_next()
 
-    return write_parquet(dest, names, kinds, typed(), no_rows=NO_ROWS)
+    return write_parquet(dest, names, [k for k, _ in plan], typed(), no_rows=NO_ROWS)
 
 
 def convert_csv(upload: Spooled, dest: Path, *, max_columns: int) -> Ingested:
@@ -301,7 +359,9 @@ def convert_csv(upload: Spooled, dest: Path, *, max_columns: int) -> Ingested:
             try:
                 return _convert(reader, dest, names, None)
             except _Contradicted:
-                return _convert(reader, dest, names, _scan_kinds(reader, names))
+                kinds = _scan_kinds(reader, names)
+                plan = [("float" if k == "null" else k, "text") for k in kinds]
+                return _convert(reader, dest, names, plan, final=True)
         except pa.ArrowInvalid as exc:
             if is_straddle(str(exc)) and block_bytes < MAX_BLOCK_BYTES and reader.bad_row is None:
                 block_bytes *= 8
