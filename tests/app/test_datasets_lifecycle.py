@@ -301,3 +301,15 @@ def test_gc_moves_back_the_file_of_a_row_a_crashed_delete_left(
     service.gc_orphans(session=session, data_dir=settings.data_dir)
     assert path.is_file()
     assert state(session) == (1, [f"datasets/{dataset_id}.parquet"])
+
+
+def test_gc_removes_orphaned_image_folders(client: TestClient, session: Session) -> None:
+    folder = service.storage_dir()
+    crashed = folder / f".{'a' * 32}.npy.part"  # an image upload that died mid-write
+    orphan = folder / ("b" * 32)  # an image dataset whose row is gone
+    for path in (crashed, orphan):
+        path.mkdir()
+        (path / "x.npy").write_bytes(b"\x93NUMPY")
+    removed = service.gc_orphans(session=session, data_dir=settings.data_dir)
+    assert sorted(removed) == sorted([crashed, orphan])
+    assert list(folder.iterdir()) == []

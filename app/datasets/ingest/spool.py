@@ -52,7 +52,6 @@ class Spooled:
     # Number of '"' bytes (CSV): with none, no field can hold a newline (a faster parse);
     # an odd number hints at a quote that is never closed.
     quotes: int = 0
-    ends_with_newline: bool = False
 
     @property
     def name(self) -> str | None:
@@ -184,8 +183,6 @@ class _Spooler:
             self._check_text(chunk, offset)
         write_all(self.out, chunk)
         self.result.size += len(chunk)
-        if chunk:
-            self.result.ends_with_newline = chunk.endswith(b"\n")
 
     def _sniff(self, first: bytes) -> None:
         self._sniffed = True
