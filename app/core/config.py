@@ -22,6 +22,13 @@ class Settings(BaseSettings):
 
     max_upload_mb: int = Field(default=200, ge=1)
     max_columns: int = Field(default=2000, ge=1)
+    # A request body that sends nothing for this long is answered 408 (a stalled or gone client).
+    body_read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Threads of the datasets domain's own pool (parsing, converting, committing uploads).
+    ingest_threads: int = Field(default=2, ge=1, le=64)
+    # Image uploads: pixels of one decoded image, and bytes of the whole decoded array.
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, le=2**31)
+    max_decoded_mb: int = Field(default=4096, ge=1, le=1_048_576)
     max_epochs: int = Field(default=10_000, ge=1)
     max_batch_size: int = Field(default=65_536, ge=1)
     # A job may process at most this many epoch x row units (a guard against accidental giant jobs).
@@ -62,6 +69,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return self.max_decoded_mb * 1024 * 1024
 
 
 settings = Settings()

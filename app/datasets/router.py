@@ -1,17 +1,14 @@
-"""/datasets endpoints: upload a CSV, list, read and delete datasets."""
+"""/datasets endpoints: upload a table (CSV, Parquet) or images (.npz, .zip), list, read, delete."""
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from app.core.auth import OwnerDep
-from app.core.config import settings
 from app.core.deps import SessionDep
-from app.core.errors import InvalidInput
 from app.core.routing import MAX_OFFSET
 from app.datasets import ingest, service
+from app.datasets.ingest.spool import TEXT_FIELDS
 from app.datasets.schemas import DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -57,13 +54,33 @@ UPLOAD_BODY = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "A UTF-8 CSV (BOM optional) with a header line; comma, "
-                            "semicolon or tab delimited.",
+                            "description": "One of: a UTF-8 CSV (BOM optional) with a header "
+                            "line, comma, semicolon or tab delimited; a Parquet file (numbers, "
+                            "strings, booleans, dates; no nested or binary columns); an .npz "
+                            "with arrays x (N,H,W) or (N,C,H,W), uint8 or float, and y (N,) "
+                            "integers or strings (no object arrays); a .zip with one folder per "
+                            "class of PNG/JPEG images (other files are ignored). The format is "
+                            "detected from the first bytes (PAR1, PK), else the file name.",
                         },
                         "name": {
                             "type": "string",
                             "maxLength": ingest.MAX_NAME_CHARS,
                             "description": "Display name; defaults to the file name.",
+                        },
+                        "image_size": {
+                            "type": "string",
+                            "maxLength": TEXT_FIELDS["image_size"],
+                            "pattern": r"^\s*\d+\s*,\s*\d+\s*$",
+                            "example": "28,28",
+                            "description": "Zip of images only: resize every image to "
+                            "'height,width' (bilinear). Without it, all images must have the "
+                            "same size.",
+                        },
+                        "color_mode": {
+                            "type": "string",
+                            "enum": ["grayscale", "rgb"],
+                            "description": "Zip of images only: 1 or 3 channels. Default: "
+                            "grayscale if every image is, else rgb.",
                         },
                     },
                 }
@@ -77,12 +94,26 @@ UPLOAD_BODY = {
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
-    summary="Upload a CSV file as a dataset",
+    summary="Upload a table (CSV, Parquet) or images (.npz, .zip of class folders)",
     openapi_extra=UPLOAD_BODY,
     responses={
         201: {"description": "Stored; the Location header points at the new dataset."},
+        408: _error(
+            "The client stopped sending the body for REGULA_BODY_READ_TIMEOUT_SECONDS.",
+            {
+                "detail": [
+                    {
+                        "loc": ["body"],
+                        "msg": "The client sent no data for 60 seconds; the upload was "
+                        "abandoned (REGULA_BODY_READ_TIMEOUT_SECONDS).",
+                        "type": "body_timeout",
+                    }
+                ]
+            },
+        ),
         413: _error(
-            "The file is larger than REGULA_MAX_UPLOAD_MB (rejected while streaming).",
+            "The file (or an archive once inflated) is larger than REGULA_MAX_UPLOAD_MB "
+            "(rejected while streaming).",
             {
                 "detail": [
                     {
@@ -100,7 +131,7 @@ UPLOAD_BODY = {
                 "detail": [
                     {
                         "loc": ["header", "content-type"],
-                        "msg": "Upload the CSV as multipart/form-data (field 'file'), not as "
+                        "msg": "Upload the file as multipart/form-data (field 'file'), not as "
                         "application/json.",
                         "type": "unsupported_media_type",
                     }
@@ -108,42 +139,40 @@ UPLOAD_BODY = {
             },
         ),
         422: _error(
-            "The file is not a usable CSV: empty, no data rows, not UTF-8, binary, ragged "
-            "rows, duplicate or empty column names, too many columns, infinite values...",
+            "The file is not usable: empty, no data rows, not UTF-8, binary, ragged rows, "
+            "duplicate or empty column names, too many columns, infinite values, unsupported "
+            "Parquet types, object arrays, corrupt images, unsafe archive paths... (corrupt "
+            "images are listed together, at most 50 and a summary).",
             ERROR_EXAMPLE,
+        ),
+        507: _error(
+            "The data disk is full; nothing was stored.",
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "file"],
+                        "msg": "The server's data disk is full, so the upload was not stored; "
+                        "nothing was kept. Try again later, or ask the operator to free space "
+                        "under REGULA_DATA_DIR.",
+                        "type": "insufficient_storage",
+                    }
+                ]
+            },
         ),
     },
 )
 async def create_dataset(
     request: Request, response: Response, session: SessionDep, owner_id: OwnerDep
 ) -> Any:
-    """Stream the upload to disk under the size limit, convert it to Parquet, store the row."""
-    files = service.new_files()
-    try:
-        try:
-            upload, ingested = await ingest.receive_csv(
-                request.stream(),
-                content_type=request.headers.get("content-type"),
-                content_length=request.headers.get("content-length"),
-                spool=files.spool,
-                dest=files.parquet,
-                max_bytes=settings.max_upload_bytes,
-                max_columns=settings.max_columns,
-            )
-        except ClientDisconnect:
-            raise InvalidInput(
-                "The client disconnected during the upload.", loc=["body"], code="disconnected"
-            ) from None
-        row = await run_in_threadpool(
-            service.create,
-            session=session,
-            upload=upload,
-            ingested=ingested,
-            files=files,
-            owner_id=owner_id,
-        )
-    finally:
-        service.release(files)
+    """Stream the upload to disk under the limits, convert it, store the file and the row."""
+    row = await service.create(
+        session=session,
+        body=request.stream(),
+        content_type=request.headers.get("content-type"),
+        content_length=request.headers.get("content-length"),
+        owner_id=owner_id,
+        disconnected=request.is_disconnected,
+    )
     response.headers["Location"] = str(request.url_for("get_dataset", dataset_id=row.id))
     return row
 
@@ -160,7 +189,7 @@ def list_datasets(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Datasets to skip.")] = 0,
 ) -> Any:
     """The caller's datasets, newest first."""
-    return service.get_all(session=session, owner_id=owner_id, limit=limit, offset=offset)
+    return service.list(session=session, owner_id=owner_id, limit=limit, offset=offset)
 
 
 @router.get(
@@ -179,8 +208,23 @@ def get_dataset(dataset_id: str, session: SessionDep, owner_id: OwnerDep) -> Any
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete a dataset and its file",
-    responses={404: NOT_FOUND},
+    responses={
+        404: NOT_FOUND,
+        503: _error(
+            "The dataset's file cannot be removed right now; nothing was deleted.",
+            {
+                "detail": [
+                    {
+                        "loc": ["path", "dataset_id"],
+                        "msg": "The dataset's file cannot be removed right now (Permission "
+                        "denied); nothing was deleted. Try again later.",
+                        "type": "storage_unavailable",
+                    }
+                ]
+            },
+        ),
+    },
 )
 def delete_dataset(dataset_id: str, session: SessionDep, owner_id: OwnerDep) -> None:
-    """Delete the row, then the Parquet file."""
+    """Delete the dataset: its file is moved aside, the row deleted, then the file removed."""
     service.delete(session=session, dataset_id=dataset_id, owner_id=owner_id)

@@ -1,19 +1,25 @@
-"""Datasets: create from a spooled upload, list, get, delete, load for training, collect garbage.
+"""Datasets: create from an upload, list, get, delete, load for training, collect garbage.
 
-A dataset is a Parquet file under ``<data_dir>/datasets/`` plus a row in ``datasets``. The file is
-written under a temporary name, renamed, and only then the row committed; so a crash leaves at
-worst a file without a row, which ``gc_orphans`` removes at start-up.
+A dataset is a file under ``<data_dir>/datasets/`` plus a row in ``datasets``: a Parquet file
+``<id>.parquet`` for a table, a folder ``<id>/`` holding ``x.npy`` and ``y.npy`` for images.
+``create`` is the whole upload lifecycle: spool the body, convert it to a temporary file, fsync,
+rename it into place, and only then commit the row; on any failure there is no row and no file.
+A crash leaves at worst a file without a row, which ``gc_orphans`` removes.
 
 While an upload is in flight its process holds an exclusive ``flock`` on ``.<id>.lock``; the
 collector skips the files of ids whose lock is held, so a restarting API process never deletes
 the upload of another process sharing the data volume, yet removes a crashed one's at once.
 """
 
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +33,12 @@ from sqlalchemy.orm import Session
 
 from app.core.config import settings
 from app.core.db import new_id
-from app.core.errors import NotFound
+from app.core.errors import InvalidInput, NotFound
 from app.core.ownership import owned
 from app.datasets import ingest
+from app.datasets.errors import StorageUnavailable
+from app.datasets.ingest import pool
+from app.datasets.ingest.common import disk_full, is_disk_full
 from app.datasets.orm import Dataset
 
 log = logging.getLogger("regula.datasets")
@@ -46,14 +55,14 @@ def storage_dir(data_dir: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class NewFiles:
-    """An upload in flight: its lock (held), spool (CSV), temporary and final Parquet paths."""
+    """An upload in flight: its lock (held), spool, and temporary Parquet file / image folder."""
 
     dataset_id: str
     lock: Path
     lock_fd: int
     spool: Path
     parquet: Path
-    relative: str  # the final Parquet path, relative to the data folder (stored in the row)
+    images: Path
 
 
 def new_files(data_dir: Path | None = None) -> NewFiles:
@@ -76,48 +85,77 @@ def new_files(data_dir: Path | None = None) -> NewFiles:
         dataset_id=dataset_id,
         lock=lock,
         lock_fd=fd,
-        spool=folder / f".{dataset_id}.csv.part",
+        spool=folder / f".{dataset_id}.upload.part",
         parquet=folder / f".{dataset_id}.parquet.part",
-        relative=f"{SUBDIR}/{dataset_id}.parquet",
+        images=folder / f".{dataset_id}.npy.part",
     )
 
 
+def _remove(path: Path) -> None:
+    """Remove a file or a folder; a missing one is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def release(files: NewFiles) -> None:
-    """End an upload: remove its temporary files and its lock (the committed Parquet stays)."""
-    files.spool.unlink(missing_ok=True)
-    files.parquet.unlink(missing_ok=True)
+    """End an upload: remove its temporary files and its lock (a committed file stays)."""
+    for path in (files.spool, files.parquet, files.images):
+        with contextlib.suppress(OSError):
+            _remove(path)
     files.lock.unlink(missing_ok=True)
     os.close(files.lock_fd)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fsync(path: Path, *, contents: bool = True) -> None:
+    """Flush a file, or a folder (with its files unless ``contents`` is False), to disk."""
+    paths = [*sorted(path.iterdir()), path] if contents and path.is_dir() else [path]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def create(
+def _convert(upload: ingest.Spooled, files: NewFiles) -> ingest.Ingested:
+    limits = ingest.Limits(
+        settings.max_upload_bytes, settings.max_decoded_bytes, settings.max_image_pixels
+    )
+    return ingest.convert(
+        upload,
+        table=files.parquet,
+        images=files.images,
+        max_columns=settings.max_columns,
+        limits=limits,
+    )
+
+
+def _commit(
     *,
     session: Session,
     upload: ingest.Spooled,
     ingested: ingest.Ingested,
     files: NewFiles,
     owner_id: str | None,
-    data_dir: Path | None = None,
+    data_dir: Path | None,
 ) -> Dataset:
-    """Rename the converted Parquet file into place, then commit the dataset's row."""
-    final = Path(data_dir if data_dir is not None else settings.data_dir) / files.relative
+    """fsync the converted file, rename it into place, then commit the dataset's row."""
+    images = ingested.kind == "images"
+    relative = f"{SUBDIR}/{files.dataset_id}" + ("" if images else ".parquet")
+    temporary = files.images if images else files.parquet
+    final = Path(data_dir if data_dir is not None else settings.data_dir) / relative
     try:
         # The row must never point at a file a power cut could lose.
-        _fsync(files.parquet)
-        os.replace(files.parquet, final)
+        _fsync(temporary)
+        os.replace(temporary, final)
+        _fsync(final.parent, contents=False)  # the rename itself
         row = Dataset(
             id=files.dataset_id,
             owner_id=owner_id,
             name=upload.name or upload.filename or "dataset",
-            path=files.relative,
+            path=relative,
             rows=ingested.rows,
             size_bytes=upload.size,
             columns=ingested.columns,
@@ -126,35 +164,46 @@ def create(
         session.commit()
     except BaseException:
         session.rollback()
-        files.parquet.unlink(missing_ok=True)
-        final.unlink(missing_ok=True)
+        _remove(final)
         raise
     return row
 
 
-def import_csv(
+async def create(
     *,
     session: Session,
-    path: Path,
-    owner_id: str | None = None,
-    name: str | None = None,
+    body: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    owner_id: str | None,
+    disconnected: Callable[[], Awaitable[bool]] | None = None,
     data_dir: Path | None = None,
 ) -> Dataset:
-    """Store the CSV file at ``path`` as a dataset (no HTTP: scripts, the CLI, tests)."""
-    quotes = 0
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            quotes += block.count(b'"')
-    upload = ingest.Spooled(
-        path=Path(path), filename=Path(path).name, name=name, size=os.stat(path).st_size
-    )
-    upload.quotes = quotes
-    files = new_files(data_dir)
+    """Store an upload: spool -> convert to a temporary file -> fsync -> rename -> commit the row.
+
+    Every blocking step runs in the datasets pool. On any failure (bad input, a client that went
+    away or stalled, a full disk) there is no row and no file. ``disconnected`` is asked once
+    more before the commit: an upload whose client is gone is not stored.
+    """
+    files = await pool.run(new_files, data_dir)
     try:
-        ingested = ingest.ingest_csv(
-            Path(path), files.parquet, max_columns=settings.max_columns, quotes=quotes
+        upload = await ingest.spool_multipart(
+            body,
+            content_type=content_type,
+            content_length=content_length,
+            dest=files.spool,
+            max_bytes=settings.max_upload_bytes,
+            read_timeout=settings.body_read_timeout_seconds,
         )
-        return create(
+        ingested = await pool.run(_convert, upload, files)
+        if disconnected is not None and await disconnected():
+            raise InvalidInput(
+                "The client disconnected before the upload was stored; nothing was kept.",
+                loc=["body"],
+                code="disconnected",
+            )
+        return await pool.run(
+            _commit,
             session=session,
             upload=upload,
             ingested=ingested,
@@ -162,17 +211,21 @@ def import_csv(
             owner_id=owner_id,
             data_dir=data_dir,
         )
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full() from None
+        raise
     finally:
-        release(files)
+        await pool.run(release, files)
 
 
-def get_all(
+def list(
     *, session: Session, owner_id: str | None, limit: int = 100, offset: int = 0
 ) -> list[Dataset]:
     """The owner's datasets, newest first."""
     stmt = owned(select(Dataset), Dataset.owner_id, owner_id)
     stmt = stmt.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
-    return list(session.scalars(stmt))
+    return [*session.scalars(stmt)]
 
 
 def get(*, session: Session, dataset_id: str, owner_id: str | None) -> Dataset:
@@ -192,22 +245,53 @@ def _not_found(dataset_id: str) -> NotFound:
     )
 
 
+def _trash(path: Path, dataset_id: str) -> Path:
+    return path.with_name(f".{dataset_id}.deleted")
+
+
 def delete(
     *, session: Session, dataset_id: str, owner_id: str | None, data_dir: Path | None = None
 ) -> None:
-    """Delete the row, then the file (a crash in between leaves only a collectable orphan)."""
+    """Delete a dataset: move its file aside, delete the row, then remove the file.
+
+    If the file cannot be moved, nothing changes (503, the row stays and still works). Once the
+    row is deleted, the answer is success even if removing the moved file fails: it no longer
+    belongs to any row, and ``gc_orphans`` removes it later. A crash between the move and the
+    commit leaves the row with its file moved aside; ``gc_orphans`` moves it back.
+    """
     path = path_of(get(session=session, dataset_id=dataset_id, owner_id=owner_id), data_dir)
+    trash = _trash(path, dataset_id)
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        pass  # already gone (or a concurrent delete moved it): only the row remains
+    except OSError as exc:
+        log.warning("cannot move dataset %s aside for deletion: %s", dataset_id, exc)
+        raise StorageUnavailable(
+            f"The dataset's file cannot be removed right now ({exc.strerror or 'storage error'}); "
+            "nothing was deleted. Try again later.",
+            loc=["path", "dataset_id"],
+        ) from None
     # One conditional DELETE: of concurrent deletes of the same dataset exactly one succeeds.
     stmt = owned(sql_delete(Dataset).where(Dataset.id == dataset_id), Dataset.owner_id, owner_id)
-    result = session.execute(stmt.execution_options(synchronize_session=False))
-    session.commit()
+    try:
+        result = session.execute(stmt.execution_options(synchronize_session=False))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        with contextlib.suppress(OSError):
+            os.replace(trash, path)  # the row stays, so its file must be back in place
+        raise
     if result.rowcount != 1:
         raise _not_found(dataset_id)
-    path.unlink(missing_ok=True)
+    try:
+        _remove(trash)
+    except OSError as exc:
+        log.warning("dataset %s deleted; its file is left for the collector: %s", dataset_id, exc)
 
 
 def path_of(dataset: Dataset, data_dir: Path | None = None) -> Path:
-    """Absolute path of the dataset's Parquet file."""
+    """Absolute path of the dataset's Parquet file (a table) or folder (images)."""
     return Path(data_dir if data_dir is not None else settings.data_dir) / dataset.path
 
 
@@ -217,8 +301,11 @@ def load_table(
     """The dataset as {column: 1-D array}: numbers float64 with NaN, strings object with None.
 
     ``columns`` selects (and orders) columns; names the file does not have are left out, so the
-    caller can report them. Raises FileNotFoundError if the file is gone.
+    caller can report them. Raises FileNotFoundError if the file is gone, ValueError for an
+    image dataset (use ``load_images``).
     """
+    if dataset.kind == "images":
+        raise ValueError(f"dataset {dataset.id} holds images; load it with load_images")
     path = path_of(dataset, data_dir)
     if columns is not None:
         present = set(pq.read_schema(path).names)
@@ -234,16 +321,29 @@ def load_table(
     return out
 
 
+def load_images(dataset: Dataset, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An image dataset as (x, y): x (N, C, H, W) memory-mapped read-only (uint8 or float),
+    y (N,) labels (int64 or str). Raises FileNotFoundError if the files are gone, ValueError for
+    a table dataset (use ``load_table``)."""
+    if dataset.kind != "images":
+        raise ValueError(f"dataset {dataset.id} is a table; load it with load_table")
+    folder = path_of(dataset, data_dir)
+    x = np.load(folder / "x.npy", mmap_mode="r", allow_pickle=False)
+    y = np.load(folder / "y.npy", allow_pickle=False)
+    return x, y
+
+
 def _dataset_id_of(name: str) -> str:
-    # "<id>.parquet", ".<id>.parquet.part", ".<id>.csv.part", ".<id>.lock" -> "<id>"
+    # "<id>.parquet", "<id>", ".<id>.parquet.part", ".<id>.npy.part", ".<id>.deleted" -> "<id>"
     return name.lstrip(".").split(".", 1)[0]
 
 
 def gc_orphans(*, session: Session, data_dir: Path, min_age_seconds: float = 0.0) -> list[Path]:
     """Remove files in the datasets folder that no row references; returns what was removed.
 
-    Covers interrupted uploads (lock, spool and ``.part`` files), files whose row was never
-    committed, and files whose row was deleted. Uploads in flight (lock held) are left alone.
+    Covers interrupted uploads (lock, spool, ``.part`` files and folders), files whose row was
+    never committed, and files whose row was deleted. Uploads in flight (lock held) are left
+    alone; a file a crashed delete moved aside while its row survived is moved back.
     ``min_age_seconds`` > 0 also spares files modified more recently than that: a safety net for
     data volumes on network filesystems where ``flock`` may not reach other machines.
     """
@@ -255,7 +355,7 @@ def gc_orphans(*, session: Session, data_dir: Path, min_age_seconds: float = 0.0
     groups: dict[str, list[Path]] = {}
     for path in folder.iterdir():
         with contextlib.suppress(FileNotFoundError):
-            if path.is_file() and path.name not in known and path.stat().st_mtime <= cutoff:
+            if path.name not in known and path.stat().st_mtime <= cutoff:
                 groups.setdefault(_dataset_id_of(path.name), []).append(path)
     removed: list[Path] = []
     for dataset_id, paths in groups.items():
@@ -272,12 +372,18 @@ def gc_orphans(*, session: Session, data_dir: Path, min_age_seconds: float = 0.0
                     continue  # a live process is uploading this one
             # Committed since the listing above? Then its file is no orphan.
             session.expire_all()
-            if session.get(Dataset, dataset_id) is not None:
-                paths = [p for p in paths if p.name != f"{dataset_id}.parquet"]
+            row = session.get(Dataset, dataset_id)
+            if row is not None:
+                final = folder / Path(row.path).name
+                paths = [p for p in paths if p != final]
+                trash = _trash(final, dataset_id)
+                if trash in paths and not final.exists():
+                    os.replace(trash, final)
+                    paths.remove(trash)
             # The lock file goes last, while still held.
             for path in sorted(paths, key=lambda p: p == lock):
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    _remove(path)
                     removed.append(path)
         finally:
             if fd is not None:

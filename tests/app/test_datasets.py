@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from app.core.auth import create_key
 from app.core.config import settings
 from app.core.db import get_sessionmaker
-from app.datasets import ingest, service
+from app.datasets import service
+from app.datasets.ingest import common, csvfile
 from app.datasets.orm import Dataset
 
 SMALL_CSV = b"age,income,city,flag\n30,1.5,Paris,1\n40,,Lyon,0\n,3.5,Paris,1\n50,4.0,NA,1\n"
@@ -54,7 +55,9 @@ def test_upload_returns_exact_column_stats(client: TestClient) -> None:
         "min": 30.0,
         "max": 50.0,
         "mean": 40.0,
-        "distinct": None,
+        "max_abs": 50.0,
+        "distinct": 3,
+        "distinct_capped": False,
     }
     assert income["dtype"] == "number" and income["missing"] == 1
     assert (income["min"], income["max"]) == (1.5, 4.0)
@@ -66,7 +69,9 @@ def test_upload_returns_exact_column_stats(client: TestClient) -> None:
         "min": None,
         "max": None,
         "mean": None,
+        "max_abs": None,
         "distinct": 2,
+        "distinct_capped": False,
     }
     assert flag["dtype"] == "number" and flag["mean"] == pytest.approx(0.75)
 
@@ -353,25 +358,6 @@ def _numeric_csv(rows: int) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def test_streamed_upload_is_parsed_while_arriving(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The happy path parses pieces as they arrive and never re-reads the finished file."""
-    content = _numeric_csv(60_000)  # ~2 MB: several pieces, several pyarrow blocks, many chunks
-    monkeypatch.setattr(ingest, "PIECE_BYTES", 256 * 1024)
-
-    def slower_path(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("the upload was not parsed piecewise while arriving")
-
-    monkeypatch.setattr(ingest, "ingest_csv", slower_path)
-    monkeypatch.setattr(ingest, "_convert", slower_path)
-    r = _post_chunked(client, content)
-    assert r.status_code == 201, r.text
-    assert r.json()["rows"] == 60_000
-    table = service.load_table(_row(r.json()["id"]))
-    assert table["x"][0] == pytest.approx(float(content.split(b"\n")[1].split(b",")[0]))
-
-
 @pytest.mark.parametrize(
     "content",
     [
@@ -393,24 +379,15 @@ def test_streamed_upload_is_parsed_while_arriving(
         "tab-crlf",
     ],
 )
-def test_overlapped_and_sequential_parse_agree(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, content: bytes
-) -> None:
-    monkeypatch.setattr(ingest, "PIECE_BYTES", 64 * 1024)  # many pieces
-    monkeypatch.setattr(ingest, "SPECULATE", True)
-    overlapped = _post_chunked(client, content)
-    monkeypatch.setattr(ingest, "SPECULATE", False)
-    sequential = _post_chunked(client, content)
-    assert overlapped.status_code == sequential.status_code == 201, overlapped.text
-    assert overlapped.json()["rows"] == sequential.json()["rows"]
-    for ours, theirs in zip(
-        overlapped.json()["columns"], sequential.json()["columns"], strict=True
-    ):
-        # Sums are added in a different grouping, so means may differ in the last bits.
-        mean = theirs["mean"]
-        assert ours == {**theirs, "mean": mean if mean is None else pytest.approx(mean, rel=1e-12)}
-    a = service.load_table(_row(overlapped.json()["id"]))
-    b = service.load_table(_row(sequential.json()["id"]))
+def test_streamed_and_one_piece_uploads_agree(client: TestClient, content: bytes) -> None:
+    """Chunk boundaries of the body never change the stored table or its profile."""
+    streamed = _post_chunked(client, content)
+    whole = upload(client, content, filename="s.csv")
+    assert streamed.status_code == whole.status_code == 201, streamed.text
+    assert streamed.json()["rows"] == whole.json()["rows"]
+    assert streamed.json()["columns"] == whole.json()["columns"]
+    a = service.load_table(_row(streamed.json()["id"]))
+    b = service.load_table(_row(whole.json()["id"]))
     assert list(a) == list(b)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
@@ -418,8 +395,8 @@ def test_overlapped_and_sequential_parse_agree(
 
 def test_stats_span_row_groups(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """Distinct counts, extremes and row numbers are global, not per Parquet row group."""
-    monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 2)  # one block is one row group here
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 16)  # a couple of rows per parse block
+    monkeypatch.setattr(common, "ROW_GROUP_ROWS", 2)  # one block is one row group here
+    monkeypatch.setattr(csvfile, "BLOCK_BYTES", 16)  # a couple of rows per parse block
     rows = "".join(f"{v},{i}\n" for i, v in enumerate("abacabadx"))
     r = upload(client, b"s,n\n" + rows.encode())
     assert r.status_code == 201, r.text

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import settings
-from app.datasets import ingest
+from app.datasets.ingest import csvfile
 from app.datasets.orm import Dataset
 
 BASELINE_CSV = b"a,b\n1,2\n3,4\n"
@@ -109,7 +109,7 @@ def test_bad_csv_is_rejected_and_leaves_nothing(
     fragments: list[str],
 ) -> None:
     monkeypatch.setattr(settings, "max_columns", 5)
-    monkeypatch.setattr(ingest, "MAX_HEADER_BYTES", 2048)
+    monkeypatch.setattr(csvfile, "MAX_HEADER_BYTES", 2048)
     r = client.post("/datasets", files={"file": ("hostile.csv", content, "text/csv")})
     assert_error(r, 422, code, *fragments)
     assert snapshot(session) == baseline
