@@ -144,7 +144,8 @@ def _call(client: Any, method: str, url: str, what: str, **kwargs: Any) -> dict[
 
 def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
     """``(event, data, id)`` per Server-Sent Event in ``lines`` (comments skipped)."""
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:

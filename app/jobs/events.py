@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Row, and_, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import settings
@@ -254,7 +254,7 @@ class EventHub:
         self, job_id: str, after: int, attempts: int | None, status: str | None
     ) -> tuple[_Poll, int]:
         with self._sessions() as session:
-            row: Row[Any] | None = session.execute(
+            row = session.execute(
                 select(Job, Model.id)
                 .outerjoin(Model, Model.job_id == Job.id)
                 .where(Job.id == job_id)
@@ -430,7 +430,6 @@ def get_hub(request: Request) -> EventHub:
 
 # --- console lines --------------------------------------------------------------------------------
 
-PROGRESS_LOG_SECONDS = 5.0
 _clock: Callable[[], float] = time.monotonic
 _last_logged: dict[str, float] = {}
 
@@ -440,7 +439,7 @@ def _fmt(value: Any) -> str:
 
 
 def log_progress(job_id: str, record: Mapping[str, Any], epochs: int | None = None) -> bool:
-    """Log one line of a training job's progress, at most every ``PROGRESS_LOG_SECONDS`` per job.
+    """Log one line of a training job's progress, at most every ``progress_log_seconds`` per job.
 
     The first epoch is always logged; ``record`` is the trainer's epoch record (or a history row).
     Returns whether a line was written. Call ``log_end`` when the job ends (it logs the final line
@@ -448,18 +447,18 @@ def log_progress(job_id: str, record: Mapping[str, Any], epochs: int | None = No
     """
     now = _clock()
     last = _last_logged.get(job_id)
-    if last is not None and now - last < PROGRESS_LOG_SECONDS:
+    if last is not None and now - last < settings.progress_log_seconds:
         return False
     _last_logged[job_id] = now
     of = f"/{epochs}" if epochs else ""
     log.info(
-        "job %s: epoch %s%s loss %s val_loss %s zero %s",
+        "job %s: epoch %s%s loss %s val_loss %s zero_fraction %s",
         job_id,
         record.get("epoch"),
         of,
         _fmt(record.get("loss")),
         _fmt(record.get("val_loss")),
-        "-" if record.get("zero_fraction") is None else f"{record['zero_fraction']:.1%}",
+        _fmt(record.get("zero_fraction")),
     )
     return True
 

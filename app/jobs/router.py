@@ -117,7 +117,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep, executor: Exec
     return _read(job, session)
 
 
-HISTORY_CSV = {
+HISTORY_CSV: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/csv": {"example": "epoch,loss,data_loss,...\n1,0.69,0.68,...\n"}},
         "description": "JSON, or with ?format=csv a CSV download (header = the history fields).",

@@ -419,20 +419,22 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
 
 
 def test_log_progress_writes_a_line_every_few_seconds_per_job(
-    clock: list[float], caplog: pytest.LogCaptureFixture
+    clock: list[float], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(settings, "progress_log_seconds", 5.0)
     caplog.set_level(logging.INFO, logger="regula.jobs")
     record = {"epoch": 1, "loss": 0.5, "val_loss": None, "zero_fraction": 0.25}
     assert events.log_progress("a", record, epochs=10)
+    clock[0] += 4.9
     assert not events.log_progress("a", {**record, "epoch": 2})  # too soon
     assert events.log_progress("b", record)  # another job has its own clock
-    clock[0] += events.PROGRESS_LOG_SECONDS
+    clock[0] += 0.1
     assert events.log_progress("a", {**record, "epoch": 7})
     lines = [r.getMessage() for r in caplog.records if r.name == "regula.jobs"]
     assert lines == [
-        "job a: epoch 1/10 loss 0.5 val_loss - zero 25.0%",
-        "job b: epoch 1 loss 0.5 val_loss - zero 25.0%",
-        "job a: epoch 7 loss 0.5 val_loss - zero 25.0%",
+        "job a: epoch 1/10 loss 0.5 val_loss - zero_fraction 0.25",
+        "job b: epoch 1 loss 0.5 val_loss - zero_fraction 0.25",
+        "job a: epoch 7 loss 0.5 val_loss - zero_fraction 0.25",
     ]
     events.log_end("a", "succeeded")
     assert events.log_progress("a", {**record, "epoch": 8})  # forgotten at the end

@@ -20,9 +20,14 @@ from tests.integration.conftest import ROOT, RegulaServer, free_port
 pytestmark = pytest.mark.integration
 
 
+# The worker processes must know every table the job body writes (models.owner_id references
+# api_keys); until the body imports app.tables itself, each worker preloads it.
+WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PRELOAD": '["app.tables"]'}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegulaServer]:
-    srv = RegulaServer(tmp_path_factory.mktemp("cli"))
+    srv = RegulaServer(tmp_path_factory.mktemp("cli"), WORKER_ENV)
     srv.start()
     try:
         yield srv
@@ -45,8 +50,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "loss": "mse",
         "model": {"hidden_layers": []},
         "regularization": {"l1": 0.3},
-        "optimizer": {"name": "fista", "learning_rate": 0.1},
+        "optimizer": {"name": "adam", "learning_rate": 0.05},
         "epochs": 40,
+        "batch_size": 32,
         "validation_split": 0.2,
     }
     (tmp / "lasso.json").write_text(json.dumps(lasso))
