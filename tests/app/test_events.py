@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from app.core.db import make_engine, utcnow
 from app.jobs import events
 from app.jobs.orm import EpochRecord, Job
 from app.jobs.schemas import EpochRead
-from tests.app.test_jobs import classification_csv, train, upload
+from tests.app.test_jobs import FINISHED, classification_csv, train, upload
 
 HISTORY_FIELDS = list(EpochRead.model_fields)
 
@@ -255,13 +256,10 @@ def test_events_need_a_key_and_hide_other_keys_jobs(
         },
         headers=auth,
     ).json()
-    from tests.app.test_jobs import FINISHED
-
-    with client:
-        for _ in range(2000):
-            if client.get(f"/jobs/{job['id']}", headers=auth).json()["status"] in FINISHED:
-                break
-            threading.Event().wait(0.02)
+    deadline = time.monotonic() + 120
+    while client.get(f"/jobs/{job['id']}", headers=auth).json()["status"] not in FINISHED:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     url = f"/jobs/{job['id']}/events"
     assert client.get(url).status_code == 401
     assert client.get(url, headers={"Authorization": f"Bearer {theirs}"}).status_code == 404
@@ -295,7 +293,7 @@ class Writer(threading.Thread):
                 if n == self.epochs:
                     job.status, job.finished_at = "succeeded", utcnow()
                 session.commit()
-            threading.Event().wait(0.03)
+            time.sleep(0.03)
 
 
 def _counting_hub(db_url: str) -> tuple[events.EventHub, list[str]]:
