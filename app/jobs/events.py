@@ -21,7 +21,7 @@ as SSE bytes, in memory; a subscriber is a cursor into it plus a wake-up event. 
 subscriber blocks nobody and can never overflow: when it reads again it takes everything after its
 cursor, from memory (the history of one job is bounded by ``settings.max_epochs``). The poller
 stops when the job ends or its last subscriber leaves; a finished job's feed is kept for
-``linger`` seconds so a burst of viewers shares one load.
+``linger`` seconds (within a memory budget) so a burst of viewers shares one load.
 """
 
 import asyncio
@@ -236,14 +236,16 @@ class EventHub:
         *,
         interval: float = 0.25,
         linger: float = 30.0,
-        max_lingering: int = 256,
+        max_lingering_bytes: int = 32 * 2**20,
     ) -> None:
         self._sessions = sessions
         self.interval = interval
         self.linger = linger
-        self.max_lingering = max_lingering
+        self.max_lingering_bytes = max_lingering_bytes
         self._feeds: dict[str, _Feed] = {}
-        self._done: OrderedDict[str, _Feed] = OrderedDict()  # finished feeds, oldest first
+        # Finished feeds, oldest first, with the bytes of their encoded history.
+        self._done: OrderedDict[str, tuple[_Feed, int]] = OrderedDict()
+        self._done_bytes = 0
         self.feeds_started = 0
         self.polls = 0
         self.statements = 0
@@ -321,10 +323,11 @@ class EventHub:
         for subscriber in feed.subscribers:
             subscriber.wake.set()
         if feed.finished and self.linger > 0:
-            self._done[feed.job_id] = feed
-            self._done.move_to_end(feed.job_id)
-            while len(self._done) > self.max_lingering:
-                self._done.popitem(last=False)
+            self._drop_done(feed.job_id)
+            size = sum(map(len, feed.events)) + len(feed.status_event)
+            self._done[feed.job_id] = (feed, size)
+            self._done_bytes += size
+        self._purge()
         log.debug(
             "events: job %s poller stopped after %d polls (%d statements), %d subscribers at most",
             feed.job_id,
@@ -333,16 +336,28 @@ class EventHub:
             feed.peak_subscribers,
         )
 
+    def _drop_done(self, job_id: str) -> None:
+        entry = self._done.pop(job_id, None)
+        if entry is not None:
+            self._done_bytes -= entry[1]
+
+    def _purge(self) -> None:
+        """Forget finished feeds older than ``linger`` or beyond the memory budget, oldest first."""
+        now = time.monotonic()
+        while self._done:
+            job_id, (feed, _size) = next(iter(self._done.items()))
+            expired = feed.stopped_at is not None and now - feed.stopped_at >= self.linger
+            if not expired and self._done_bytes <= self.max_lingering_bytes:
+                return
+            self._drop_done(job_id)
+
     def _feed(self, job_id: str) -> _Feed:
         feed = self._feeds.get(job_id)
         if feed is not None and not feed.stopping:
             return feed
-        done = self._done.get(job_id)
-        if done is not None:
-            assert done.stopped_at is not None
-            if time.monotonic() - done.stopped_at < self.linger:
-                return done
-            del self._done[job_id]
+        self._purge()
+        if job_id in self._done:
+            return self._done[job_id][0]
         feed = _Feed(job_id=job_id)
         self._feeds[job_id] = feed
         self.feeds_started += 1
@@ -357,7 +372,7 @@ class EventHub:
 
     def stats(self, job_id: str) -> dict[str, Any]:
         """Poller figures of one job (operators: is anyone watching, how hard is the DB polled)."""
-        feed = self._feeds.get(job_id) or self._done.get(job_id)
+        feed = self._feeds.get(job_id) or self._done.get(job_id, (None, 0))[0]
         if feed is None:
             return {
                 "active": False,

@@ -375,6 +375,30 @@ def test_a_slow_subscriber_blocks_nobody_and_misses_nothing(db_url: str, session
         assert got[-1]["event"] == "end"
 
 
+@pytest.mark.parametrize(
+    ("linger", "budget", "loads"), [(30.0, 2**20, 1), (0.0, 2**20, 2), (30.0, 0, 2)]
+)
+def test_a_finished_jobs_feed_lingers_within_its_budget(
+    db_url: str, session: Session, linger: float, budget: int, loads: int
+) -> None:
+    job = Job(spec={"epochs": 3}, status="succeeded", attempts=1, finished_at=utcnow())
+    session.add(job)
+    session.flush()
+    session.add_all(EpochRecord(job_id=job.id, epoch=n, loss=1.0) for n in (1, 2, 3))
+    session.commit()
+    hub = events.EventHub(
+        sessionmaker(bind=make_engine(db_url)), linger=linger, max_lingering_bytes=budget
+    )
+
+    async def main() -> list[bytes]:
+        return [b"".join([c async for c in hub.stream(job.id)]) for _ in range(2)]
+
+    first, second = asyncio.run(main())
+    assert first == second
+    assert [int(e["id"]) for e in parse_sse(first.decode()) if e["event"] == "epoch"] == [1, 2, 3]
+    assert hub.feeds_started == loads and hub.polls == loads
+
+
 def test_feed_restarts_the_history_on_a_new_attempt() -> None:
     def poll(attempts: int, status: str, epochs: list[int], restarted: bool) -> events._Poll:
         job = {
