@@ -1,13 +1,17 @@
-"""The ``regula`` command: ``serve``, ``migrate``, ``keys create``.
+"""The ``regula`` command: ``serve``, ``migrate``, ``keys create``, ``train``, ``jobs watch``.
 
 Settings come from ``app.core.config.settings`` (``REGULA_*`` variables, ``.env``); a flag given
 on the command line overrides the matching field for this process.
 """
 
 import argparse
+import json
+import mimetypes
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -80,6 +84,291 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train / jobs watch: a client of a running server ---------------------------------------------
+
+# Exit codes of the client commands.
+EXIT_JOB_FAILED = 1  # the job failed or was cancelled (its reason is printed)
+EXIT_REJECTED = 2  # the server refused (4xx; its message is printed), or a local file is bad
+EXIT_UNREACHABLE = 3  # no server answered at --server
+RECONNECTS = 5  # a dropped event stream is resumed (Last-Event-ID) this many times in a row
+
+
+class ClientError(Exception):
+    """A reason to stop, printed as one line, with the exit code to return."""
+
+    def __init__(self, msg: str, code: int) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.code = code
+
+
+def _http(args: argparse.Namespace) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    # Reads wait longer than the stream's 15 s pings, so an idle (queued) job is not a timeout.
+    timeout = httpx.Timeout(30.0, read=60.0)
+    return httpx.Client(base_url=args.server.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def _messages(response: Any) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, list) and detail:
+        return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    return str(detail or response.reason_phrase)
+
+
+def _call(client: Any, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
+    """One request; a ClientError naming ``what`` on 4xx/5xx or when no server answers."""
+    import httpx
+
+    try:
+        response = client.request(method, url, **kwargs)
+    except httpx.TransportError as exc:
+        raise ClientError(
+            f"cannot reach the server at {client.base_url} ({exc.__class__.__name__}: {exc}); "
+            "is `regula serve` running? (--server URL)",
+            EXIT_UNREACHABLE,
+        ) from exc
+    if response.status_code >= 400:
+        raise ClientError(
+            f"{what} failed ({response.status_code}): {_messages(response)}",
+            EXIT_REJECTED,
+        )
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
+    """``(event, data, id)`` per Server-Sent Event in ``lines`` (comments skipped)."""
+    event, event_id = "message", None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data), event_id
+            event, data, event_id = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+
+
+class Progress:
+    """A Keras-Progbar-like line per job: epoch n/N, loss, val_loss, zero fraction, ETA."""
+
+    def __init__(self, job_id: str, out: Any) -> None:
+        self.job_id = job_id
+        self.out = out
+        self.bar: Any = None
+        self.seconds: list[float] = []
+
+    def status(self, job: dict[str, Any]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=int(job.get("spec", {}).get("epochs") or 0) or None,
+                desc=f"job {self.job_id[:8]}",
+                unit="epoch",
+                file=self.out,
+                dynamic_ncols=True,
+                mininterval=0.2,
+                bar_format="{desc}: {n_fmt}/{total_fmt} |{bar:20}| [{elapsed}{postfix}]",
+            )
+        self.bar.set_description_str(f"job {self.job_id[:8]} {job['status']}")
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            self.status({"status": "running"})
+        if record.get("seconds") is not None:
+            self.seconds.append(float(record["seconds"]))
+        left = (self.bar.total or 0) - record["epoch"]
+        postfix = {}
+        for key in ("loss", "val_loss"):
+            if record.get(key) is not None:
+                postfix[key] = f"{record[key]:.4g}"
+        if record.get("zero_fraction") is not None:
+            postfix["zero"] = f"{record['zero_fraction']:.1%}"
+        if self.seconds and left > 0:
+            # From the epochs' own durations: a replay after a reconnect does not skew it.
+            postfix["eta"] = f"{left * sum(self.seconds) / len(self.seconds):.1f}s"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(record["epoch"] - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def follow(client: Any, job_id: str, out: Any = sys.stderr) -> dict[str, Any]:
+    """Show a job's progress from its event stream until ``end``; return the ``end`` data.
+
+    A dropped connection is resumed with Last-Event-ID (no epoch twice), up to RECONNECTS times.
+    """
+    import httpx
+
+    progress = Progress(job_id, out)
+    last, failures = 0, 0
+    try:
+        while True:
+            headers = {"Last-Event-ID": str(last)} if last else {}
+            try:
+                with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ClientError(
+                            f"watching job {job_id} failed ({response.status_code}): "
+                            f"{_messages(response)}",
+                            EXIT_REJECTED,
+                        )
+                    for event, data, event_id in sse_events(response.iter_lines()):
+                        failures = 0
+                        payload = json.loads(data)
+                        if event == "status":
+                            progress.status(payload)
+                        elif event == "epoch":
+                            progress.epoch(payload)
+                            last = int(event_id or payload["epoch"])
+                        elif event == "end":
+                            return dict(payload)
+                        elif event == "error":
+                            break  # the server says resume: reconnect below
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > RECONNECTS:
+                    raise ClientError(
+                        f"lost the server at {client.base_url} while watching job {job_id} "
+                        f"({exc.__class__.__name__}: {exc})",
+                        EXIT_UNREACHABLE,
+                    ) from exc
+            else:
+                failures += 1  # the stream closed without an end: resume it
+                if failures > RECONNECTS:
+                    raise ClientError(
+                        f"the event stream of job {job_id} keeps closing early", EXIT_UNREACHABLE
+                    )
+            time.sleep(min(0.5 * 2**failures, 10.0))
+    finally:
+        progress.close()
+
+
+def _report(client: Any, job_id: str, end: dict[str, Any]) -> int:
+    """Print how the job ended; the dropped features of a trained model. Return the exit code."""
+    status = end.get("status")
+    if status == "succeeded":
+        model_id = end["model_id"]
+        sparsity = _call(client, "GET", f"/models/{model_id}/sparsity", "reading the sparsity")
+        dropped = sparsity.get("dropped_features") or []
+        total = len(dropped) + len(sparsity.get("selected_features") or [])
+        print(f"job {job_id} succeeded: model {model_id}")
+        print(
+            f"dropped features ({len(dropped)} of {total}): "
+            + (", ".join(dropped) if dropped else "none")
+        )
+        return 0
+    reason = end.get("error") or (
+        "it was cancelled" if status == "cancelled" else "no reason given"
+    )
+    print(f"regula: job {job_id} {status}: {reason}", file=sys.stderr)
+    return EXIT_JOB_FAILED
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Upload a data file, submit a job with a spec file; with --follow, watch it train."""
+    try:
+        try:
+            spec = json.loads(Path(args.spec).read_text())
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"cannot read the spec {args.spec}: {exc}", EXIT_REJECTED) from exc
+        if not isinstance(spec, dict):
+            raise ClientError(f"the spec {args.spec} must be a JSON object", EXIT_REJECTED)
+        data = Path(args.data)
+        try:
+            content = data.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the data {data}: {exc}", EXIT_REJECTED) from exc
+        media = mimetypes.guess_type(data.name)[0] or "application/octet-stream"
+        with _http(args) as client:
+            dataset = _call(
+                client,
+                "POST",
+                "/datasets",
+                f"uploading {data.name}",
+                files={"file": (data.name, content, media)},
+            )
+            print(f"dataset {dataset['id']}: {dataset.get('rows')} rows", file=sys.stderr)
+            job = _call(
+                client,
+                "POST",
+                "/jobs",
+                "submitting the job",
+                json={**spec, "dataset_id": dataset["id"]},
+            )
+            print(job["id"])
+            if not args.follow:
+                return 0
+            return _report(client, job["id"], follow(client, job["id"]))
+    except ClientError as exc:
+        print(f"regula train: {exc.msg}", file=sys.stderr)
+        return exc.code
+
+
+def cmd_jobs_watch(args: argparse.Namespace) -> int:
+    """Follow an existing job's progress until it ends."""
+    try:
+        with _http(args) as client:
+            return _report(client, args.job_id, follow(client, args.job_id))
+    except ClientError as exc:
+        print(f"regula jobs watch: {exc.msg}", file=sys.stderr)
+        return exc.code
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=f"http://{settings.host}:{settings.port}",
+        help="the Regula server (default http://REGULA_HOST:REGULA_PORT)",
+    )
+    parser.add_argument("--api-key", help="an API key (sent as 'Authorization: Bearer <key>')")
+
+
+def add_training_commands(commands: Any) -> None:
+    """``regula train`` and ``regula jobs watch``."""
+    train = commands.add_parser(
+        "train",
+        help="upload a data file and train on it with a spec",
+        description="Exit status: 0 trained; 1 the job failed or was cancelled; 2 the server "
+        "refused the data or spec (4xx); 3 no server answered.",
+    )
+    train.add_argument("--data", required=True, help="CSV or Parquet file to upload")
+    train.add_argument("--spec", required=True, help="TrainingSpec JSON file (dataset_id is set)")
+    train.add_argument("--follow", action="store_true", help="show progress until the job ends")
+    _add_client_options(train)
+    train.set_defaults(func=cmd_train)
+
+    jobs = commands.add_parser("jobs", help="follow jobs on a server")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    watch = job_commands.add_parser(
+        "watch",
+        help="show a job's progress until it ends",
+        description="Exit status as for `regula train --follow`.",
+    )
+    watch.add_argument("job_id", help="the job's id")
+    _add_client_options(watch)
+    watch.set_defaults(func=cmd_jobs_watch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``regula``."""
     parser = argparse.ArgumentParser(
@@ -108,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="who or what the key is for")
     create.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")
     create.set_defaults(func=cmd_keys_create)
+    add_training_commands(commands)
     return parser
 
 

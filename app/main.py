@@ -14,6 +14,7 @@ from app.core.errors import install_error_handlers
 from app.datasets import router as datasets
 from app.health import router as health
 from app.jobs import router as jobs
+from app.models import plots_router
 from app.models import router as models
 
 log = logging.getLogger("regula")
@@ -70,7 +71,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     # /models first: routes are matched in order, and single-row predict is the hot path.
-    for module in (models, datasets, jobs, health):
+    for module in (models, plots_router, datasets, jobs, health):
         app.include_router(module.router)
     # Single-row predict is matched first, before the included routers are walked.
     app.router.routes.insert(0, models.PredictFirst())

@@ -158,6 +158,16 @@ class TrainingSpec(_Strict):
         )
 
 
+class LatestEpoch(BaseModel):
+    """The headline figures of a job's last finished epoch (the full row is in /history)."""
+
+    epoch: int
+    loss: float | None
+    val_loss: float | None
+    metric: float | None
+    zero_fraction: float | None
+
+
 class JobRead(BaseModel):
     """A training job."""
 
@@ -178,6 +188,15 @@ class JobRead(BaseModel):
     cancel_requested: bool
     spec: dict[str, Any] = Field(
         description="The normalized spec: every default filled in, plus dataset_id/target/features."
+    )
+    latest: LatestEpoch | None = Field(
+        default=None, description="The last finished epoch's figures; null before the first epoch."
+    )
+    eta_seconds: float | None = Field(
+        default=None,
+        description="Seconds left: mean seconds per epoch x epochs left (an upper bound when early "
+        "stopping may end the job sooner); 0 once finished, null when unknown (queued, or no "
+        "epoch finished yet).",
     )
 
 
@@ -203,3 +222,13 @@ class JobHistory(BaseModel):
 
     job_id: str
     epochs: list[EpochRead]
+
+
+class EventStats(BaseModel):
+    """The poller of a job's event stream: one per job, however many subscribers."""
+
+    active: bool = Field(description="A poller is running for this job now.")
+    subscribers: int = Field(description="Clients connected to the stream now.")
+    peak_subscribers: int = Field(description="Most clients connected at once to this poller.")
+    polls: int = Field(description="Database polls made by the job's current (or last) poller.")
+    statements: int = Field(description="SQL statements those polls ran (two per poll).")
