@@ -45,6 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     _migrate()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    from app.core import logs
+
+    logs.configure()
     from app.main import app
 
     uvicorn.run(

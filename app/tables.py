@@ -1,4 +1,8 @@
-"""Every ORM module, imported once so ``Base.metadata`` and the mappers know every table."""
+"""Every ORM module, for Alembic: ``Base.metadata`` then knows every table.
+
+Each ORM module imports the classes its foreign keys point at, so importing any one of them
+registers what its rows need.
+"""
 
 from app.core.keys import ApiKey
 from app.datasets.orm import Dataset

@@ -189,7 +189,7 @@ def list_datasets(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Datasets to skip.")] = 0,
 ) -> Any:
     """The caller's datasets, newest first."""
-    return service.list(session=session, owner_id=owner_id, limit=limit, offset=offset)
+    return service.list_(session=session, owner_id=owner_id, limit=limit, offset=offset)
 
 
 @router.get(

@@ -219,7 +219,7 @@ async def create(
         await pool.run(release, files)
 
 
-def list(
+def list_(
     *, session: Session, owner_id: str | None, limit: int = 100, offset: int = 0
 ) -> list[Dataset]:
     """The owner's datasets, newest first."""

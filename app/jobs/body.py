@@ -138,7 +138,7 @@ def _divergence_reason(spec: dict[str, Any], dataset: Dataset) -> str | None:
     for column in dataset.columns:
         if column["name"] not in used or column.get("dtype") != "number":
             continue
-        extreme = max(abs(column.get("min") or 0.0), abs(column.get("max") or 0.0))
+        extreme = column.get("max_abs") or 0.0
         if extreme > HUGE_VALUE:
             role = "target" if column["name"] == spec["target"] else "feature"
             return (

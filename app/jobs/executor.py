@@ -54,7 +54,10 @@ def run_job(job_id: str, database_url: str, data_dir: str) -> str:
     """The job body submitted to the executor: claim, train, store. Returns the final status."""
     from threadpoolctl import threadpool_limits
 
+    from app.core import logs
     from app.jobs import body as training
+
+    logs.configure()  # a worker process has none of the API process's logging set-up
 
     # The database and data folder are the submitting service's (they may come from `regula
     # serve` flags the worker process never saw); the rest of the settings come from REGULA_*.

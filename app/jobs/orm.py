@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, new_id, utcnow
+from app.core.keys import ApiKey
+from app.datasets.orm import Dataset
 
 if TYPE_CHECKING:
     from app.models.orm import Model
@@ -37,10 +39,10 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+        ForeignKey(ApiKey.id, ondelete="SET NULL"), index=True
     )
     dataset_id: Mapped[str | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+        ForeignKey(Dataset.id, ondelete="SET NULL"), index=True
     )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="queued")

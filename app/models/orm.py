@@ -7,6 +7,8 @@ from sqlalchemy import JSON, DateTime, ForeignKey, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, new_id, utcnow
+from app.core.keys import ApiKey
+from app.datasets.orm import Dataset
 from app.jobs.orm import Job
 
 
@@ -17,13 +19,11 @@ class Model(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+        ForeignKey(ApiKey.id, ondelete="SET NULL"), index=True
     )
-    job_id: Mapped[str | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
-    )
+    job_id: Mapped[str | None] = mapped_column(ForeignKey(Job.id, ondelete="SET NULL"), unique=True)
     dataset_id: Mapped[str | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+        ForeignKey(Dataset.id, ondelete="SET NULL"), index=True
     )
     task: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(255))

@@ -6,10 +6,8 @@ checked by counting the SQL statements the hub's own engine runs while many subs
 
 import asyncio
 import json
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -427,36 +425,3 @@ def test_feed_restarts_the_history_on_a_new_attempt() -> None:
     feed.apply(poll(2, "running", [1], True))  # re-queued by the reaper and claimed again
     assert feed.epochs == [1] and feed.generation == 1
     assert json.loads(feed.status_event.decode().split("data: ")[1])["attempts"] == 2
-
-
-# --- console lines --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    now = [1000.0]
-    monkeypatch.setattr(events, "_clock", lambda: now[0])
-    monkeypatch.setattr(events, "_last_logged", {})
-    yield now
-
-
-def test_log_progress_writes_a_line_every_few_seconds_per_job(
-    clock: list[float], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(settings, "progress_log_seconds", 5.0)
-    caplog.set_level(logging.INFO, logger="regula.jobs")
-    record = {"epoch": 1, "loss": 0.5, "val_loss": None, "zero_fraction": 0.25}
-    assert events.log_progress("a", record, epochs=10)
-    clock[0] += 4.9
-    assert not events.log_progress("a", {**record, "epoch": 2})  # too soon
-    assert events.log_progress("b", record)  # another job has its own clock
-    clock[0] += 0.1
-    assert events.log_progress("a", {**record, "epoch": 7})
-    lines = [r.getMessage() for r in caplog.records if r.name == "regula.jobs"]
-    assert lines == [
-        "job a: epoch 1/10 loss 0.5 val_loss - zero_fraction 0.25",
-        "job b: epoch 1 loss 0.5 val_loss - zero_fraction 0.25",
-        "job a: epoch 7 loss 0.5 val_loss - zero_fraction 0.25",
-    ]
-    events.log_end("a", "succeeded")
-    assert events.log_progress("a", {**record, "epoch": 8})  # forgotten at the end

@@ -1,5 +1,6 @@
 """Jobs that cannot work are refused at submit; keys share the workers; cancels that work say so."""
 
+import logging
 import threading
 from datetime import timedelta
 from typing import Any
@@ -238,3 +239,28 @@ def test_a_run_that_diverges_on_huge_values_names_the_column(client: TestClient)
     job = wait(client, client.post("/jobs", json=spec).json()["id"])
     assert job["status"] == "failed" and job["error_code"] == "diverged", job
     assert "'big'" in job["error"] and "learning_rate" not in job["error"]
+
+
+@pytest.mark.parametrize(("every", "lines"), [(3600.0, 1), (0.0, 5)])
+def test_the_console_gets_a_progress_line_every_few_seconds(
+    client: TestClient,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    every: float,
+    lines: int,
+) -> None:
+    monkeypatch.setattr(settings, "progress_log_seconds", every)
+    dataset = upload(client, classification_csv())
+    client.app.dependency_overrides[get_executor] = lambda: None
+    job_id = client.post("/jobs", json=spec_for(dataset["id"])).json()["id"]
+    sessions = get_sessionmaker(db_url)
+    attempt = state.claim(sessions, job_id, "test:1")
+    assert attempt == 1
+    caplog.set_level(logging.INFO, logger="regula.training")
+    history = training.HistoryWriter(sessions, job_id, attempt, epochs=5, flush_seconds=0.0)
+    for epoch in range(1, 6):
+        history({"epoch": epoch, "loss": 0.5, "val_loss": None, "zero_fraction": 0.25})
+    logged = [r.getMessage() for r in caplog.records if r.name == "regula.training"]
+    assert len(logged) == lines
+    assert logged[0] == f"job {job_id}: epoch 1/5 loss 0.5 val_loss - zero_fraction 0.25"

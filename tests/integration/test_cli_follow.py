@@ -22,12 +22,11 @@ pytestmark = pytest.mark.integration
 
 # The worker processes must know every table the job body writes (models.owner_id references
 # api_keys); until the body imports app.tables itself, each worker preloads it.
-WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PRELOAD": '["app.tables"]'}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegulaServer]:
-    srv = RegulaServer(tmp_path_factory.mktemp("cli"), WORKER_ENV)
+    srv = RegulaServer(tmp_path_factory.mktemp("cli"))
     srv.start()
     try:
         yield srv

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import RegulaServer, wait_for_job
-from tests.integration.test_cli_follow import WORKER_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +25,7 @@ EPOCHS = 50
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegulaServer]:
-    srv = RegulaServer(tmp_path_factory.mktemp("events"), WORKER_ENV)
+    srv = RegulaServer(tmp_path_factory.mktemp("events"))
     srv.start()
     try:
         yield srv
