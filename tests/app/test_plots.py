@@ -160,6 +160,7 @@ def test_plot_format_must_be_svg_or_png(client: TestClient, lasso: dict[str, Any
     assert response.json()["detail"][0]["loc"] == ["path", "fmt"]
 
 
+@pytest.mark.integration  # a subprocess
 def test_plotting_never_imports_pyplot() -> None:
     code = (
         "import sys; from app.jobs import plots; from app.models import plots as m; "
