@@ -278,45 +278,56 @@ class MaxPool2D(_Pool2D):
     collects the gradients of every window it is the arg-max of.
     """
 
-    def _pool(self, x: np.ndarray, keep_arg: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _pool(self, x: np.ndarray, keep_arg: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``out`` and, if ``keep_arg``, the masks ``gt[o - 1] = window_o > max(windows < o)``.
+
+        The arg-max of a window is the LAST offset whose mask is set (a strict ``>`` keeps the
+        earlier offset on a tie), which ``backward`` recovers from the end.
+        """
         ph, pw, sh, sw, Ho, Wo = self._geometry(x.shape)
         slices = list(_offset_slices(ph, pw, sh, sw, Ho, Wo))
         _, _, r0, c0 = slices[0]
         out = x[:, :, r0, c0].copy()
-        arg = (
-            np.zeros(out.shape, dtype=np.uint8 if ph * pw < 256 else np.int32) if keep_arg else None
-        )
-        for o, (_, _, rows, cols) in enumerate(slices[1:], start=1):
+        gts = []
+        for _, _, rows, cols in slices[1:]:
             window = x[:, :, rows, cols]
             if keep_arg:
-                gt = window > out  # strict: a tie keeps the earlier offset
-                np.copyto(out, window, where=gt)
-                np.copyto(arg, o, where=gt)
-            else:
-                np.maximum(out, window, out=out)
-        return out, arg
+                gts.append(np.greater(window, out))
+            np.maximum(out, window, out=out)
+        return out, gts
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training:
             self.cache = None
             return self._pool(x, keep_arg=False)[0]
-        out, arg = self._pool(x, keep_arg=True)
-        self.cache = (x.shape, x.dtype, arg)
+        out, gts = self._pool(x, keep_arg=True)
+        self.cache = (x.shape, x.dtype, gts)
         return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._pool(x, keep_arg=False)[0]
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        shape, dtype, arg = self.cache
+        shape, dtype, gts = self.cache
         ph, pw, sh, sw, Ho, Wo = self._geometry(shape)
-        dx = (np.empty if self._tiles(shape) else np.zeros)(shape, dtype=dtype)
-        for o, (_, _, rows, cols) in enumerate(_offset_slices(ph, pw, sh, sw, Ho, Wo)):
-            part = np.multiply(dout, arg == o, dtype=dtype)
-            if self._overlapping:
-                dx[:, :, rows, cols] += part
+        tiles = self._tiles(shape)
+        dx = (np.empty if tiles else np.zeros)(shape, dtype=dtype)
+        slices = list(_offset_slices(ph, pw, sh, sw, Ho, Wo))
+        later = None  # windows whose arg-max is an offset after o
+        for o in range(len(slices) - 1, -1, -1):
+            _, _, rows, cols = slices[o]
+            if o == 0:
+                win = ~later if later is not None else np.ones(dout.shape, dtype=bool)
+            elif later is None:
+                win = gts[o - 1]
+                later = win.copy()
             else:
-                dx[:, :, rows, cols] = part
+                win = gts[o - 1] & ~later
+                later |= gts[o - 1]
+            if tiles:
+                np.multiply(dout, win, out=dx[:, :, rows, cols])
+            else:
+                dx[:, :, rows, cols] += dout * win
         return dx
 
 
