@@ -25,9 +25,10 @@ All arrays stay in the dtype of the parameters (float32 by default, float64 for 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from engine.initializers import init_weights
 from engine.layers import Layer
@@ -72,18 +73,44 @@ def _offset_slices(kh: int, kw: int, sh: int, sw: int, Ho: int, Wo: int):
 
 
 class _Scratch:
-    """Arrays reused from batch to batch (one per name, reallocated when the shape changes)."""
+    """Arrays reused from batch to batch, by name and shape (the last, smaller batch of an epoch
+    gets its own set instead of evicting the full-size one)."""
+
+    MAX_ARRAYS = 32
 
     def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays: dict[tuple, np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, bool]:
-        """``(array, fresh)``; ``fresh`` is True when the array was just allocated."""
-        a = self._arrays.get(name)
-        if a is not None and a.shape == shape and a.dtype == dtype:
+        """``(array, fresh)``; ``fresh``: just allocated, contents undefined."""
+        key = (name, shape, np.dtype(dtype).str)
+        a = self._arrays.get(key)
+        if a is not None:
             return a, False
-        a = self._arrays[name] = np.empty(shape, dtype=dtype)
+        if len(self._arrays) >= self.MAX_ARRAYS:
+            self._arrays.clear()
+        a = self._arrays[key] = np.empty(shape, dtype=dtype)
         return a, True
+
+
+class _ConvGeometry(NamedTuple):
+    """Sizes of one Conv2D call: input ``(N, C, H, W)``, output ``(Ho, Wo)``, padding before
+    (``pt``, ``pl``), padded ``(Hp, Wp)``; ``flat`` layout (stride 1), ``Q`` columns per image,
+    ``m`` images per block."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    pt: int
+    pl: int
+    Hp: int
+    Wp: int
+    flat: bool
+    Q: int
+    m: int  # images per block
 
 
 class Conv2D(Layer):
@@ -130,6 +157,11 @@ class Conv2D(Layer):
         self.need_dx = need_dx
         self._scratch = _Scratch()
 
+    # Cache blocking: the columns of about ``block_bytes`` worth of images (at least
+    # ``block_min_images``) are built, multiplied and scattered back while they are in cache.
+    block_bytes = 1 << 20
+    block_min_images = 16
+
     @property
     def kernel_size(self) -> tuple[int, int]:
         return self.params["W"].shape[2], self.params["W"].shape[3]
@@ -143,74 +175,156 @@ class Conv2D(Layer):
         Wo = output_size(input_shape[2], kw, self.strides[1], self.padding)[0]
         return F, Ho, Wo
 
-    def _im2col(self, x: np.ndarray, reuse: bool) -> tuple[np.ndarray, tuple[int, ...]]:
-        """``cols (K + 1, N * Ho * Wo)`` (last row ones) and the padded input's geometry."""
-        W = self.params["W"]
-        _, C, kh, kw = W.shape
+    def _geometry(self, x: np.ndarray) -> _ConvGeometry:
+        _, C, kh, kw = self.params["W"].shape
         sh, sw = self.strides
         N, _, H, Wd = x.shape
         Ho, pt, pb = output_size(H, kh, sh, self.padding)
         Wo, pl, pr = output_size(Wd, kw, sw, self.padding)
-        scratch = self._scratch if reuse else _Scratch()
-        if pt or pb or pl or pr:
-            xp, fresh = scratch.get("xp", (N, C, H + pt + pb, Wd + pl + pr), W.dtype)
-            if fresh:
-                xp.fill(0.0)  # the border stays zero from batch to batch
-            xp[:, :, pt : pt + H, pl : pl + Wd] = x
-        else:
-            xp = x
-        K = C * kh * kw
-        cols, fresh = scratch.get("cols", (K + 1, N, Ho, Wo), W.dtype)
-        if fresh:
-            cols[K] = 1.0
-        # One strided copy: cols[(c, i, j), n, y, x] = xp[n, c, y * sh + i, x * sw + j].
-        np.copyto(
-            cols[:K].reshape(C, kh, kw, N, Ho, Wo),
-            _windows(xp, kh, kw, sh, sw).transpose(1, 4, 5, 0, 2, 3),
-        )
-        return cols.reshape(K + 1, N * Ho * Wo), (N, C, H, Wd, Ho, Wo, pt, pl, xp.shape)
+        Hp, Wp = H + pt + pb, Wd + pl + pr
+        flat = (sh, sw) == (1, 1)
+        Q = Ho * Wp if flat else Ho * Wo
+        per_image = (C * kh * kw + 1) * Q * x.itemsize
+        m = int(min(N, max(self.block_min_images, self.block_bytes // per_image)))
+        return _ConvGeometry(N, C, H, Wd, Ho, Wo, pt, pl, Hp, Wp, flat, Q, m)
 
-    def _forward(self, x: np.ndarray, reuse: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def _source(self, x: np.ndarray, g: _ConvGeometry, scratch: _Scratch) -> np.ndarray:
+        """The zero-padded input ``xp (N, C, Hp, Wp)``, C-contiguous (``x`` itself if it is)."""
+        if (g.Hp, g.Wp) == (g.H, g.W):
+            return np.ascontiguousarray(x)
+        xp, fresh = scratch.get("xp", (g.N, g.C, g.Hp, g.Wp), x.dtype)
+        if fresh:
+            xp.fill(0.0)  # the border stays zero from batch to batch
+        xp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W] = x
+        return xp
+
+    def _windows_view(self, xp: np.ndarray, g: _ConvGeometry) -> np.ndarray:
+        """Read-only view of every window, ordered ``(C, kh, kw, N, ...)`` like the columns.
+
+        Stride 1 ("flat" layout): each padded image is a flat array with row pitch ``Wp``, so the
+        window of output ``q = y * Wp + x`` at kernel offset ``(i, j)`` starts at
+        ``q + i * Wp + j``: the view is ``(C, kh, kw, N, L)`` with ``L = (Ho - 1) * Wp + Wo``
+        contiguous values per (offset, image, channel). Outputs are computed on the ``Ho x Wp``
+        grid (``Q = Ho * Wp`` columns per image); the columns ``x >= Wo`` are discarded (and get
+        zero gradient). Other strides: ``(C, kh, kw, N, Ho, Wo)``, ``Q = Ho * Wo``.
+        """
+        _, C, kh, kw = self.params["W"].shape
+        if not g.flat:
+            return _windows(xp, kh, kw, *self.strides).transpose(1, 4, 5, 0, 2, 3)
+        s = xp.itemsize
+        L = (g.Ho - 1) * g.Wp + g.Wo
+        return as_strided(
+            xp,
+            shape=(C, kh, kw, g.N, L),
+            strides=(g.Hp * g.Wp * s, g.Wp * s, s, C * g.Hp * g.Wp * s, s),
+            writeable=False,
+        )
+
+    def _im2col(
+        self, windows: np.ndarray, g: _ConvGeometry, n0: int, mm: int, scratch: _Scratch
+    ) -> np.ndarray:
+        """``cols (K + 1, mm * Q)`` of images ``n0 .. n0 + mm``: one column per output position,
+        the last row ones (the bias), one strided copy."""
+        _, C, kh, kw = self.params["W"].shape
+        K = C * kh * kw
+        cols, fresh = scratch.get("cols", (K + 1, mm, g.Q), windows.dtype)
+        if fresh:
+            cols[:K].fill(0.0)  # flat layout: the tail [L, Q) of every row is never written
+            cols[K] = 1.0
+        block = windows[:, :, :, n0 : n0 + mm]
+        if g.flat:
+            np.copyto(cols[:K].reshape(C, kh, kw, mm, g.Q)[..., : block.shape[-1]], block)
+        else:
+            np.copyto(cols[:K].reshape(C, kh, kw, mm, g.Ho, g.Wo), block)
+        return cols.reshape(K + 1, mm * g.Q)
+
+    def _blocks(self, g: _ConvGeometry):
+        for n0 in range(0, g.N, g.m):
+            yield n0, min(g.m, g.N - n0)
+
+    def _forward(self, x: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray, tuple]:
         W, b = self.params["W"], self.params["b"]
         F = W.shape[0]
-        cols, geom = self._im2col(x, reuse)
-        Wb = np.empty((F, cols.shape[0]), dtype=W.dtype)
+        g = self._geometry(x)
+        xp = self._source(x, g, scratch)
+        windows = self._windows_view(xp, g)
+        Wb = np.empty((F, W[0].size + 1), dtype=W.dtype)
         Wb[:, :-1] = W.reshape(F, -1)
         Wb[:, -1] = b
-        out = Wb @ cols  # (F, N * Ho * Wo)
-        N, Ho, Wo = geom[0], geom[4], geom[5]
-        out = np.ascontiguousarray(out.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))
-        return out, cols, geom
+        out = np.empty((g.N, F, g.Ho, g.Wo), dtype=W.dtype)
+        for n0, mm in self._blocks(g):
+            cols = self._im2col(windows, g, n0, mm, scratch)
+            res, _ = scratch.get("out", (F, mm * g.Q), W.dtype)
+            np.matmul(Wb, cols, out=res)
+            wide = res.reshape(F, mm, g.Ho, g.Q // g.Ho)  # (F, mm, Ho, Wp or Wo)
+            np.copyto(out[n0 : n0 + mm], wide[:, :, :, : g.Wo].transpose(1, 0, 2, 3))
+        return out, xp, g
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training:
             self.cache = None
-            return self._forward(x, reuse=False)[0]
-        out, cols, geom = self._forward(x, reuse=True)
-        self.cache = (cols, geom)
+            return self.predict(x)
+        out, xp, g = self._forward(x, self._scratch)
+        self.cache = (xp, g)
         return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, reuse=False)[0]
+        return self._forward(x, _Scratch())[0]
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        cols, (N, C, H, Wd, Ho, Wo, pt, pl, xp_shape) = self.cache
+        xp, g = self.cache
         W = self.params["W"]
-        F, _, kh, kw = W.shape
+        F, C, kh, kw = W.shape
         K = C * kh * kw
-        # (N, F, Ho, Wo) -> (F, N * Ho * Wo), the orientation of cols.
-        d2 = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(F, N * Ho * Wo)
-        dWb = d2 @ cols.T  # (F, K + 1) = [dW | db]
+        scratch = self._scratch
+        windows = self._windows_view(xp, g)
+        blocks = list(self._blocks(g))
+        dWb = np.empty((len(blocks), F, K + 1), dtype=W.dtype)  # [dW | db] per block
+        WT = W.reshape(F, K).T
+        dxp = np.zeros((g.N, C, g.Hp, g.Wp), dtype=W.dtype) if self.need_dx else None
+        for k, (n0, mm) in enumerate(blocks):
+            if len(blocks) == 1:  # the forward's columns are still in the buffer
+                cols, _ = scratch.get("cols", (K + 1, mm, g.Q), W.dtype)
+                cols = cols.reshape(K + 1, mm * g.Q)
+            else:
+                cols = self._im2col(windows, g, n0, mm, scratch)
+            # dout (mm, F, Ho, Wo) -> (F, mm * Q) in the columns' order, zero on discarded ones.
+            d2, fresh = scratch.get("dout", (F, mm, g.Ho, g.Q // g.Ho), W.dtype)
+            if fresh:
+                d2.fill(0.0)
+            np.copyto(d2[:, :, :, : g.Wo], dout[n0 : n0 + mm].transpose(1, 0, 2, 3))
+            d2 = d2.reshape(F, mm * g.Q)
+            np.matmul(d2, cols.T, out=dWb[k])
+            if dxp is not None:
+                dcols, _ = scratch.get("dcols", (K, mm * g.Q), W.dtype)
+                np.matmul(WT, d2, out=dcols)
+                self._col2im(dcols, dxp[n0 : n0 + mm], g, mm)
+        dWb = dWb.sum(axis=0) if len(blocks) > 1 else dWb[0]
         self.grads["W"][...] = dWb[:, :K].reshape(W.shape)
         self.grads["b"][...] = dWb[:, K]
-        if not self.need_dx:
+        if dxp is None:
             return None
-        dcols = (W.reshape(F, K).T @ d2).reshape(C, kh, kw, N, Ho, Wo)
-        dxp = np.zeros((C, N, *xp_shape[2:]), dtype=W.dtype)
-        sh, sw = self.strides
-        for i, j, rows, cols_ in _offset_slices(kh, kw, sh, sw, Ho, Wo):
-            dxp[:, :, rows, cols_] += dcols[:, i, j]
-        return dxp[:, :, pt : pt + H, pl : pl + Wd].transpose(1, 0, 2, 3)
+        if (g.Hp, g.Wp) == (g.H, g.W):
+            return dxp
+        return dxp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W]
+
+    def _col2im(self, dcols: np.ndarray, dxp: np.ndarray, g: _ConvGeometry, mm: int) -> None:
+        """Add each column's gradient onto the pixels of its window: ``dxp (mm, C, Hp, Wp)``."""
+        _, C, kh, kw = self.params["W"].shape
+        if g.flat:
+            L = (g.Ho - 1) * g.Wp + g.Wo
+            dc = dcols.reshape(C, kh, kw, mm, g.Q)
+            dxf = dxp.reshape(mm, C, g.Hp * g.Wp).transpose(1, 0, 2)
+            for i in range(kh):
+                for j in range(kw):
+                    o = i * g.Wp + j
+                    dv = dxf[:, :, o : o + L]
+                    np.add(dv, dc[:, i, j, :, :L], out=dv)
+        else:
+            dc = dcols.reshape(C, kh, kw, mm, g.Ho, g.Wo)
+            for i, j, rows, cols in _offset_slices(kh, kw, *self.strides, g.Ho, g.Wo):
+                dv = dxp[:, :, rows, cols]
+                dv += dc[:, i, j].transpose(1, 0, 2, 3)
 
 
 def make_conv2d(

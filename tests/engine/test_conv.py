@@ -259,3 +259,21 @@ def test_batch_norm_matches_torch(dtype: str, shape: tuple[int, ...]) -> None:
     ref = F_.batch_norm(to_torch(x), rm, rv, gt, bt, training=False, eps=1e-3)
     assert_close(layer.predict(x), ref)
     assert_close(layer.forward(x, training=False), ref)
+
+
+@pytest.mark.parametrize(("padding", "strides"), [("same", (1, 1)), ("valid", (2, 1))])
+def test_conv2d_blocks_of_images_give_the_same_results(padding, strides) -> None:
+    """Cache blocking (here 2 images per block, the last one partial) changes nothing."""
+    rng = np.random.default_rng(SEED)
+    layer = make_conv2d(3, 4, 3, strides=strides, padding=padding, rng=rng, dtype="float64")
+    x = rng.standard_normal((5, 3, 7, 6))
+    whole = layer.forward(x, training=True)
+    dout = rng.standard_normal(whole.shape)
+    dx = layer.backward(dout)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    layer.block_bytes, layer.block_min_images = 1, 2
+    assert np.allclose(layer.forward(x, training=True), whole, atol=1e-12)
+    assert np.allclose(layer.backward(dout), dx, atol=1e-12)
+    for name, g in grads.items():
+        assert np.allclose(layer.grads[name], g, atol=1e-12)
+    check_layer(layer, x[:3])
