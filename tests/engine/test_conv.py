@@ -277,3 +277,58 @@ def test_conv2d_blocks_of_images_give_the_same_results(padding, strides) -> None
     for name, g in grads.items():
         assert np.allclose(layer.grads[name], g, atol=1e-12)
     check_layer(layer, x[:3])
+
+
+def test_small_cnn_trains_like_torch() -> None:
+    """Engine conv layers + Dense + softmax cross-entropy + SGD: three steps from the same
+    weights give the same weights as PyTorch (float64)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from engine.layers import Dense, ReLU, Tanh
+    from engine.losses import softmax_cross_entropy
+    from engine.optimizers import SGD
+
+    rng = np.random.default_rng(SEED)
+    conv1 = make_conv2d(2, 3, 3, padding="same", init="he", rng=rng, dtype="float64")
+    conv2 = make_conv2d(3, 4, 3, strides=2, init="he", rng=rng, dtype="float64")
+    bn = BatchNorm(4, momentum=0.9, dtype="float64")
+    dense = Dense(rng.standard_normal((16, 5)) * 0.3, np.zeros(5))
+    layers = [conv1, Tanh(), MaxPool2D(2, 1), conv2, bn, ReLU(), AvgPool2D(2, 1), Flatten(), dense]
+    x = rng.standard_normal((6, 2, 9, 9))
+    y = rng.integers(0, 5, size=6)
+
+    tconv1, tconv2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2)
+    tbn, tdense = nn.BatchNorm2d(4, eps=1e-3, momentum=0.1), nn.Linear(16, 5)
+    net = nn.Sequential(
+        tconv1, nn.Tanh(), nn.MaxPool2d(2, 1), tconv2, tbn, nn.ReLU(), nn.AvgPool2d(2, 1),
+        nn.Flatten(), tdense,
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for t, la in ((tconv1, conv1), (tconv2, conv2)):
+            t.weight.copy_(torch.tensor(la.params["W"]))
+            t.bias.copy_(torch.tensor(la.params["b"]))
+        tdense.weight.copy_(torch.tensor(dense.params["W"].T))
+        tdense.bias.copy_(torch.tensor(dense.params["b"]))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ours = SGD(learning_rate=0.1)
+    params = [la.params[k] for la in layers for k in la.params]
+    grads = [la.grads[k] for la in layers for k in la.params]
+    for _ in range(3):
+        out = x
+        for la in layers:
+            out = la.forward(out, training=True)
+        loss, d = softmax_cross_entropy(out, y)
+        for la in reversed(layers):
+            d = la.backward(d)
+        ours.step(params, grads)
+        opt.zero_grad()
+        tloss = nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y))
+        tloss.backward()
+        opt.step()
+        assert abs(loss - tloss.item()) < 1e-10
+    assert np.allclose(conv1.params["W"], tconv1.weight.detach().numpy(), atol=1e-10)
+    assert np.allclose(conv2.params["b"], tconv2.bias.detach().numpy(), atol=1e-10)
+    assert np.allclose(bn.params["gamma"], tbn.weight.detach().numpy(), atol=1e-10)
+    assert np.allclose(bn.buffers["running_var"], tbn.running_var.numpy(), atol=1e-10)
+    assert np.allclose(dense.params["W"], tdense.weight.detach().numpy().T, atol=1e-10)
