@@ -12,12 +12,15 @@ Output sizes (Keras / TensorFlow padding rules, stride ``s``, window ``k``):
 - ``same``: ``Ho = ceil(H / s)``, with ``pad = max((Ho - 1) * s + k - H, 0)`` zeros split as
   ``pad // 2`` before and the rest after (so an odd total pads one more row at the bottom).
 
-Convolution is im2col + one matrix product: the windows of the batch are copied into
-``cols (K + 1, N * Ho * Wo)`` whose last row is ones, so the bias is folded into the product
-``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db]`` from one product
-``dout (F, N * Ho * Wo) @ cols.T`` and scatters ``W.T @ dout`` back onto the image (col2im). The
-copies loop over the ``kh * kw`` kernel offsets at most, never over images or pixels; ``cols`` and
-the padded input are scratch buffers reused from batch to batch.
+Convolution is im2col + a matrix product: the windows are copied into columns
+``cols (K + 1, Q)`` per image (``Q`` output positions) whose last row is ones, so the bias is
+folded into the product ``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db]`` from
+``dout (F, Q) @ cols.T`` (the orientation of ``cols``, no transposed copy of it) and scatters
+``W.T @ dout`` back onto the image (col2im). With stride 1 the columns use the padded image's row
+pitch, so each kernel offset is one contiguous run per image and channel (``Conv2D._windows_view``).
+The batch is processed in blocks of images whose columns stay in cache (``Conv2D.block_bytes``);
+the copies loop over blocks and over the ``kh * kw`` kernel offsets at most, never over single
+images or pixels, and the column buffers are reused from batch to batch.
 
 All arrays stay in the dtype of the parameters (float32 by default, float64 for gradient checks).
 """
@@ -130,10 +133,14 @@ class Conv2D(Layer):
 
     Notes
     -----
-    Forward ``out (F, N * Ho * Wo) = [W | b] (F, K + 1) @ cols (K + 1, N * Ho * Wo)``, returned as
-    ``(N, F, Ho, Wo)``. Backward, with ``dout`` reshaped to ``(F, N * Ho * Wo)``:
-    ``[dW | db] = dout @ cols.T`` and ``dx = col2im(W.T (K, F) @ dout)`` (the sum, over the
-    windows that contain a pixel, of their gradients).
+    Forward, per block of images: ``out (F, Q) = [W | b] (F, K + 1) @ cols (K + 1, Q)``, returned
+    as ``(N, F, Ho, Wo)``. Backward, with ``dout`` in the columns' order ``(F, Q)``:
+    ``[dW | db] = sum_blocks dout @ cols.T`` and ``dx = col2im(W.T (K, F) @ dout)`` (the sum, over
+    the windows that contain a pixel, of their gradients). The forward keeps the (padded) input,
+    not the columns, for backward (one block: the columns too).
+
+    Network wiring: ``params`` ``W`` (penalised like a Dense weight) and ``b`` (never penalised);
+    ``output_shape((C, H, W))`` gives the next layer's input shape; ``make_conv2d`` initialises.
     """
 
     def __init__(
