@@ -21,6 +21,10 @@ input gradient, times 2) against a float32 matmul peak measured in the same run,
 a training step spent in augmentation (rotation 10, shifts 0.1, zoom 0.1, bilinear; goal <= 15%).
 
 Run: ``python -m bench.cnn`` (``--rows``, ``--repeats``, ``--batch-sizes``, ``--clock wall``).
+On this VM every fresh multi-megabyte NumPy temporary costs page faults when glibc trims the heap
+between batches (~20k minor faults per 2,000 images); ``MALLOC_TRIM_THRESHOLD_=1073741824
+MALLOC_TOP_PAD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432`` in the command removes most of them,
+for both contenders. ``run`` has the signature of a ``python -m bench`` section.
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from the environment before numpy loads, as in
 ``python -m bench``.
 """
