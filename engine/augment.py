@@ -1,0 +1,266 @@
+"""Image augmentation per training batch (Keras ``ImageDataGenerator`` names and semantics).
+
+Images are ``x (N, C, H, W)``. Each image ``n`` gets one random affine map, composed as in Keras'
+``apply_affine_transform`` (rotation, then shift, then zoom, about the image centre
+``c = ((H - 1) / 2, (W - 1) / 2)``) followed by the optional flips. The map is applied backwards,
+as an inverse coordinate grid: output pixel ``o = (row, col)`` reads the input at::
+
+    p = c + R(theta) @ (Z @ (o' - c) + t),    R = [[cos, -sin], [sin, cos]],  Z = diag(zx, zy)
+
+where ``o'`` is ``o`` with its column mirrored (``W - 1 - col``) for a horizontal flip and its row
+mirrored for a vertical flip, ``t = (tx, ty)`` the (row, column) shift in pixels. So a shift of
+``t`` moves the content by ``-t`` pixels, ``zx > 1`` shows a larger area (the content shrinks),
+and ``theta = 90`` degrees turns the image a quarter clockwise. Positions outside the image take
+the nearest edge pixel (``fill_mode="nearest"``, the Keras default). Sampling is bilinear
+(``interpolation="bilinear"``, Keras' default order 1) or nearest-pixel.
+
+The whole batch is resampled at once: the ``(N, 2, H * W)`` grid of source positions is one
+batched product, the samples one ``np.take`` per bilinear tap; nothing loops over images or
+pixels.
+
+Random draws (``rng``, the trainer's seeded ``numpy.random.Generator``, in this order, only for
+the options that are on): ``theta ~ U(-rotation_range, rotation_range)`` degrees; the row shift
+from ``height_shift_range`` and the column shift from ``width_shift_range``, each a fraction of the
+side when the float is < 1, pixels ``U(-r, r)`` when it is a float >= 1, and a whole number of
+pixels in ``[-r, r]`` when it is an int; ``zx, zy ~ U(1 - z, 1 + z)`` (or ``U(lo, hi)`` for a pair
+``zoom_range = (lo, hi)``); each flip with probability 1/2.
+
+Featurewise statistics (``fit`` on the training images, once): per channel ``mean`` and ``std``
+over ``(N, H, W)``; ``standardize`` computes ``x - mean`` and/or ``x / (std + 1e-6)`` (Keras'
+epsilon), after the random transform as in Keras. Standardization is part of the model: predict
+time must apply ``standardize`` (never the random transform); ``state()`` gives the arrays to save.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+FILL_MODES: tuple[str, ...] = ("nearest",)
+INTERPOLATIONS: tuple[str, ...] = ("bilinear", "nearest")
+STD_EPS = 1e-6  # Keras adds it to the featurewise std
+
+
+def _range_pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    """``z -> (1 - z, 1 + z)``; a pair ``(lo, hi)`` stays (Keras' ``zoom_range``)."""
+    if isinstance(value, int | float):
+        lo, hi = 1.0 - float(value), 1.0 + float(value)
+    else:
+        lo, hi = (float(v) for v in value)
+    if not (0.0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"{name} must give 0 < lower <= upper, got {value!r}")
+    return lo, hi
+
+
+def _draw_shift(value: float, size: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` shifts in pixels from a Keras shift range (module docstring)."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return rng.integers(-int(value), int(value), size=n, endpoint=True).astype(np.float64)
+    r = float(value)
+    shift = rng.uniform(-r, r, size=n)
+    return shift * size if r < 1.0 else shift
+
+
+class ImageAugmenter:
+    """Keras ``ImageDataGenerator``-style augmentation of ``(N, C, H, W)`` batches.
+
+    Parameters use Keras' names: ``featurewise_center``, ``featurewise_std_normalization``,
+    ``rotation_range`` (degrees), ``width_shift_range``, ``height_shift_range``, ``zoom_range``,
+    ``horizontal_flip``, ``vertical_flip``, ``fill_mode`` (``"nearest"``) and ``interpolation``
+    (``"bilinear"`` or ``"nearest"``).
+
+    ``augmenter(x, rng)`` is what a training step calls: the random transform, then the
+    featurewise standardization.
+    """
+
+    def __init__(
+        self,
+        *,
+        featurewise_center: bool = False,
+        featurewise_std_normalization: bool = False,
+        rotation_range: float = 0.0,
+        width_shift_range: float = 0.0,
+        height_shift_range: float = 0.0,
+        zoom_range: float | Sequence[float] = 0.0,
+        horizontal_flip: bool = False,
+        vertical_flip: bool = False,
+        fill_mode: str = "nearest",
+        interpolation: str = "bilinear",
+    ) -> None:
+        if fill_mode not in FILL_MODES:
+            raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+            )
+        for name, v in (
+            ("rotation_range", rotation_range),
+            ("width_shift_range", width_shift_range),
+            ("height_shift_range", height_shift_range),
+        ):
+            if not (math.isfinite(float(v)) and float(v) >= 0.0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.featurewise_center = bool(featurewise_center)
+        self.featurewise_std_normalization = bool(featurewise_std_normalization)
+        self.rotation_range = float(rotation_range)
+        self.width_shift_range = width_shift_range
+        self.height_shift_range = height_shift_range
+        self.zoom_range = _range_pair(zoom_range, "zoom_range")
+        self.horizontal_flip = bool(horizontal_flip)
+        self.vertical_flip = bool(vertical_flip)
+        self.fill_mode = fill_mode
+        self.interpolation = interpolation
+        self.mean: np.ndarray | None = None  # (C,) after fit
+        self.std: np.ndarray | None = None  # (C,) after fit
+
+    # ------------------------------------------------------------------ featurewise statistics
+    @property
+    def needs_fit(self) -> bool:
+        return self.featurewise_center or self.featurewise_std_normalization
+
+    def fit(self, X: np.ndarray) -> ImageAugmenter:
+        """Per-channel ``mean (C,)`` and ``std (C,)`` of the training images ``X (N, C, H, W)``."""
+        X = np.asarray(X)
+        if X.ndim != 4:
+            raise ValueError(f"fit expects images (N, C, H, W), got shape {X.shape}")
+        self.mean = X.mean(axis=(0, 2, 3), dtype=np.float64).astype(X.dtype)
+        self.std = X.std(axis=(0, 2, 3), dtype=np.float64).astype(X.dtype)
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted statistics by name (``mean``, ``std``), for serialization with a model."""
+        return {k: v for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """``x - mean`` and / or ``x / (std + 1e-6)`` per channel (a new array)."""
+        if self.needs_fit and self.mean is None:
+            raise ValueError("featurewise statistics are not fitted: call fit(X_train) first")
+        out = x
+        if self.featurewise_center:
+            out = out - self.mean.reshape(1, -1, 1, 1)
+        if self.featurewise_std_normalization:
+            out = out / (self.std.reshape(1, -1, 1, 1) + STD_EPS)
+        return out
+
+    # ------------------------------------------------------------------ random affine maps
+    @property
+    def transforms(self) -> bool:
+        """Whether any random geometric transform is on."""
+        return bool(
+            self.rotation_range
+            or self.width_shift_range
+            or self.height_shift_range
+            or self.zoom_range != (1.0, 1.0)
+            or self.horizontal_flip
+            or self.vertical_flip
+        )
+
+    def random_params(
+        self, n: int, height: int, width: int, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Per-image parameters ``theta`` (degrees), ``tx``, ``ty`` (pixels), ``zx``, ``zy``,
+        ``flip_h``, ``flip_v`` (bools), each of shape ``(n,)``; see the module docstring."""
+        zeros = np.zeros(n)
+        p = {"theta": zeros, "tx": zeros, "ty": zeros, "zx": zeros + 1.0, "zy": zeros + 1.0}
+        if self.rotation_range:
+            p["theta"] = rng.uniform(-self.rotation_range, self.rotation_range, size=n)
+        if self.height_shift_range:
+            p["tx"] = _draw_shift(self.height_shift_range, height, n, rng)
+        if self.width_shift_range:
+            p["ty"] = _draw_shift(self.width_shift_range, width, n, rng)
+        if self.zoom_range != (1.0, 1.0):
+            p["zx"], p["zy"] = rng.uniform(*self.zoom_range, size=(2, n))
+        no = np.zeros(n, dtype=bool)
+        p["flip_h"] = rng.random(n) < 0.5 if self.horizontal_flip else no
+        p["flip_v"] = rng.random(n) < 0.5 if self.vertical_flip else no
+        return p
+
+    def apply_transform(self, x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+        """Resample every image of ``x (N, C, H, W)`` through its map (module formula).
+
+        Returns a new ``(N, C, H, W)`` array of the dtype of ``x``.
+        """
+        H, W = x.shape[2:]
+        grid = source_grid(params, H, W, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+        return sample(x, grid, self.interpolation)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One training batch: random transform (if any), then featurewise standardization."""
+        if self.transforms:
+            x = self.apply_transform(x, self.random_params(x.shape[0], *x.shape[2:], rng))
+        if self.needs_fit:
+            x = self.standardize(x)
+        return x
+
+
+def source_grid(
+    params: dict[str, np.ndarray], H: int, W: int, *, dtype: np.dtype | type = np.float64
+) -> np.ndarray:
+    """Source positions ``(N, 2, H * W)`` (row, col) of every output pixel of every image."""
+    theta = np.deg2rad(np.asarray(params["theta"], dtype=np.float64))
+    N = theta.shape[0]
+    cos, sin = np.cos(theta), np.sin(theta)
+    zx = np.asarray(params["zx"], dtype=np.float64)
+    zy = np.asarray(params["zy"], dtype=np.float64)
+    # A (N, 2, 2) = R @ Z; p = c + A @ (o' - c) + R @ t.
+    A = np.empty((N, 2, 2))
+    A[:, 0, 0], A[:, 0, 1] = cos * zx, -sin * zy
+    A[:, 1, 0], A[:, 1, 1] = sin * zx, cos * zy
+    tx = np.asarray(params["tx"], dtype=np.float64)
+    ty = np.asarray(params["ty"], dtype=np.float64)
+    cr, cc = (H - 1) / 2.0, (W - 1) / 2.0
+    # Flips mirror the output coordinate about the centre: fold them into A's columns.
+    A[:, :, 0] *= np.where(params["flip_v"], -1.0, 1.0)[:, None]
+    A[:, :, 1] *= np.where(params["flip_h"], -1.0, 1.0)[:, None]
+    offset = np.empty((N, 2, 1))
+    offset[:, 0, 0] = cr + cos * tx - sin * ty
+    offset[:, 1, 0] = cc + sin * tx + cos * ty
+    rows = np.arange(H, dtype=np.float64) - cr
+    cols = np.arange(W, dtype=np.float64) - cc
+    o = np.empty((2, H * W))
+    o[0] = np.repeat(rows, W)
+    o[1] = np.tile(cols, H)
+    grid = (A @ o).astype(dtype, copy=False)
+    grid += offset.astype(dtype)
+    return grid
+
+
+def sample(x: np.ndarray, grid: np.ndarray, interpolation: str = "bilinear") -> np.ndarray:
+    """Read ``x (N, C, H, W)`` at the positions ``grid (N, 2, H * W)``, edges extended (nearest).
+
+    ``bilinear``: ``(1-fr)(1-fc) x[r0,c0] + (1-fr) fc x[r0,c1] + fr (1-fc) x[r1,c0] + fr fc
+    x[r1,c1]`` with ``r0 = floor(r)``, ``fr = r - r0`` (positions clipped to the image first, which
+    is the ``nearest`` fill); ``nearest``: ``x[round(r), round(c)]``.
+    """
+    N, C, H, W = x.shape
+    r = np.clip(grid[:, 0], 0.0, H - 1)
+    c = np.clip(grid[:, 1], 0.0, W - 1)
+    flat = x.reshape(-1)
+    # Offset of image n, channel ch in the flat array, broadcast against pixel indices (N, 1, P).
+    base = (np.arange(N, dtype=np.intp) * (C * H * W))[:, None, None] + (
+        np.arange(C, dtype=np.intp) * (H * W)
+    )[None, :, None]
+    if interpolation == "nearest":
+        idx = np.rint(r).astype(np.intp) * W + np.rint(c).astype(np.intp)
+        return np.take(flat, base + idx[:, None, :]).reshape(N, C, H, W)
+    r0 = np.floor(r)
+    c0 = np.floor(c)
+    fr = (r - r0).astype(x.dtype, copy=False)[:, None, :]
+    fc = (c - c0).astype(x.dtype, copy=False)[:, None, :]
+    r0 = r0.astype(np.intp)
+    c0 = c0.astype(np.intp)
+    r1 = np.minimum(r0 + 1, H - 1)
+    c1 = np.minimum(c0 + 1, W - 1)
+    i00 = base + (r0 * W + c0)[:, None, :]
+    dc = (c1 - c0)[:, None, :]
+    dr = ((r1 - r0) * W)[:, None, :]
+    v00 = np.take(flat, i00)
+    v01 = np.take(flat, i00 + dc)
+    v10 = np.take(flat, i00 + dr)
+    v11 = np.take(flat, i00 + dr + dc)
+    top = v00 + (v01 - v00) * fc
+    bottom = v10 + (v11 - v10) * fc
+    out = top + (bottom - top) * fr
+    return out.reshape(N, C, H, W)

@@ -1,0 +1,602 @@
+"""Image layers (NCHW): Conv2D, MaxPool2D, AvgPool2D, Flatten, BatchNorm.
+
+They follow the protocol of ``engine.layers`` (``forward(x, training)``, ``backward(dout)`` that
+fills ``grads[name]`` for every ``params[name]``, ``predict``). Shapes: ``x (N, C, H, W)`` is a
+batch of ``N`` images with ``C`` channels of ``H x W`` pixels; a convolution has ``F`` filters of
+``kh x kw`` pixels, ``W (F, C, kh, kw)`` (PyTorch's layout) and ``b (F,)``, and returns
+``out (N, F, Ho, Wo)``. ``K = C * kh * kw`` is the length of one receptive field.
+
+Output sizes (Keras / TensorFlow padding rules, stride ``s``, window ``k``):
+
+- ``valid``: ``Ho = (H - k) // s + 1``, no padding;
+- ``same``: ``Ho = ceil(H / s)``, with ``pad = max((Ho - 1) * s + k - H, 0)`` zeros split as
+  ``pad // 2`` before and the rest after (so an odd total pads one more row at the bottom).
+
+Convolution is im2col + a matrix product: the windows are copied into columns
+``cols (K + 1, Q)`` per image (``Q`` output positions) whose last row is ones, so the bias is
+folded into the product ``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db]`` from
+``dout (F, Q) @ cols.T`` (the orientation of ``cols``, no transposed copy of it) and scatters
+``W.T @ dout`` back onto the image (col2im). With stride 1 the columns use the padded image's row
+pitch, so each kernel offset is one contiguous run per image and channel (``Conv2D._windows_view``).
+The batch is processed in blocks of images whose columns stay in cache (``Conv2D.block_bytes``);
+the copies loop over blocks and over the ``kh * kw`` kernel offsets at most, never over single
+images or pixels, and the column buffers are reused from batch to batch.
+
+All arrays stay in the dtype of the parameters (float32 by default, float64 for gradient checks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
+from engine.initializers import init_weights
+from engine.layers import Layer
+
+PADDINGS: tuple[str, ...] = ("valid", "same")
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(3, 2)`` stays; every entry must be a positive int."""
+    pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def output_size(size: int, k: int, s: int, padding: str) -> tuple[int, int, int]:
+    """``(out, pad_before, pad_after)`` along one axis of ``size`` pixels (module formulas)."""
+    if padding == "valid":
+        if size < k:
+            raise ValueError(f"window {k} is larger than the input ({size} pixels)")
+        return (size - k) // s + 1, 0, 0
+    if padding == "same":
+        out = -(-size // s)
+        pad = max((out - 1) * s + k - size, 0)
+        return out, pad // 2, pad - pad // 2
+    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+
+
+def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
+    """View ``(N, C, Ho, Wo, kh, kw)`` of every ``kh x kw`` window of ``x (N, C, H, W)``."""
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))
+    if sh > 1 or sw > 1:
+        win = win[:, :, ::sh, ::sw]
+    return win
+
+
+def _offset_slices(kh: int, kw: int, sh: int, sw: int, Ho: int, Wo: int):
+    """For each kernel offset ``(i, j)``: the strided slices of the input it touches."""
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, slice(i, i + sh * (Ho - 1) + 1, sh), slice(j, j + sw * (Wo - 1) + 1, sw)
+
+
+class _Scratch:
+    """Arrays reused from batch to batch, by name and shape (the last, smaller batch of an epoch
+    gets its own set instead of evicting the full-size one)."""
+
+    MAX_ARRAYS = 32
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, bool]:
+        """``(array, fresh)``; ``fresh``: just allocated, contents undefined."""
+        key = (name, shape, np.dtype(dtype).str)
+        a = self._arrays.get(key)
+        if a is not None:
+            return a, False
+        if len(self._arrays) >= self.MAX_ARRAYS:
+            self._arrays.clear()
+        a = self._arrays[key] = np.empty(shape, dtype=dtype)
+        return a, True
+
+
+class _ConvGeometry(NamedTuple):
+    """Sizes of one Conv2D call: input ``(N, C, H, W)``, output ``(Ho, Wo)``, padding before
+    (``pt``, ``pl``), padded ``(Hp, Wp)``; ``flat`` layout (stride 1), ``Q`` columns per image,
+    ``m`` images per block."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    pt: int
+    pl: int
+    Hp: int
+    Wp: int
+    flat: bool
+    Q: int
+    m: int  # images per block
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as in Keras and PyTorch) of ``x (N, C, H, W)``.
+
+    ``out[n, f, y, x] = b[f] + sum_{c, i, j} W[f, c, i, j] * xp[n, c, y * sh + i, x * sw + j]``
+    with ``xp`` the zero-padded input (module docstring for ``valid`` / ``same``).
+
+    Parameters
+    ----------
+    W : ndarray (F, C, kh, kw)
+    b : ndarray (F,)
+    strides : int or (sh, sw)
+    padding : ``"valid"`` or ``"same"``
+    need_dx : bool
+        ``False`` for the first layer of a network (its input gradient is never used).
+
+    Notes
+    -----
+    Forward, per block of images: ``out (F, Q) = [W | b] (F, K + 1) @ cols (K + 1, Q)``, returned
+    as ``(N, F, Ho, Wo)``. Backward, with ``dout`` in the columns' order ``(F, Q)``:
+    ``[dW | db] = sum_blocks dout @ cols.T`` and ``dx = col2im(W.T (K, F) @ dout)`` (the sum, over
+    the windows that contain a pixel, of their gradients). The forward keeps the (padded) input,
+    not the columns, for backward (one block: the columns too).
+
+    Network wiring: ``params`` ``W`` (penalised like a Dense weight) and ``b`` (never penalised);
+    ``output_shape((C, H, W))`` gives the next layer's input shape; ``make_conv2d`` initialises.
+    """
+
+    def __init__(
+        self,
+        W: np.ndarray,
+        b: np.ndarray,
+        *,
+        strides: int | tuple[int, int] = 1,
+        padding: str = "valid",
+        need_dx: bool = True,
+    ) -> None:
+        super().__init__()
+        if W.ndim != 4 or b.shape != (W.shape[0],):
+            raise ValueError(f"Conv2D needs W (F, C, kh, kw) and b (F,), got {W.shape}, {b.shape}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.params = {"W": W, "b": b}
+        self.grads = {"W": np.zeros_like(W), "b": np.zeros_like(b)}
+        self.strides = _pair(strides, "strides")
+        self.padding = padding
+        self.need_dx = need_dx
+        self._scratch = _Scratch()
+
+    # Cache blocking: the columns of about ``block_bytes`` worth of images (at least
+    # ``block_min_images``) are built, multiplied and scattered back while they are in cache.
+    block_bytes = 1 << 20
+    block_min_images = 16
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.params["W"].shape[2], self.params["W"].shape[3]
+
+    def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """``(F, Ho, Wo)`` for one image of shape ``(C, H, W)``."""
+        F, C, kh, kw = self.params["W"].shape
+        if input_shape[0] != C:
+            raise ValueError(f"Conv2D expects {C} input channels, got {input_shape[0]}")
+        Ho = output_size(input_shape[1], kh, self.strides[0], self.padding)[0]
+        Wo = output_size(input_shape[2], kw, self.strides[1], self.padding)[0]
+        return F, Ho, Wo
+
+    def _geometry(self, x: np.ndarray) -> _ConvGeometry:
+        _, C, kh, kw = self.params["W"].shape
+        sh, sw = self.strides
+        N, _, H, Wd = x.shape
+        Ho, pt, pb = output_size(H, kh, sh, self.padding)
+        Wo, pl, pr = output_size(Wd, kw, sw, self.padding)
+        Hp, Wp = H + pt + pb, Wd + pl + pr
+        flat = (sh, sw) == (1, 1)
+        Q = Ho * Wp if flat else Ho * Wo
+        per_image = (C * kh * kw + 1) * Q * x.itemsize
+        m = int(min(N, max(self.block_min_images, self.block_bytes // per_image)))
+        return _ConvGeometry(N, C, H, Wd, Ho, Wo, pt, pl, Hp, Wp, flat, Q, m)
+
+    def _source(self, x: np.ndarray, g: _ConvGeometry, scratch: _Scratch) -> np.ndarray:
+        """The zero-padded input ``xp (N, C, Hp, Wp)``, C-contiguous (``x`` itself if it is)."""
+        if (g.Hp, g.Wp) == (g.H, g.W):
+            return np.ascontiguousarray(x)
+        xp, fresh = scratch.get("xp", (g.N, g.C, g.Hp, g.Wp), x.dtype)
+        if fresh:
+            xp.fill(0.0)  # the border stays zero from batch to batch
+        xp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W] = x
+        return xp
+
+    def _windows_view(self, xp: np.ndarray, g: _ConvGeometry) -> np.ndarray:
+        """Read-only view of every window, ordered ``(C, kh, kw, N, ...)`` like the columns.
+
+        Stride 1 ("flat" layout): each padded image is a flat array with row pitch ``Wp``, so the
+        window of output ``q = y * Wp + x`` at kernel offset ``(i, j)`` starts at
+        ``q + i * Wp + j``: the view is ``(C, kh, kw, N, L)`` with ``L = (Ho - 1) * Wp + Wo``
+        contiguous values per (offset, image, channel). Outputs are computed on the ``Ho x Wp``
+        grid (``Q = Ho * Wp`` columns per image); the columns ``x >= Wo`` are discarded (and get
+        zero gradient). Other strides: ``(C, kh, kw, N, Ho, Wo)``, ``Q = Ho * Wo``.
+        """
+        _, C, kh, kw = self.params["W"].shape
+        if not g.flat:
+            return _windows(xp, kh, kw, *self.strides).transpose(1, 4, 5, 0, 2, 3)
+        s = xp.itemsize
+        L = (g.Ho - 1) * g.Wp + g.Wo
+        return as_strided(
+            xp,
+            shape=(C, kh, kw, g.N, L),
+            strides=(g.Hp * g.Wp * s, g.Wp * s, s, C * g.Hp * g.Wp * s, s),
+            writeable=False,
+        )
+
+    def _im2col(
+        self, windows: np.ndarray, g: _ConvGeometry, n0: int, mm: int, scratch: _Scratch
+    ) -> np.ndarray:
+        """``cols (K + 1, mm * Q)`` of images ``n0 .. n0 + mm``: one column per output position,
+        the last row ones (the bias), one strided copy."""
+        _, C, kh, kw = self.params["W"].shape
+        K = C * kh * kw
+        cols, fresh = scratch.get("cols", (K + 1, mm, g.Q), windows.dtype)
+        if fresh:
+            cols[:K].fill(0.0)  # flat layout: the tail [L, Q) of every row is never written
+            cols[K] = 1.0
+        block = windows[:, :, :, n0 : n0 + mm]
+        if g.flat:
+            np.copyto(cols[:K].reshape(C, kh, kw, mm, g.Q)[..., : block.shape[-1]], block)
+        else:
+            np.copyto(cols[:K].reshape(C, kh, kw, mm, g.Ho, g.Wo), block)
+        return cols.reshape(K + 1, mm * g.Q)
+
+    def _blocks(self, g: _ConvGeometry):
+        for n0 in range(0, g.N, g.m):
+            yield n0, min(g.m, g.N - n0)
+
+    def _forward(self, x: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray, tuple]:
+        W, b = self.params["W"], self.params["b"]
+        F = W.shape[0]
+        g = self._geometry(x)
+        xp = self._source(x, g, scratch)
+        windows = self._windows_view(xp, g)
+        Wb = np.empty((F, W[0].size + 1), dtype=W.dtype)
+        Wb[:, :-1] = W.reshape(F, -1)
+        Wb[:, -1] = b
+        out = np.empty((g.N, F, g.Ho, g.Wo), dtype=W.dtype)
+        for n0, mm in self._blocks(g):
+            cols = self._im2col(windows, g, n0, mm, scratch)
+            res, _ = scratch.get("out", (F, mm * g.Q), W.dtype)
+            np.matmul(Wb, cols, out=res)
+            wide = res.reshape(F, mm, g.Ho, g.Q // g.Ho)  # (F, mm, Ho, Wp or Wo)
+            np.copyto(out[n0 : n0 + mm], wide[:, :, :, : g.Wo].transpose(1, 0, 2, 3))
+        return out, xp, g
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if not training:
+            self.cache = None
+            return self.predict(x)
+        out, xp, g = self._forward(x, self._scratch)
+        self.cache = (xp, g)
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, _Scratch())[0]
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        xp, g = self.cache
+        W = self.params["W"]
+        F, C, kh, kw = W.shape
+        K = C * kh * kw
+        scratch = self._scratch
+        windows = self._windows_view(xp, g)
+        blocks = list(self._blocks(g))
+        dWb = np.empty((len(blocks), F, K + 1), dtype=W.dtype)  # [dW | db] per block
+        WT = W.reshape(F, K).T
+        dxp = np.zeros((g.N, C, g.Hp, g.Wp), dtype=W.dtype) if self.need_dx else None
+        for k, (n0, mm) in enumerate(blocks):
+            if len(blocks) == 1:  # the forward's columns are still in the buffer
+                cols, _ = scratch.get("cols", (K + 1, mm, g.Q), W.dtype)
+                cols = cols.reshape(K + 1, mm * g.Q)
+            else:
+                cols = self._im2col(windows, g, n0, mm, scratch)
+            # dout (mm, F, Ho, Wo) -> (F, mm * Q) in the columns' order, zero on discarded ones.
+            d2, fresh = scratch.get("dout", (F, mm, g.Ho, g.Q // g.Ho), W.dtype)
+            if fresh:
+                d2.fill(0.0)
+            np.copyto(d2[:, :, :, : g.Wo], dout[n0 : n0 + mm].transpose(1, 0, 2, 3))
+            d2 = d2.reshape(F, mm * g.Q)
+            np.matmul(d2, cols.T, out=dWb[k])
+            if dxp is not None:
+                dcols, _ = scratch.get("dcols", (K, mm * g.Q), W.dtype)
+                np.matmul(WT, d2, out=dcols)
+                self._col2im(dcols, dxp[n0 : n0 + mm], g, mm)
+        dWb = dWb.sum(axis=0) if len(blocks) > 1 else dWb[0]
+        self.grads["W"][...] = dWb[:, :K].reshape(W.shape)
+        self.grads["b"][...] = dWb[:, K]
+        if dxp is None:
+            return None
+        if (g.Hp, g.Wp) == (g.H, g.W):
+            return dxp
+        return dxp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W]
+
+    def _col2im(self, dcols: np.ndarray, dxp: np.ndarray, g: _ConvGeometry, mm: int) -> None:
+        """Add each column's gradient onto the pixels of its window: ``dxp (mm, C, Hp, Wp)``."""
+        _, C, kh, kw = self.params["W"].shape
+        if g.flat:
+            L = (g.Ho - 1) * g.Wp + g.Wo
+            dc = dcols.reshape(C, kh, kw, mm, g.Q)
+            dxf = dxp.reshape(mm, C, g.Hp * g.Wp).transpose(1, 0, 2)
+            for i in range(kh):
+                for j in range(kw):
+                    o = i * g.Wp + j
+                    dv = dxf[:, :, o : o + L]
+                    np.add(dv, dc[:, i, j, :, :L], out=dv)
+        else:
+            dc = dcols.reshape(C, kh, kw, mm, g.Ho, g.Wo)
+            for i, j, rows, cols in _offset_slices(kh, kw, *self.strides, g.Ho, g.Wo):
+                dv = dxp[:, :, rows, cols]
+                dv += dc[:, i, j].transpose(1, 0, 2, 3)
+
+
+def make_conv2d(
+    in_channels: int,
+    filters: int,
+    kernel_size: int | tuple[int, int],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: str = "valid",
+    init: str = "glorot_uniform",
+    rng: np.random.Generator,
+    dtype: np.dtype | str = "float32",
+    need_dx: bool = True,
+) -> Conv2D:
+    """A freshly initialised Conv2D: ``W`` drawn by ``engine.initializers.init_weights`` with
+    ``fan_in = C * kh * kw`` and ``fan_out = F`` (as a ``(K, F)`` matrix, transposed to
+    ``(F, C, kh, kw)``), ``b = 0``."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    C, F = int(in_channels), int(filters)
+    W = init_weights(init, C * kh * kw, F, rng=rng, dtype=dtype)
+    W = np.ascontiguousarray(W.T).reshape(F, C, kh, kw)
+    b = np.zeros(F, dtype=W.dtype)
+    return Conv2D(W, b, strides=strides, padding=padding, need_dx=need_dx)
+
+
+class _Pool2D(Layer):
+    """Shared geometry of the pooling layers (``valid`` windows, PyTorch's floor mode)."""
+
+    def __init__(
+        self, pool_size: int | tuple[int, int] = 2, strides: int | tuple[int, int] | None = None
+    ) -> None:
+        super().__init__()
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
+
+    def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """``(C, Ho, Wo)`` for one image ``(C, H, W)``: ``Ho = (H - ph) // sh + 1``."""
+        C, H, Wd = input_shape
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        return C, output_size(H, ph, sh, "valid")[0], output_size(Wd, pw, sw, "valid")[0]
+
+    def _geometry(self, shape: tuple[int, ...]) -> tuple[int, int, int, int, int, int]:
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        Ho = output_size(shape[2], ph, sh, "valid")[0]
+        Wo = output_size(shape[3], pw, sw, "valid")[0]
+        return ph, pw, sh, sw, Ho, Wo
+
+    @property
+    def _overlapping(self) -> bool:
+        return self.strides[0] < self.pool_size[0] or self.strides[1] < self.pool_size[1]
+
+    def _tiles(self, shape: tuple[int, ...]) -> bool:
+        """Whether the windows tile the input exactly (each pixel in exactly one window)."""
+        ph, pw, sh, sw, Ho, Wo = self._geometry(shape)
+        return (sh, sw) == (ph, pw) and tuple(shape[2:]) == (sh * Ho, sw * Wo)
+
+
+class MaxPool2D(_Pool2D):
+    """Max over each ``ph x pw`` window: ``out[n, c, y, x] = max_{i,j} x[n, c, y*sh+i, x*sw+j]``.
+
+    ``x (N, C, H, W) -> out (N, C, Ho, Wo)``, ``Ho = (H - ph) // sh + 1`` (rows that fit no
+    window are dropped, like Keras ``valid`` and PyTorch's default). Backward routes each
+    ``dout[n, c, y, x]`` to the window's arg-max; on ties to the FIRST maximum in row-major order
+    of the window (as PyTorch), and with overlapping windows (``strides < pool_size``) a pixel
+    collects the gradients of every window it is the arg-max of.
+    """
+
+    def _pool(self, x: np.ndarray, keep_arg: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``out`` and, if ``keep_arg``, the masks ``gt[o - 1] = window_o > max(windows < o)``.
+
+        The arg-max of a window is the LAST offset whose mask is set (a strict ``>`` keeps the
+        earlier offset on a tie), which ``backward`` recovers from the end.
+        """
+        ph, pw, sh, sw, Ho, Wo = self._geometry(x.shape)
+        slices = list(_offset_slices(ph, pw, sh, sw, Ho, Wo))
+        _, _, r0, c0 = slices[0]
+        out = x[:, :, r0, c0].copy()
+        gts = []
+        for _, _, rows, cols in slices[1:]:
+            window = x[:, :, rows, cols]
+            if keep_arg:
+                gts.append(np.greater(window, out))
+            np.maximum(out, window, out=out)
+        return out, gts
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if not training:
+            self.cache = None
+            return self._pool(x, keep_arg=False)[0]
+        out, gts = self._pool(x, keep_arg=True)
+        self.cache = (x.shape, x.dtype, gts)
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._pool(x, keep_arg=False)[0]
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        shape, dtype, gts = self.cache
+        ph, pw, sh, sw, Ho, Wo = self._geometry(shape)
+        tiles = self._tiles(shape)
+        dx = (np.empty if tiles else np.zeros)(shape, dtype=dtype)
+        slices = list(_offset_slices(ph, pw, sh, sw, Ho, Wo))
+        later = None  # windows whose arg-max is an offset after o
+        for o in range(len(slices) - 1, -1, -1):
+            _, _, rows, cols = slices[o]
+            if o == 0:
+                win = ~later if later is not None else np.ones(dout.shape, dtype=bool)
+            elif later is None:
+                win = gts[o - 1]
+                later = win.copy()
+            else:
+                win = gts[o - 1] & ~later
+                later |= gts[o - 1]
+            if tiles:
+                np.multiply(dout, win, out=dx[:, :, rows, cols])
+            else:
+                dx[:, :, rows, cols] += dout * win
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """Mean over each ``ph x pw`` window: ``out = sum_{i,j} x[n, c, y*sh+i, x*sw+j] / (ph pw)``.
+
+    ``x (N, C, H, W) -> out (N, C, Ho, Wo)`` (``valid`` windows). Backward: every pixel of a
+    window gets ``dout / (ph pw)``, summed over the windows that contain it.
+    """
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        ph, pw, sh, sw, Ho, Wo = self._geometry(x.shape)
+        out = None
+        for _, _, rows, cols in _offset_slices(ph, pw, sh, sw, Ho, Wo):
+            if out is None:
+                out = x[:, :, rows, cols].copy()
+            else:
+                out += x[:, :, rows, cols]
+        out *= 1.0 / (ph * pw)
+        self.cache = (x.shape, x.dtype) if training else None
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        shape, dtype = self.cache
+        ph, pw, sh, sw, Ho, Wo = self._geometry(shape)
+        part = dout * (1.0 / (ph * pw))
+        dx = np.zeros(shape, dtype=dtype)
+        for _, _, rows, cols in _offset_slices(ph, pw, sh, sw, Ho, Wo):
+            dx[:, :, rows, cols] += part
+        return dx
+
+
+class Flatten(Layer):
+    """``(N, C, H, W) -> (N, C * H * W)`` in C order (channel-major, as PyTorch's ``Flatten``);
+    backward reshapes ``dout (N, C * H * W)`` back."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout.reshape(self.cache)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int]:
+        return (math.prod(input_shape),)
+
+
+class BatchNorm(Layer):
+    """Batch normalization (Ioffe & Szegedy 2015) per feature of ``(N, D)`` or channel of
+    ``(N, C, H, W)``.
+
+    Training: with ``mu``, ``var`` the mean and (biased) variance of the batch over every axis but
+    the feature axis (``M = N`` or ``N * H * W`` values each),
+    ``xhat = (x - mu) / sqrt(var + eps)``, ``out = gamma * xhat + beta``; the running statistics
+    move as ``running = momentum * running + (1 - momentum) * batch`` (Keras' convention: PyTorch's
+    ``momentum`` is ``1 - momentum``), the running variance with the unbiased ``var * M / (M - 1)``
+    as in PyTorch. Predict: ``out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``.
+
+    Parameters ``gamma (C,)`` (starts at 1) and ``beta (C,)`` (starts at 0) are learned and never
+    penalised; ``buffers["running_mean"] (C,)`` and ``buffers["running_var"] (C,)`` are the
+    statistics a saved model must keep.
+
+    Backward (training mode): ``dbeta = sum dout``, ``dgamma = sum dout * xhat`` and
+    ``dx = gamma / sqrt(var + eps) / M * (M * dout - dbeta - xhat * dgamma)`` (sums over the same
+    axes as the statistics).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float = 0.99,
+        eps: float = 1e-3,
+        dtype: np.dtype | str = "float32",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"BatchNorm momentum must be in [0, 1), got {momentum}")
+        if not eps > 0.0:
+            raise ValueError(f"BatchNorm eps must be > 0, got {eps}")
+        C = int(num_features)
+        self.params = {"gamma": np.ones(C, dtype=dtype), "beta": np.zeros(C, dtype=dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.buffers = {
+            "running_mean": np.zeros(C, dtype=dtype),
+            "running_var": np.ones(C, dtype=dtype),
+        }
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+
+    @staticmethod
+    def _axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Reduction axes and the broadcast shape of a per-feature vector."""
+        if x.ndim == 2:
+            return (0,), (1, x.shape[1])
+        if x.ndim == 4:
+            return (0, 2, 3), (1, x.shape[1], 1, 1)
+        raise ValueError(f"BatchNorm expects (N, D) or (N, C, H, W) input, got shape {x.shape}")
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if not training:
+            self.cache = None
+            return self.predict(x)
+        axes, bshape = self._axes(x)
+        M = x.size // x.shape[1]
+        mu = x.mean(axis=axes)
+        xc = x - mu.reshape(bshape)
+        var = np.einsum("ij,ij->j", xc, xc) / M if x.ndim == 2 else (xc * xc).mean(axis=axes)
+        var = var.astype(x.dtype, copy=False)
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        xhat = xc
+        xhat *= inv_std.reshape(bshape)
+        out = xhat * self.params["gamma"].reshape(bshape)
+        out += self.params["beta"].reshape(bshape)
+        m = self.momentum
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm *= m
+        rm += (1.0 - m) * mu
+        rv *= m
+        rv += (1.0 - m) * var * (M / max(M - 1, 1))
+        self.cache = (xhat, inv_std, bshape, axes)
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        _, bshape = self._axes(x)
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        scale = self.params["gamma"] / np.sqrt(rv + self.eps)
+        shift = self.params["beta"] - rm * scale
+        out = x * scale.reshape(bshape)
+        out += shift.reshape(bshape)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        xhat, inv_std, bshape, axes = self.cache
+        M = xhat.size // xhat.shape[1]
+        dbeta = dout.sum(axis=axes)
+        dgamma = (dout * xhat).sum(axis=axes)
+        self.grads["beta"][...] = dbeta
+        self.grads["gamma"][...] = dgamma
+        scale = (self.params["gamma"] * inv_std) * (1.0 / M)
+        dx = dout * float(M)
+        dx -= dbeta.reshape(bshape)
+        dx -= xhat * dgamma.reshape(bshape)
+        dx *= scale.reshape(bshape)
+        return dx
