@@ -289,7 +289,7 @@ def test_binary_cross_entropy_needs_two_classes():
     X = np.arange(9.0).reshape(-1, 1)
     with pytest.raises(SpecError) as info:
         engine.fit(_spec(loss="binary_cross_entropy", epochs=1), X, [0, 1, 2] * 3)
-    assert (info.value.loc, info.value.code) == (("loss",), "loss_class_mismatch")
+    assert (info.value.loc, info.value.code) == (("loss",), "not_binary")
 
 
 def test_length_mismatch():
