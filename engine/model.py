@@ -18,10 +18,9 @@ from engine.errors import InputError, SpecError
 from engine.network import Network
 from engine.preprocess import (
     Preprocessor,
-    as_columns,
     classes_array,
     encode_labels,
-    numeric_matrix,
+    read_table,
     regression_target,
 )
 from engine.serialize import model_to_bytes
@@ -306,16 +305,8 @@ def fit(
     typed = parse(spec)
     task = typed.task
     dtype = np.dtype(typed.dtype)
-    # A plainly numeric input takes the vectorised path (one matrix, no per-column Python work);
-    # anything else is split into columns, which also names the column at fault in errors.
-    matrix = numeric_matrix(X, feature_names)
-    if matrix is not None:
-        names, R = matrix
-        columns = None
-        n = R.shape[0]
-    else:
-        names, columns = as_columns(X, feature_names)
-        n = len(columns[0])
+    table = read_table(X, feature_names)
+    n = table.n_rows
 
     if task == "classification":
         classes, y_idx = encode_labels(y)
@@ -357,27 +348,15 @@ def fit(
     has_val = len(val_rows) > 0
     # Without a validation split the training rows are all rows: no index copies.
     fit_rows = train_rows if has_val else None
-    if columns is None:
-        # Z is only read from here on, so it may be the caller's array when the encoding is the
-        # identity (standardize off, nothing missing, X already in the spec's dtype).
-        preprocessor, Z = Preprocessor.fit_encode(
-            names, R, rows=fit_rows, standardize=typed.standardize, dtype=dtype
-        )
-    else:
-        preprocessor = Preprocessor.fit(
-            names, columns, rows=fit_rows, standardize=typed.standardize
-        )
-        if preprocessor.n_features_out == 0:
-            raise InputError(
-                "No usable feature: every column is categorical with no value in the training "
-                "split.",
-                "empty",
-            )
-        # Encode every row at once (errors then name the original row); categories seen only in
-        # the validation split encode as all zeros, like a missing value, since the model never
-        # saw them.
-        Z = preprocessor.transform(
-            dict(zip(names, columns, strict=True)), dtype=dtype, unknown="ignore"
+    # Z is only read from here on, so it may be the caller's array when the encoding is the
+    # identity (standardize off, nothing missing, X already in the spec's dtype).
+    preprocessor, Z = Preprocessor.fit_transform(
+        table, rows=fit_rows, standardize=typed.standardize, dtype=dtype
+    )
+    if preprocessor.n_features_out == 0:
+        raise InputError(
+            "No usable feature: every column is categorical with no value in the training split.",
+            "empty",
         )
 
     if task == "regression":

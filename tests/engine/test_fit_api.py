@@ -340,20 +340,34 @@ def test_early_stopping_restores_best_epoch_in_metrics():
     assert model.metrics["val_loss"] == min(r["val_loss"] for r in model.history)
 
 
+@pytest.mark.parametrize("container", ["dict_of_arrays", "dict_of_lists", "objects", "pandas"])
 @pytest.mark.parametrize("validation_split", [0.0, 0.25])
-def test_numeric_array_fit_matches_the_column_path(validation_split):
+def test_every_container_of_the_same_values_gives_bit_identical_weights(
+    container, validation_split
+):
     rng = np.random.default_rng(3)
     X = rng.normal(2.0, 3.0, size=(80, 3))
     X[::9, 1] = np.nan
     y = X[:, 0] - np.nan_to_num(X[:, 1]) + rng.normal(scale=0.1, size=80)
-    spec = {"loss": "mse", "model": {"hidden_layers": []}, "dtype": "float64", "epochs": 5}
+    names = [f"x{j}" for j in range(3)]
+    if container == "pandas":
+        pd = pytest.importorskip("pandas")
+        other = pd.DataFrame(X, columns=names)
+    elif container == "dict_of_arrays":
+        other = {name: X[:, j] for j, name in enumerate(names)}
+    elif container == "dict_of_lists":
+        other = {name: X[:, j].tolist() for j, name in enumerate(names)}
+    else:  # object columns: the column-by-column conversion
+        other = {name: _obj(X[:, j].tolist()) for j, name in enumerate(names)}
+    spec = {"loss": "mse", "model": {"hidden_layers": [4]}, "dtype": "float64", "epochs": 3}
     spec["validation_split"] = validation_split
-    fast = engine.fit(spec, X, y)
-    # object columns force the column-by-column path
-    slow = engine.fit(spec, {f"x{j}": _obj(X[:, j].tolist()) for j in range(3)}, y)
-    np.testing.assert_allclose(fast.preprocessor.center, slow.preprocessor.center, rtol=1e-13)
-    np.testing.assert_allclose(fast.predict(X), slow.predict(X), rtol=1e-9)
-    assert [r["loss"] for r in fast.history] == pytest.approx([r["loss"] for r in slow.history])
+    ref = engine.fit(spec, X, y)
+    got = engine.fit(spec, other, y)
+    np.testing.assert_array_equal(got.preprocessor.center, ref.preprocessor.center)
+    np.testing.assert_array_equal(got.preprocessor.scale, ref.preprocessor.scale)
+    for name, value in ref.network.get_weights().items():
+        np.testing.assert_array_equal(got.network.get_weights()[name], value)
+    np.testing.assert_array_equal(got.predict(other), ref.predict(X))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
