@@ -148,6 +148,7 @@ class Model:
             idx = (out[:, 0] >= 0.5).astype(np.intp)
         else:
             idx = out.argmax(axis=1)
+        assert self._classes_arr is not None  # a classifier has classes
         return self._classes_arr[idx]
 
     def _proba(self, out: np.ndarray) -> np.ndarray:
@@ -308,10 +309,12 @@ def fit(
     table = read_table(X, feature_names)
     n = table.n_rows
 
+    classes: list[Any] = []
+    y_idx: np.ndarray | None = None
+    y_reg = np.empty(0)
     if task == "classification":
         classes, y_idx = encode_labels(y)
     else:
-        classes, y_idx = None, None
         y_reg = regression_target(y)
     n_y = len(y_idx) if y_idx is not None else len(y_reg)
     if n_y != n:
@@ -359,18 +362,17 @@ def fit(
             "empty",
         )
 
-    if task == "regression":
+    output_bias: float | None = None
+    if y_idx is None:
         Y = y_reg.astype(dtype)
         n_outputs = 1
         output_bias = float(y_reg[train_rows].mean())
     elif typed.loss == "binary_cross_entropy":
         Y = y_idx.astype(dtype)
         n_outputs = 1
-        output_bias = None
     else:
         Y = y_idx
         n_outputs = len(classes)
-        output_bias = None
 
     network = Network.build(
         typed, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
@@ -406,7 +408,7 @@ def fit(
         spec=typed,
         network=network,
         preprocessor=preprocessor,
-        classes=classes,
+        classes=classes if y_idx is not None else None,
         history=history,
         metrics=metrics,
         stopped=result.stopped,

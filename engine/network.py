@@ -198,8 +198,9 @@ class Network:
 
         Stops at the first Dense: the gradient with respect to the input is never needed.
         """
-        dout = dscores
+        dout: np.ndarray | None = dscores
         for layer in reversed(self.layers):
+            assert dout is not None
             dout = layer.backward(dout)
             if dout is None:
                 break

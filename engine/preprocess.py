@@ -279,7 +279,7 @@ def _present_as_str(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if col.dtype.kind != "O":
         return np.arange(len(col)), col.astype(str)
     # np.equal(col, None) / col != col compare element-wise in C: None and NaN are missing.
-    missing = np.equal(col, None) | (col != col)
+    missing = np.equal(col, np.array(None, dtype=object)) | (col != col)
     rows = np.flatnonzero(~missing)
     return rows, col[rows].astype(str)
 
