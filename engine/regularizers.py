@@ -149,30 +149,34 @@ def group_prox(
     """
     if np.isscalar(step):
         return block_soft_threshold(V, float(step) * group_l1, out=out)  # type: ignore[arg-type]
-    v = V.astype(np.float64)
-    c = np.asarray(step, dtype=np.float64) * group_l1  # (D, M)
+    v = np.asarray(V, dtype=np.float64)
+    c = np.multiply(step, group_l1, dtype=np.float64)  # (D, M), > 0: steps are positive
     a = v * v
-    with np.errstate(divide="ignore"):
-        active = np.einsum("ij,ij->i", a, 1.0 / (c * c)) > 1.0  # psi(0) < 1: the row survives
+    active = np.add.reduce(a / (c * c), axis=1) > 1.0  # psi(0) < 1: the row survives
     r = np.zeros(V.shape[0])
     if active.any():
-        aa, cc = a[active], c[active]
+        every = bool(active.all())
+        aa, cc = (a, c) if every else (a[active], c[active])
         # Start from the scalar-step answer with the row's mean step: exact if the steps agree.
-        ra = np.maximum(np.sqrt(aa.sum(axis=1)) - cc.mean(axis=1), 0.0)
+        ra = np.maximum(np.sqrt(np.add.reduce(aa, axis=1)) - cc.mean(axis=1), 0.0)
         for _ in range(_ROOT_MAXITER):
             q = ra[:, None] + cc
             inv = aa / (q * q)
-            S = inv.sum(axis=1)
-            T = (inv / q).sum(axis=1)
+            S = np.add.reduce(inv, axis=1)
+            inv /= q
+            T = np.add.reduce(inv, axis=1)
             psi = 1.0 / np.sqrt(S)
             new = np.maximum(ra - (psi - 1.0) / (psi * psi * psi * T), 0.0)
-            done = np.abs(new - ra) <= _ROOT_RTOL * np.maximum(new, 1e-300)
+            done = np.abs(new - ra) <= _ROOT_RTOL * new
             ra = new
             if done.all():
                 break
-        r[active] = ra
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(active[:, None], r[:, None] / (r[:, None] + c), 0.0)
+        if every:
+            r = ra
+        else:
+            r[active] = ra
+    # w = v r / (r + lam s): exactly 0 on the rows with r = 0
+    scale = r[:, None] / (r[:, None] + c)
     return np.multiply(V, scale.astype(V.dtype, copy=False), out=out)
 
 
