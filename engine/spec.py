@@ -151,6 +151,8 @@ class FieldInfo:
     choices : tuple of str or None
     nullable : bool
         Whether ``None`` is a stored value (for the other fields ``None`` means "use the default").
+    required : bool
+        Whether the field must be given (the fields of some layer types).
     section : str or None
         For ``type == "section"``: the registry key of the nested section.
     doc : str
@@ -167,6 +169,7 @@ class FieldInfo:
     nullable: bool = False
     section: str | None = None
     doc: str = ""
+    required: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``choices`` as a list)."""
@@ -241,7 +244,7 @@ class LayerSpec(_Section):
 # Per layer type: field -> FieldInfo. The dense/dropout/conv defaults "None" inherit the model's.
 LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
     "dense": (
-        FieldInfo("units", "int", None, lo=1, hi=_MAX_UNITS, doc="Output width (required)."),
+        FieldInfo("units", "int", None, lo=1, hi=_MAX_UNITS, required=True, doc="Output width."),
         FieldInfo(
             "activation",
             "str",
@@ -267,7 +270,8 @@ LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
             lo=0.0,
             hi=1.0,
             hi_open=True,
-            doc="Drop probability (required); the mode is dropout.mode.",
+            required=True,
+            doc="Drop probability; the mode is dropout.mode.",
         ),
     ),
     "batch_norm": (
@@ -283,14 +287,15 @@ LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
         FieldInfo("eps", "float", 1e-3, lo=0.0, lo_open=True, doc="Added to the variance."),
     ),
     "conv2d": (
-        FieldInfo("filters", "int", None, lo=1, hi=_MAX_UNITS, doc="Output channels (required)."),
+        FieldInfo("filters", "int", None, lo=1, hi=_MAX_UNITS, required=True, doc="Out channels."),
         FieldInfo(
             "kernel_size",
             "int_pair",
             None,
             lo=1,
             hi=1024,
-            doc="Kernel height and width (required); an int means square.",
+            required=True,
+            doc="Kernel height and width; an int means square.",
         ),
         FieldInfo("strides", "int_pair", (1, 1), lo=1, hi=1024),
         FieldInfo("padding", "str", "valid", choices=PADDINGS),
@@ -319,11 +324,6 @@ LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
         ),
     ),
     "flatten": (),
-}
-_REQUIRED_LAYER_FIELDS = {
-    "dense": ("units",),
-    "dropout": ("rate",),
-    "conv2d": ("filters", "kernel_size"),
 }
 
 
@@ -766,7 +766,7 @@ def _layer(raw: Any, loc: Loc) -> LayerSpec:
     for info in infos:
         if info.name in given:
             value = _value(given[info.name], (*loc, info.name), info)
-        elif info.name in _REQUIRED_LAYER_FIELDS.get(kind, ()):
+        elif info.required:
             raise SpecError(
                 (*loc, info.name),
                 f"{_name((*loc, info.name))} is required for a {kind} layer.",
