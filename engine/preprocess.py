@@ -359,11 +359,14 @@ def _column_stats(
     # quiet: inf - inf or an overflow only sends us to the exact checks
     with np.errstate(invalid="ignore", over="ignore"):
         for start in chunks:
-            chunk = np.array(train[start : start + step], dtype=np.float64, order="C")
+            chunk = train[start : start + step]
+            if chunk.dtype != np.float64 or not chunk.flags.c_contiguous:
+                chunk = np.array(chunk, dtype=np.float64, order="C")
             part = np.add.reduce(chunk, axis=0)
             if not np.isfinite(part).all():
                 _check_matrix_no_inf(train, names, rows)
                 finite = False
+                chunk = np.array(chunk, dtype=np.float64, order="C")  # ours to write
                 nan = np.isnan(chunk)
                 chunk[nan] = 0.0
                 count -= np.count_nonzero(nan, axis=0)
@@ -375,8 +378,7 @@ def _column_stats(
     if with_std:
         acc = np.zeros(d)
         for start in chunks:
-            dev = np.array(train[start : start + step], dtype=np.float64, order="C")
-            dev -= mean
+            dev = np.subtract(train[start : start + step], mean, dtype=np.float64, order="C")
             if not finite:
                 dev[np.isnan(dev)] = 0.0
             dev *= dev

@@ -44,6 +44,7 @@ on with defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ def _sect(section: str, *, nullable: bool = False, doc: str = "") -> dict[str, A
     return {"spec": {"type": "section", "section": section, "nullable": nullable, "doc": doc}}
 
 
+@functools.cache
 def _infos(cls: type) -> tuple[FieldInfo, ...]:
     out = []
     for f in dataclasses.fields(cls):
