@@ -738,16 +738,14 @@ def _mapping(raw: Any, loc: Loc, allowed: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _section(cls: type, raw: Any, loc: Loc, **resolved: Any) -> Any:
-    """Build section ``cls`` from ``raw``: absent fields take their declared default; fields in
-    ``resolved`` (already checked by the caller) are used as given."""
+def _section(cls: type, raw: Any, loc: Loc) -> Any:
+    """Build section ``cls`` from ``raw``: each given field checked against its declaration,
+    absent (or ``None``) fields take their declared default."""
     infos = {f.name: f for f in _infos(cls)}
     given = _mapping(raw, loc, tuple(infos))
     kwargs = {}
     for name, info in infos.items():
-        if name in resolved:
-            kwargs[name] = resolved[name]
-        elif name in given:
+        if name in given:
             kwargs[name] = _value(given[name], (*loc, name), info)
     return cls(**kwargs)
 
