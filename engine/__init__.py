@@ -5,6 +5,8 @@ Public API (everything the service may use)::
     import engine
 
     spec = engine.normalize_spec(spec_dict)          # defaults + validation, or SpecError
+    typed = engine.parse_spec(spec_dict)             # the same as frozen objects (engine.spec.Spec)
+    fields = engine.spec_registry()                  # every field: type, default, bounds, choices
     model = engine.fit(spec_dict, X, y, callbacks=[cb])
     model.predict(X); model.predict_proba(X); model.history; model.metrics; model.classes
     data = model.to_bytes(); model2 = engine.load(data)
@@ -26,14 +28,20 @@ from engine.spec import (
     DROPOUT_MODES,
     DTYPES,
     INITIALIZERS,
+    KEEP,
     L1_METHODS,
+    LAYER_TYPES,
     LOSS_TASKS,
     LOSSES,
     OPTIMIZERS,
     TASKS,
+    Spec,
+    check_classes,
     default_spec,
     normalize_spec,
 )
+from engine.spec import parse as parse_spec
+from engine.spec import registry as spec_registry
 from engine.trainer import HISTORY_KEYS
 
 __all__ = [
@@ -42,7 +50,9 @@ __all__ = [
     "DTYPES",
     "HISTORY_KEYS",
     "INITIALIZERS",
+    "KEEP",
     "L1_METHODS",
+    "LAYER_TYPES",
     "LOSSES",
     "LOSS_TASKS",
     "OPTIMIZERS",
@@ -52,16 +62,20 @@ __all__ = [
     "ModelFormatError",
     "PathCancelled",
     "PathResult",
+    "Spec",
     "SpecError",
     "TrainingTimeout",
+    "check_classes",
     "combine",
     "default_spec",
     "final_spec",
     "fit",
     "load",
     "normalize_spec",
+    "parse_spec",
     "path",
     "path_fold",
     "path_grid",
     "sparsity",
+    "spec_registry",
 ]

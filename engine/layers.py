@@ -17,6 +17,7 @@ which NumPy >= 2 never lets upcast an array.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -36,12 +37,13 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
-        self.cache: object = None
+        self.cache: Any = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        """``dx``, or ``None`` when the input gradient is not needed (a first Dense layer)."""
         raise NotImplementedError
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -55,7 +57,11 @@ class Layer:
 
 
 def _keep_mask(
-    rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: np.dtype, scale: bool
+    rng: np.random.Generator | None,
+    shape: tuple[int, ...],
+    rate: float,
+    dtype: np.dtype,
+    scale: bool,
 ) -> np.ndarray:
     """Bernoulli keep-mask in ``dtype``: 1 (or ``1/keep`` if ``scale``) with probability keep.
 
@@ -63,6 +69,8 @@ def _keep_mask(
     probability allows: one bit per unit for ``keep == 1/2``, one byte (``r < 256 * keep``) when
     ``256 * keep`` is an integer (rates 0.25, 0.75, ...), else a float per unit (``u < keep``).
     """
+    if rng is None:
+        raise RuntimeError("a stochastic layer needs its rng (Network.set_rng) before training")
     keep = 1.0 - rate
     n = math.prod(shape)
     if keep == 0.5:

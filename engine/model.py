@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from engine.errors import InputError, SpecError
+from engine.network import Network
 from engine.preprocess import (
     Preprocessor,
-    as_columns,
     classes_array,
     encode_labels,
-    numeric_matrix,
+    read_table,
     regression_target,
 )
-from engine.spec import normalize_spec
-
-if TYPE_CHECKING:
-    from engine.network import Network
+from engine.serialize import model_to_bytes
+from engine.sparsity import sparsity
+from engine.spec import Spec, check_classes, parse
+from engine.trainer import train
 
 __all__ = ["HINGE_LOSSES", "MAX_CLASSES", "Callback", "Model", "fit"]
 
@@ -44,8 +44,10 @@ class Model:
 
     Attributes
     ----------
+    config : engine.spec.Spec
+        The typed spec.
     spec : dict
-        The normalized spec (JSON-able).
+        ``config.to_dict()``, the normalized spec (JSON-able).
     task : {"classification", "regression"}
     feature_names : list of str
         Raw input columns, in order.
@@ -56,10 +58,11 @@ class Model:
         One record per epoch (keys: ``epoch``, ``loss``, ``data_loss``, ``penalty``, ``val_loss``,
         ``metric``, ``val_metric``, ``zero_fraction``, ``learning_rate``, ``seconds``).
     metrics : dict
-        Summary of the returned weights: ``loss``, ``val_loss``, ``metric``, ``val_metric`` (of the
-        best epoch when training stopped early and best weights were restored, else of the last
-        epoch), ``metric_name`` (``"accuracy"`` | ``"r2"``), ``epochs`` (epochs run),
-        ``best_epoch``, ``stopped``, ``n_train``, ``n_val``, ``seconds``.
+        Summary of the returned weights: ``loss``, ``val_loss``, ``metric``, ``val_metric`` of
+        epoch ``weights_epoch`` (the epoch the weights are from: the best one under ``keep ==
+        "best"``, else the last), ``metric_name`` (``"accuracy"`` | ``"r2"``), ``epochs`` (epochs
+        run), ``best_epoch`` (lowest val_loss, or loss without validation), ``weights_epoch``,
+        ``keep``, ``stopped``, ``n_train``, ``n_val``, ``seconds``.
     stopped : {"completed", "early_stopping", "cancelled"}
     network : engine.network.Network
     preprocessor : engine.preprocess.Preprocessor
@@ -70,7 +73,7 @@ class Model:
     def __init__(
         self,
         *,
-        spec: dict[str, Any],
+        spec: Spec | Mapping[str, Any],
         network: Network,
         preprocessor: Preprocessor,
         classes: list[Any] | None,
@@ -80,8 +83,9 @@ class Model:
         n_inputs: int,
         n_outputs: int,
     ) -> None:
-        self.spec = spec
-        self.task: str = spec["task"]
+        self.config: Spec = parse(spec)
+        self.spec: dict[str, Any] = self.config.to_dict()
+        self.task: str = self.config.task
         self.network = network
         self.preprocessor = preprocessor
         self.classes = None if classes is None else list(classes)
@@ -90,7 +94,7 @@ class Model:
         self.stopped = stopped
         self.n_inputs = n_inputs
         self.n_outputs = n_outputs
-        self._dtype = np.dtype(spec["dtype"])
+        self._dtype = np.dtype(self.config.dtype)
         self._classes_arr = None if classes is None else classes_array(classes)
 
     @property
@@ -101,7 +105,7 @@ class Model:
     @property
     def has_proba(self) -> bool:
         """Whether :meth:`predict_proba` works: a classifier trained with a likelihood loss."""
-        return self.task == "classification" and self.spec["loss"] not in HINGE_LOSSES
+        return self.task == "classification" and self.config.loss not in HINGE_LOSSES
 
     def _encode(self, X: Any) -> np.ndarray:
         return self.preprocessor.transform(X, dtype=self._dtype)
@@ -140,14 +144,15 @@ class Model:
     def _labels(self, out: np.ndarray) -> np.ndarray:
         if self.task == "regression":
             return out[:, 0]
-        if self.spec["loss"] == "binary_cross_entropy":
+        if self.config.loss == "binary_cross_entropy":
             idx = (out[:, 0] >= 0.5).astype(np.intp)
         else:
             idx = out.argmax(axis=1)
+        assert self._classes_arr is not None  # a classifier has classes
         return self._classes_arr[idx]
 
     def _proba(self, out: np.ndarray) -> np.ndarray:
-        if self.spec["loss"] == "binary_cross_entropy":
+        if self.config.loss == "binary_cross_entropy":
             p = out[:, 0]
             return np.stack([1.0 - p, p], axis=1)
         return out
@@ -174,7 +179,7 @@ class Model:
             why = (
                 "a regression model"
                 if self.task == "regression"
-                else f"trained with {self.spec['loss']}, whose scores are not probabilities"
+                else f"trained with {self.config.loss}, whose scores are not probabilities"
             )
             raise InputError(
                 f"predict_proba is not available: the model is {why}.", "no_probabilities"
@@ -183,20 +188,16 @@ class Model:
 
     def sparsity(self, tolerance: float = 0.0) -> dict[str, Any]:
         """Same as ``engine.sparsity(self, tolerance)``."""
-        from engine.sparsity import sparsity
-
         return sparsity(self, tolerance)
 
     def to_bytes(self) -> bytes:
         """npz + JSON bytes, no pickle; ``engine.load(model.to_bytes())`` predicts identically."""
-        from engine.serialize import model_to_bytes
-
         return model_to_bytes(self)
 
     def __repr__(self) -> str:
-        hidden = self.spec["model"]["hidden_layers"]
+        hidden = list(self.config.model.dense_widths())
         return (
-            f"Model(task={self.task!r}, loss={self.spec['loss']!r}, hidden_layers={hidden}, "
+            f"Model(task={self.task!r}, loss={self.config.loss!r}, hidden_layers={hidden}, "
             f"features={len(self.feature_names)}, stopped={self.stopped!r})"
         )
 
@@ -234,15 +235,12 @@ def _split(
 
 
 def _metric_summary(
-    history: list[dict[str, Any]], best_epoch: int | None, stopped: str, task: str
+    history: list[dict[str, Any]], best_epoch: int, weights_epoch: int, stopped: str, task: str
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    if history:
-        # After an early stop the best weights are restored, so the summary describes that epoch.
-        if stopped != "completed" and best_epoch is not None and 1 <= best_epoch <= len(history):
-            record = history[best_epoch - 1]
-        else:
-            record = history[-1]
+    # The summary describes the epoch whose weights the model holds.
+    record: dict[str, Any] = (
+        history[weights_epoch - 1] if 1 <= weights_epoch <= len(history) else {}
+    )
     return {
         "loss": record.get("loss"),
         "val_loss": record.get("val_loss"),
@@ -250,7 +248,8 @@ def _metric_summary(
         "val_metric": record.get("val_metric"),
         "metric_name": _METRIC_NAMES[task],
         "epochs": len(history),
-        "best_epoch": None if best_epoch is None else int(best_epoch),
+        "best_epoch": int(best_epoch),
+        "weights_epoch": int(weights_epoch),
         "stopped": stopped,
     }
 
@@ -293,8 +292,8 @@ def fit(
     ------
     SpecError
         Invalid spec; binary cross-entropy on a target without exactly 2 classes (``loc ==
-        ("loss",)``, code ``"loss_class_mismatch"``); a diverged run (non-finite loss, ``loc ==
-        ("optimizer", "learning_rate")``, code ``"diverged"``).
+        ("loss",)``, code ``"not_binary"``, from :func:`engine.spec.check_classes`); a diverged
+        run (non-finite loss, ``loc == ("optimizer", "learning_rate")``, code ``"diverged"``).
     TrainingTimeout
         ``max_seconds`` passed (no model is returned).
     InputError
@@ -303,29 +302,19 @@ def fit(
         ...
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    # Imported here so `import engine` (spec validation, registries) stays light for the service.
-    from engine.network import Network
-    from engine.trainer import train
-
     started = time.perf_counter()
-    spec = normalize_spec(spec)
-    task = spec["task"]
-    dtype = np.dtype(spec["dtype"])
-    # A plainly numeric input takes the vectorised path (one matrix, no per-column Python work);
-    # anything else is split into columns, which also names the column at fault in errors.
-    matrix = numeric_matrix(X, feature_names)
-    if matrix is not None:
-        names, R = matrix
-        columns = None
-        n = R.shape[0]
-    else:
-        names, columns = as_columns(X, feature_names)
-        n = len(columns[0])
+    typed = parse(spec)
+    task = typed.task
+    dtype = np.dtype(typed.dtype)
+    table = read_table(X, feature_names)
+    n = table.n_rows
 
+    classes: list[Any] = []
+    y_idx: np.ndarray | None = None
+    y_reg = np.empty(0)
     if task == "classification":
         classes, y_idx = encode_labels(y)
     else:
-        classes, y_idx = None, None
         y_reg = regression_target(y)
     n_y = len(y_idx) if y_idx is not None else len(y_reg)
     if n_y != n:
@@ -345,74 +334,55 @@ def fit(
                 "classes a classifier supports; for a numeric target use task 'regression'.",
                 "too_many_classes",
             )
-        if spec["loss"] == "binary_cross_entropy" and len(classes) != 2:
-            raise SpecError(
-                ("loss",),
-                f"loss 'binary_cross_entropy' needs exactly 2 classes but the target has "
-                f"{len(classes)}; use softmax_cross_entropy.",
-                "loss_class_mismatch",
-            )
+        check_classes(typed, len(classes))
     elif float(y_reg.max()) == float(y_reg.min()):
         raise InputError(
             f"The target is constant ({y_reg[0]:g}); there is nothing to learn.", "constant_target"
         )
 
-    rng = np.random.default_rng(spec["seed"])
-    train_rows, val_rows = _split(n, spec["validation_split"], rng, y_idx)
-    if spec["validation_split"] > 0 and (len(val_rows) == 0 or len(train_rows) == 0):
+    rng = np.random.default_rng(typed.seed)
+    train_rows, val_rows = _split(n, typed.validation_split, rng, y_idx)
+    if typed.validation_split > 0 and (len(val_rows) == 0 or len(train_rows) == 0):
         raise InputError(
-            f"{n} rows are too few for validation_split={spec['validation_split']}.",
+            f"{n} rows are too few for validation_split={typed.validation_split}.",
             "too_few_rows",
         )
 
     has_val = len(val_rows) > 0
     # Without a validation split the training rows are all rows: no index copies.
     fit_rows = train_rows if has_val else None
-    if columns is None:
-        # Z is only read from here on, so it may be the caller's array when the encoding is the
-        # identity (standardize off, nothing missing, X already in the spec's dtype).
-        preprocessor, Z = Preprocessor.fit_encode(
-            names, R, rows=fit_rows, standardize=spec["standardize"], dtype=dtype
-        )
-    else:
-        preprocessor = Preprocessor.fit(
-            names, columns, rows=fit_rows, standardize=spec["standardize"]
-        )
-        if preprocessor.n_features_out == 0:
-            raise InputError(
-                "No usable feature: every column is categorical with no value in the training "
-                "split.",
-                "empty",
-            )
-        # Encode every row at once (errors then name the original row); categories seen only in
-        # the validation split encode as all zeros, like a missing value, since the model never
-        # saw them.
-        Z = preprocessor.transform(
-            dict(zip(names, columns, strict=True)), dtype=dtype, unknown="ignore"
+    # Z is only read from here on, so it may be the caller's array when the encoding is the
+    # identity (standardize off, nothing missing, X already in the spec's dtype).
+    preprocessor, Z = Preprocessor.fit_transform(
+        table, rows=fit_rows, standardize=typed.standardize, dtype=dtype
+    )
+    if preprocessor.n_features_out == 0:
+        raise InputError(
+            "No usable feature: every column is categorical with no value in the training split.",
+            "empty",
         )
 
-    if task == "regression":
+    output_bias: float | None = None
+    if y_idx is None:
         Y = y_reg.astype(dtype)
         n_outputs = 1
         output_bias = float(y_reg[train_rows].mean())
-    elif spec["loss"] == "binary_cross_entropy":
+    elif typed.loss == "binary_cross_entropy":
         Y = y_idx.astype(dtype)
         n_outputs = 1
-        output_bias = None
     else:
         Y = y_idx
         n_outputs = len(classes)
-        output_bias = None
 
     network = Network.build(
-        spec, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
+        typed, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
     )
     try:
         result = train(
             network,
             Z[train_rows] if has_val else Z,
             Y[train_rows] if has_val else Y,
-            spec,
+            typed,
             X_val=Z[val_rows] if has_val else None,
             Y_val=Y[val_rows] if has_val else None,
             callbacks=tuple(callbacks),
@@ -427,15 +397,18 @@ def fit(
             "diverged",
         ) from exc
     history = [dict(record) for record in result.history]
-    metrics = _metric_summary(history, result.best_epoch, result.stopped, task)
+    metrics = _metric_summary(
+        history, result.best_epoch, result.weights_epoch, result.stopped, task
+    )
+    metrics["keep"] = typed.keep
     metrics["n_train"] = len(train_rows)
     metrics["n_val"] = len(val_rows)
     metrics["seconds"] = time.perf_counter() - started
     return Model(
-        spec=spec,
+        spec=typed,
         network=network,
         preprocessor=preprocessor,
-        classes=classes,
+        classes=classes if y_idx is not None else None,
         history=history,
         metrics=metrics,
         stopped=result.stopped,

@@ -4,6 +4,11 @@ Layout for ``hidden_layers = [M_1, ..., M_H]`` (``D`` inputs, ``K`` outputs)::
 
     [Dropout(input)] -> Dense0 (D, M_1) -> act -> [Dropout(hidden)] -> ... -> DenseH (M_H, K)
 
+``model.layers`` gives the same network as a list: each ``dense`` entry is a hidden Dense block
+(Dense -> activation, its own ``activation``/``init`` or the model's), each ``dropout`` entry an
+extra Dropout at its place (inverted, or standard under ``dropout.mode == "standard"``); the output
+Dense comes from the loss as above. Other layer types validate in the spec but are not built yet.
+
 Dropout layers exist only for the ``inverted``/``standard`` modes with a positive rate; in
 ``dropconnect`` mode the Dense layers mask their own weights instead (input rate on ``dense0``,
 hidden rate on every later Dense, which all read a hidden activation). With no hidden layers the
@@ -19,8 +24,12 @@ applies it at predict time. ``K`` is 1 for regression and binary cross-entropy, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
+from engine.errors import SpecError
 from engine.initializers import init_weights
 from engine.layers import (
     SIGN_ONLY_ACTIVATIONS,
@@ -32,6 +41,7 @@ from engine.layers import (
     sigmoid,
 )
 from engine.losses import softmax
+from engine.spec import BUILDABLE_LAYERS, Spec, parse
 
 
 class Network:
@@ -70,59 +80,94 @@ class Network:
     @classmethod
     def build(
         cls,
-        spec: dict,
+        spec: Spec | Mapping[str, Any],
         n_inputs: int,
         n_outputs: int,
         *,
         rng: np.random.Generator,
-        output_bias: np.ndarray | None = None,
+        output_bias: np.ndarray | float | None = None,
     ) -> Network:
         """Create a freshly initialised network.
 
         Parameters
         ----------
-        spec : dict
-            Normalized spec; reads ``model`` (``hidden_layers``, ``activation``, ``init``,
-            ``leaky_slope``), ``dropout``, ``loss`` and ``dtype``.
+        spec : Spec or mapping
+            The spec (a mapping is parsed with ``engine.spec.parse``); reads ``model``,
+            ``dropout``, ``loss`` and ``dtype``.
         n_inputs, n_outputs : int
             ``D`` (encoded input columns) and ``K`` (1, or the number of classes).
         rng : numpy.random.Generator
             Draws the initial weights, layer by layer.
-        output_bias : ndarray (K,), optional
+        output_bias : ndarray (K,) or float, optional
             Initial bias of the last layer (the regression target mean); zeros otherwise.
-        """
-        dtype = np.dtype(spec.get("dtype", "float32"))
-        model = spec.get("model", {})
-        hidden = list(model.get("hidden_layers", []))
-        activation = model.get("activation", "relu")
-        init = model.get("init", "he")
-        slope = float(model.get("leaky_slope", 0.01))
-        dropout = spec.get("dropout") or {}
-        mode = dropout.get("mode", "inverted")
-        p_in = float(dropout.get("input", 0.0) or 0.0)
-        p_hid = float(dropout.get("hidden", 0.0) or 0.0)
 
-        sizes = [int(n_inputs), *map(int, hidden), int(n_outputs)]
+        Raises
+        ------
+        SpecError
+            ``not_supported`` for a ``model.layers`` entry the network cannot build yet.
+        """
+        spec = parse(spec)
+        dtype = np.dtype(spec.dtype)
+        model, dropout = spec.model, spec.dropout
+        mode = dropout.mode
+        # Hidden blocks: (units, activation, init, dropout rate of explicit dropout layers after it)
+        blocks: list[tuple[int, str, str]] = []
+        extra_dropout: dict[int, list[float]] = {}  # block index (-1 = input) -> rates
+        if model.layers is None:
+            blocks = [(units, model.activation, model.init) for units in model.hidden_layers or ()]
+        else:
+            for i, layer in enumerate(model.layers):
+                if layer.type not in BUILDABLE_LAYERS:
+                    raise SpecError(
+                        ("model", "layers", i, "type"),
+                        f"model.layers.{i}: {layer.type!r} layers are not supported yet; "
+                        f"use {' or '.join(BUILDABLE_LAYERS)}.",
+                        "not_supported",
+                    )
+                if layer.type == "dense":
+                    blocks.append(
+                        (
+                            layer.get("units"),
+                            layer.get("activation") or model.activation,
+                            layer.get("init") or model.init,
+                        )
+                    )
+                elif layer.get("rate") > 0:
+                    extra_dropout.setdefault(len(blocks) - 1, []).append(layer.get("rate"))
+        # Explicit dropout layers drop activations: DropConnect mode applies to dropout.* only.
+        layer_mode = "inverted" if mode == "dropconnect" else mode
+        p_in, p_hid = dropout.input, dropout.hidden
+
+        sizes = [int(n_inputs), *(b[0] for b in blocks), int(n_outputs)]
         layers: list[Layer] = []
         if p_in > 0.0 and mode != "dropconnect":
             layers.append(Dropout(p_in, mode))
+        layers += [Dropout(rate, layer_mode) for rate in extra_dropout.get(-1, [])]
         for k in range(len(sizes) - 1):
             D, M = sizes[k], sizes[k + 1]
+            init = blocks[k][2] if k < len(blocks) else model.init
             W = init_weights(init, D, M, rng=rng, dtype=dtype)
             b = np.zeros(M, dtype=dtype)
             dc = (p_in if k == 0 else p_hid) if mode == "dropconnect" else 0.0
             layers.append(Dense(W, b, dropconnect=dc, need_dx=k > 0))
-            if k < len(sizes) - 2:
+            if k < len(blocks):
+                activation = blocks[k][1]
                 # In place: the Dense output is a fresh array that no layer keeps.
                 layers.append(
-                    make_activation(activation, M, dtype=dtype, leaky_slope=slope, inplace=True)
+                    make_activation(
+                        activation, M, dtype=dtype, leaky_slope=model.leaky_slope, inplace=True
+                    )
                 )
+                inplace = activation in SIGN_ONLY_ACTIVATIONS
                 if p_hid > 0.0 and mode != "dropconnect":
-                    layers.append(Dropout(p_hid, mode, inplace=activation in SIGN_ONLY_ACTIVATIONS))
+                    layers.append(Dropout(p_hid, mode, inplace=inplace))
+                layers += [
+                    Dropout(rate, layer_mode, inplace=inplace) for rate in extra_dropout.get(k, [])
+                ]
         if output_bias is not None:
             out_b = layers[-1].params["b"]
             out_b[...] = np.asarray(output_bias, dtype=dtype).reshape(out_b.shape)
-        net = cls(layers, spec.get("loss", "mse"), dtype)
+        net = cls(layers, spec.loss, dtype)
         net.set_rng(rng)
         return net
 
@@ -153,8 +198,9 @@ class Network:
 
         Stops at the first Dense: the gradient with respect to the input is never needed.
         """
-        dout = dscores
+        dout: np.ndarray | None = dscores
         for layer in reversed(self.layers):
+            assert dout is not None
             dout = layer.backward(dout)
             if dout is None:
                 break

@@ -26,18 +26,26 @@ Update rules, ``g`` the gradient, ``lr`` meaning ``lr_t``:
 - ``fista``: not a stochastic optimizer; it selects the trainer's full-batch accelerated proximal
   gradient (see ``engine.trainer``). ``make_optimizer`` returns a ``Fista`` holder of its settings.
 
-``step_size(i)`` returns the effective per-coordinate step of the last update of parameter ``i``
-(a float, or an array shaped like the parameter for adaptive methods): the factor ``s`` by which
-a steady gradient ``g`` moves ``W`` per update (``lr_t`` for SGD, ``lr_t / (1 - mu)`` with momentum,
-``lr_t / (sqrt(v) + eps)``-like for adaptive methods). Proximal L1 uses ``thresh = s * l1``, which
-makes the fixed points of "step then soft-threshold" satisfy the Lasso optimality condition
-``|dJ/dw| <= l1`` at ``w = 0``.
+``step_size(i, out=None)`` returns the effective per-coordinate step ``s`` of the last update of
+parameter ``i`` (a float, or an array shaped like the parameter for adaptive methods): the factor by
+which the update just taken moved ``W`` per unit of a gradient that has been steady since the first
+update, ``W_new - W_old = -s * g``. It is ``lr_t`` for SGD, ``sum_k mu^k lr_(t-k)`` for heavy-ball
+momentum (``lr / (1 - mu)`` in the limit, only ``lr`` at the first update), ``lr_t / (sqrt(G) +
+eps)`` and the like for adaptive methods, and for Adam ``lr_t sqrt(1 - b2^k) / (sqrt(v) + eps)``,
+i.e. ``lr_t / (sqrt(v_hat) + eps')`` without the first-moment bias correction, which the steady
+gradient's ``m_hat = g`` already accounts for. Proximal L1 uses ``thresh = s * l1`` (and the group
+penalty the metric ``diag(1 / s)``), which makes the fixed points of "step then prox" satisfy the
+optimality condition of the penalised objective.
+
+Defaults: ``OPTIMIZER_DEFAULTS`` states each optimizer's own hyperparameters once; the spec resolves
+a missing field from it, and each class's ``None`` arguments mean the same.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +60,22 @@ OPTIMIZERS: tuple[str, ...] = (
     "fista",
 )
 
-DEFAULT_MOMENTUM = 0.9  # used by "momentum"/"nesterov" when the spec leaves momentum at 0
+# The hyperparameters each optimizer reads, with its own defaults (the one place they are stated).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float | bool]] = {
+    "sgd": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False, "decay": 0.0},
+    "momentum": {"learning_rate": 0.01, "momentum": 0.9, "nesterov": False, "decay": 0.0},
+    "nesterov": {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True, "decay": 0.0},
+    "adagrad": {"learning_rate": 0.01, "eps": 1e-8, "decay": 0.0},
+    "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "eps": 1e-8, "decay": 0.0},
+    "adadelta": {"learning_rate": 1.0, "rho": 0.95, "eps": 1e-6, "decay": 0.0},
+    "adam": {"learning_rate": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "decay": 0.0},
+    "fista": {"tol": 1e-4, "step_tol": 0.0},
+}
+
+
+def _own(name: str, key: str, value: float | None) -> float:
+    """``value``, or optimizer ``name``'s own default for ``key`` when ``None``."""
+    return float(OPTIMIZER_DEFAULTS[name][key] if value is None else value)
 
 
 def _check(name: str, value: float, lo: float, hi: float, lo_open: bool, hi_open: bool) -> float:
@@ -78,9 +101,12 @@ class Optimizer:
         ``decay >= 0``; ``lr_t = lr / (1 + decay * t)``.
     """
 
-    def __init__(self, learning_rate: float = 0.01, decay: float = 0.0) -> None:
-        self.learning_rate = _check("learning_rate", learning_rate, 0.0, math.inf, True, True)
-        self.decay = _check("decay", decay, 0.0, math.inf, False, True)
+    name = "sgd"
+
+    def __init__(self, learning_rate: float | None = None, decay: float | None = None) -> None:
+        lr = _own(self.name, "learning_rate", learning_rate)
+        self.learning_rate = _check("learning_rate", lr, 0.0, math.inf, True, True)
+        self.decay = _check("decay", _own(self.name, "decay", decay), 0.0, math.inf, False, True)
         self.t = 0  # number of updates done so far
         self.state: dict[int, dict[str, np.ndarray]] = {}
         self._last_lr = self.learning_rate
@@ -106,8 +132,12 @@ class Optimizer:
             self._update(W, g, st, lr)
         self.t += 1
 
-    def step_size(self, i: int) -> float | np.ndarray:
-        """Effective step of the last update of parameter ``i`` (scalar unless adaptive)."""
+    def step_size(self, i: int, out: np.ndarray | None = None) -> float | np.ndarray:
+        """Effective step of the last update of parameter ``i`` (see the module docstring).
+
+        A float for non-adaptive methods; else an array shaped like the parameter, written to
+        ``out`` when given (no allocation).
+        """
         return self._last_lr
 
     def _prepare(self, lr: float) -> None:
@@ -134,25 +164,36 @@ class Momentum(Optimizer):
     Nesterov: ``v = mu * v - lr_t * g; W += mu * v - lr_t * g``.
     """
 
+    name = "momentum"
+
     def __init__(
         self,
-        learning_rate: float = 0.01,
-        momentum: float = DEFAULT_MOMENTUM,
+        learning_rate: float | None = None,
+        momentum: float | None = None,
         nesterov: bool = False,
-        decay: float = 0.0,
+        decay: float | None = None,
     ) -> None:
         super().__init__(learning_rate, decay)
-        self.momentum = _check("momentum", momentum, 0.0, 1.0, False, True)
+        mu = _own(self.name, "momentum", momentum)
+        self.momentum = _check("momentum", mu, 0.0, 1.0, False, True)
         self.nesterov = bool(nesterov)
+        self._s_v = 0.0  # sum_k mu^k lr_(t-k): |v| per unit of a steady gradient
+
+    def _prepare(self, lr: float) -> None:
+        self._s_v = self.momentum * self._s_v + lr
 
     def _init_state(self, W: np.ndarray) -> dict[str, np.ndarray]:
         return {"v": np.zeros_like(W)}
 
-    def step_size(self, i: int) -> float:
-        """``lr_t / (1 - mu)``: the step heavy-ball (and Nesterov) momentum takes per unit of a
-        steady gradient. A proximal L1 step with ``lr_t`` alone would make the penalty act
-        ``1 / (1 - mu)`` times weaker than the objective says (10x at ``mu = 0.9``)."""
-        return self._last_lr / (1.0 - self.momentum)
+    def step_size(self, i: int, out: np.ndarray | None = None) -> float:
+        """``s_v = sum_k mu^k lr_(t-k)`` (``mu * s_v + lr_t`` for Nesterov): the move per unit of
+        a gradient steady since the first update. It grows from ``lr`` to ``lr / (1 - mu)``; a
+        proximal L1 step with ``lr`` alone would make the penalty ``1 / (1 - mu)`` times weaker
+        than the objective says (10x at ``mu = 0.9``), one with ``lr / (1 - mu)`` from the start
+        10x too strong in the first updates."""
+        if self.nesterov:
+            return self.momentum * self._s_v + self._last_lr
+        return self._s_v
 
     def _update(self, W: np.ndarray, g: np.ndarray, st: dict, lr: float) -> None:
         v = st["v"]
@@ -169,12 +210,23 @@ class Momentum(Optimizer):
             W += v
 
 
+def _divide(num: float, denom: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    return np.divide(num, denom, out=out) if out is not None else num / denom
+
+
 class Adagrad(Optimizer):
     """``G += g^2; W -= lr_t * g / (sqrt(G) + eps)`` (Duchi et al. 2011)."""
 
-    def __init__(self, learning_rate: float = 0.01, eps: float = 1e-8, decay: float = 0.0) -> None:
+    name = "adagrad"
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        eps: float | None = None,
+        decay: float | None = None,
+    ) -> None:
         super().__init__(learning_rate, decay)
-        self.eps = _check("eps", eps, 0.0, math.inf, True, True)
+        self.eps = _check("eps", _own(self.name, "eps", eps), 0.0, math.inf, True, True)
 
     def _init_state(self, W: np.ndarray) -> dict[str, np.ndarray]:
         return {"G": np.zeros_like(W), "denom": np.zeros_like(W)}
@@ -188,20 +240,26 @@ class Adagrad(Optimizer):
         g *= lr
         W -= g
 
-    def step_size(self, i: int) -> np.ndarray:
-        return self._last_lr / self.state[i]["denom"]
+    def step_size(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        return _divide(self._last_lr, self.state[i]["denom"], out)
 
 
 class RMSprop(Optimizer):
     """``E = rho * E + (1 - rho) * g^2; W -= lr_t * g / (sqrt(E) + eps)`` (Tieleman & Hinton
     2012)."""
 
+    name = "rmsprop"
+
     def __init__(
-        self, learning_rate: float = 0.001, rho: float = 0.9, eps: float = 1e-8, decay: float = 0.0
+        self,
+        learning_rate: float | None = None,
+        rho: float | None = None,
+        eps: float | None = None,
+        decay: float | None = None,
     ) -> None:
         super().__init__(learning_rate, decay)
-        self.rho = _check("rho", rho, 0.0, 1.0, False, True)
-        self.eps = _check("eps", eps, 0.0, math.inf, True, True)
+        self.rho = _check("rho", _own(self.name, "rho", rho), 0.0, 1.0, False, True)
+        self.eps = _check("eps", _own(self.name, "eps", eps), 0.0, math.inf, True, True)
 
     def _init_state(self, W: np.ndarray) -> dict[str, np.ndarray]:
         return {"E": np.zeros_like(W), "denom": np.zeros_like(W)}
@@ -218,20 +276,26 @@ class RMSprop(Optimizer):
         g *= lr
         W -= g
 
-    def step_size(self, i: int) -> np.ndarray:
-        return self._last_lr / self.state[i]["denom"]
+    def step_size(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        return _divide(self._last_lr, self.state[i]["denom"], out)
 
 
 class Adadelta(Optimizer):
-    """Adadelta (Zeiler 2012) times the learning rate (use ``learning_rate=1.0`` for the
-    original)."""
+    """Adadelta (Zeiler 2012) times the learning rate (its own default ``learning_rate=1.0`` is
+    the original method)."""
+
+    name = "adadelta"
 
     def __init__(
-        self, learning_rate: float = 1.0, rho: float = 0.95, eps: float = 1e-6, decay: float = 0.0
+        self,
+        learning_rate: float | None = None,
+        rho: float | None = None,
+        eps: float | None = None,
+        decay: float | None = None,
     ) -> None:
         super().__init__(learning_rate, decay)
-        self.rho = _check("rho", rho, 0.0, 1.0, False, True)
-        self.eps = _check("eps", eps, 0.0, math.inf, True, True)
+        self.rho = _check("rho", _own(self.name, "rho", rho), 0.0, 1.0, False, True)
+        self.eps = _check("eps", _own(self.name, "eps", eps), 0.0, math.inf, True, True)
 
     def _init_state(self, W: np.ndarray) -> dict[str, np.ndarray]:
         return {"Eg": np.zeros_like(W), "Edx": np.zeros_like(W), "ratio": np.zeros_like(W)}
@@ -250,30 +314,38 @@ class Adadelta(Optimizer):
         g *= lr
         W -= g
 
-    def step_size(self, i: int) -> np.ndarray:
-        return self._last_lr * self.state[i]["ratio"]
+    def step_size(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        ratio = self.state[i]["ratio"]
+        if out is None:
+            return self._last_lr * ratio
+        return np.multiply(ratio, self._last_lr, out=out)
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with the bias corrections folded into the step size."""
 
+    name = "adam"
+
     def __init__(
         self,
-        learning_rate: float = 0.001,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-8,
-        decay: float = 0.0,
+        learning_rate: float | None = None,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        eps: float | None = None,
+        decay: float | None = None,
     ) -> None:
         super().__init__(learning_rate, decay)
-        self.beta1 = _check("beta1", beta1, 0.0, 1.0, False, True)
-        self.beta2 = _check("beta2", beta2, 0.0, 1.0, False, True)
-        self.eps = _check("eps", eps, 0.0, math.inf, True, True)
+        self.beta1 = _check("beta1", _own(self.name, "beta1", beta1), 0.0, 1.0, False, True)
+        self.beta2 = _check("beta2", _own(self.name, "beta2", beta2), 0.0, 1.0, False, True)
+        self.eps = _check("eps", _own(self.name, "eps", eps), 0.0, math.inf, True, True)
         self._alpha = self.learning_rate
+        self._alpha_s = self.learning_rate
 
     def _prepare(self, lr: float) -> None:
         k = self.t + 1
-        self._alpha = lr * math.sqrt(1.0 - self.beta2**k) / (1.0 - self.beta1**k)
+        # alpha multiplies m / (sqrt(v) + eps); alpha_s = alpha * (1 - b1^k) multiplies g
+        self._alpha_s = lr * math.sqrt(1.0 - self.beta2**k)
+        self._alpha = self._alpha_s / (1.0 - self.beta1**k)
 
     def _init_state(self, W: np.ndarray) -> dict[str, np.ndarray]:
         return {"m": np.zeros_like(W), "v": np.zeros_like(W), "denom": np.zeros_like(W)}
@@ -294,8 +366,11 @@ class Adam(Optimizer):
         g *= self._alpha
         W -= g
 
-    def step_size(self, i: int) -> np.ndarray:
-        return self._alpha / self.state[i]["denom"]
+    def step_size(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``lr_t sqrt(1 - b2^k) / (sqrt(v) + eps)``: the step per unit of ``m_hat``, which is
+        ``g`` for a steady gradient (``alpha / denom`` would be ``1 / (1 - b1^k)`` times larger,
+        10x at the first update)."""
+        return _divide(self._alpha_s, self.state[i]["denom"], out)
 
 
 class Fista:
@@ -304,52 +379,56 @@ class Fista:
     Parameters
     ----------
     tol : float
-        Lasso / elastic net (mse without group_l1): stop when the duality gap is at most
-        ``tol * var(y)`` (scikit-learn's ``tol`` for its coordinate descent, same default).
+        Stop when the Lasso duality gap is at most ``tol * var(y)`` (mse with ``l1 > 0`` and no
+        group_l1: scikit-learn's criterion for its coordinate descent, same default), otherwise
+        when the KKT residual, the sup norm of the gradient mapping ``(y - prox(y - g / L)) * L``,
+        is at most ``tol`` times the sup norm of the loss gradient at the start (``W = 0``).
     step_tol : float
-        Other losses: stop when no parameter moves by more than ``step_tol * max(1, max |W|)``
-        in one iteration.
+        Also stop when no parameter moves by more than ``step_tol * max(1, max |W|)`` in one
+        iteration (default 0: only an iteration that moves nothing stops).
     """
 
-    def __init__(self, tol: float = 1e-4, step_tol: float = 1e-7) -> None:
-        self.tol = _check("tol", tol, 0.0, math.inf, False, True)
-        self.step_tol = _check("step_tol", step_tol, 0.0, math.inf, False, True)
+    name = "fista"
+
+    def __init__(self, tol: float | None = None, step_tol: float | None = None) -> None:
+        self.tol = _check("tol", _own(self.name, "tol", tol), 0.0, math.inf, False, True)
+        step = _own(self.name, "step_tol", step_tol)
+        self.step_tol = _check("step_tol", step, 0.0, math.inf, False, True)
         self.learning_rate = 0.0  # the step is 1/L from the data; the trainer reports it per epoch
 
 
-def make_optimizer(opt_spec: dict) -> Optimizer | Fista:
-    """Build an optimizer from the spec's ``optimizer`` dict.
+def make_optimizer(opt_spec: Any) -> Optimizer | Fista:
+    """Build an optimizer from the spec's optimizer section.
 
-    Keys used: ``name``, ``learning_rate``, ``decay``, ``momentum``, ``nesterov``, ``beta1``,
-    ``beta2``, ``eps``, ``rho``. ``sgd`` with ``momentum > 0`` is heavy-ball momentum (Nesterov if
-    ``nesterov``); ``momentum``/``nesterov`` with ``momentum == 0`` use ``DEFAULT_MOMENTUM`` (0.9).
-    Missing keys take each optimizer's own default. Raises ``ValueError`` on bad hyperparameters.
+    ``opt_spec`` is an ``engine.spec.OptimizerSpec`` or a mapping with the same keys (``name``,
+    ``learning_rate``, ``decay``, ``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps``,
+    ``rho``, ``tol``, ``step_tol``); absent or ``None`` values take the optimizer's own default
+    (``OPTIMIZER_DEFAULTS``). ``sgd`` with ``momentum > 0`` or ``nesterov`` is heavy-ball
+    momentum (Nesterov if ``nesterov``); ``momentum``/``nesterov`` with ``momentum == 0`` use
+    0.9. Raises ``ValueError`` on bad hyperparameters.
     """
-    name = opt_spec.get("name", "sgd")
-    kw = {k: opt_spec[k] for k in ("learning_rate", "decay") if opt_spec.get(k) is not None}
+    get = opt_spec.get if isinstance(opt_spec, Mapping) else lambda k: getattr(opt_spec, k, None)
+    name = get("name") or "sgd"
+    if name not in OPTIMIZER_DEFAULTS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
 
-    def pick(*keys: str) -> dict:
-        return {k: opt_spec[k] for k in keys if opt_spec.get(k) is not None}
+    def pick(*keys: str) -> dict[str, Any]:
+        return {k: get(k) for k in keys}
 
-    if name == "sgd":
-        mu = float(opt_spec.get("momentum") or 0.0)
-        if mu == 0.0 and not opt_spec.get("nesterov"):
+    if name == "fista":
+        return Fista(**pick("tol", "step_tol"))
+    kw = pick("learning_rate", "decay")
+    if name in ("sgd", "momentum", "nesterov"):
+        nesterov = name == "nesterov" or bool(get("nesterov"))
+        mu = float(get("momentum") or 0.0)
+        if name == "sgd" and mu == 0.0 and not nesterov:
             return SGD(**kw)
-        if mu == 0.0:
-            mu = DEFAULT_MOMENTUM
-        return Momentum(momentum=mu, nesterov=bool(opt_spec.get("nesterov")), **kw)
-    if name in ("momentum", "nesterov"):
-        mu = float(opt_spec.get("momentum") or 0.0) or DEFAULT_MOMENTUM
-        nesterov = name == "nesterov" or bool(opt_spec.get("nesterov"))
-        return Momentum(momentum=mu, nesterov=nesterov, **kw)
+        opt = Momentum(momentum=mu or None, nesterov=nesterov, **kw)
+        return opt
     if name == "adagrad":
         return Adagrad(**kw, **pick("eps"))
     if name == "rmsprop":
         return RMSprop(**kw, **pick("rho", "eps"))
     if name == "adadelta":
         return Adadelta(**kw, **pick("rho", "eps"))
-    if name == "adam":
-        return Adam(**kw, **pick("beta1", "beta2", "eps"))
-    if name == "fista":
-        return Fista(**pick("tol", "step_tol"))
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+    return Adam(**kw, **pick("beta1", "beta2", "eps"))

@@ -1,8 +1,10 @@
 """Feature preprocessing and label encoding, fitted on the training split and stored with the model.
 
-Raw input ``X`` is either a mapping ``{column name: 1-D array}`` or a 2-D array ``(N, D)`` whose
-columns are named by ``feature_names``. Each raw column is one of two kinds, decided at fit time
-from its values:
+Raw input ``X`` is a mapping ``{column name: 1-D array}``, a DataFrame-like table (read column by
+column) or a 2-D array ``(N, D)`` whose columns are named by ``feature_names``. One adapter,
+:func:`read_table`, turns each into a :class:`Table`; one statistics function and one encoder work
+on that, so the same values give bit-identical encodings whatever the container. Each raw column
+is one of two kinds, decided at fit time from its values:
 
 - **numeric** (bool, int, float, or an object array of numbers / ``None``): a value ``v`` is encoded
   as ``z = (v - center) / scale`` with ``center = mean`` and ``scale = std`` (population std,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,10 +37,10 @@ __all__ = [
     "CATEGORICAL",
     "NUMERIC",
     "Preprocessor",
-    "as_columns",
+    "Table",
     "classes_array",
     "encode_labels",
-    "numeric_matrix",
+    "read_table",
     "regression_target",
 ]
 
@@ -47,7 +50,103 @@ CATEGORICAL = "categorical"
 _VECTOR_MIN_ROWS = 64
 
 
-# --- raw input ------------------------------------------------------------------------------------
+# --- raw input: one adapter for every container -------------------------------------------------
+
+
+@dataclass
+class Table:
+    """Raw input read once: column names plus either one all-numeric matrix or 1-D columns.
+
+    Attributes
+    ----------
+    names : list of str
+        Raw column names, length ``D``.
+    matrix : ndarray (N, D) float32 / float64 or None
+        The input itself (never written to) when it is plainly numeric: a 2-D bool / int /
+        float array, a mapping of 1-D float arrays (stacked), or one row of python numbers.
+    columns : list of ndarray (N,) or None
+        Otherwise the raw columns, in ``names`` order.
+    """
+
+    names: list[str]
+    matrix: np.ndarray | None = None
+    columns: list[np.ndarray] | None = None
+
+    @property
+    def n_rows(self) -> int:
+        if self.matrix is not None:
+            return int(self.matrix.shape[0])
+        assert self.columns is not None
+        return len(self.columns[0])
+
+    def column(self, j: int) -> np.ndarray:
+        """Raw column ``j`` (N,)."""
+        if self.matrix is not None:
+            return self.matrix[:, j]
+        assert self.columns is not None
+        return self.columns[j]
+
+
+def _as_mapping(X: Any) -> Mapping[str, Any] | None:
+    """``X`` as a mapping of columns: a Mapping itself, or a DataFrame-like table (an object with
+    ``columns`` and ``__getitem__``, e.g. pandas / polars) read column by column."""
+    if isinstance(X, Mapping):
+        return X
+    if isinstance(X, np.ndarray) or not hasattr(X, "columns") or not hasattr(X, "__getitem__"):
+        return None
+    return {str(name): np.asarray(X[name]) for name in list(X.columns)}
+
+
+def read_table(X: Any, feature_names: Sequence[str] | None = None) -> Table:
+    """Read raw ``X`` into a :class:`Table`: the one adapter between containers and the encoder.
+
+    Parameters
+    ----------
+    X : mapping of str to array-like, DataFrame-like, or array-like (N, D)
+        The raw table; a mapping may hold scalars for a single row.
+    feature_names : sequence of str, optional
+        For a mapping: the columns to use, in order (default: all keys, in mapping order; extra
+        keys are ignored). For a 2-D array: the names of its ``D`` columns (default ``"x0", "x1",
+        ..."``).
+
+    Raises
+    ------
+    InputError
+        ``missing_column``, ``bad_shape``, ``length_mismatch``, ``empty``, ``duplicate_column``.
+    """
+    mapping = _as_mapping(X)
+    if mapping is not None:
+        names = [str(name) for name in mapping] if feature_names is None else list(feature_names)
+        _check_names(names)
+        for name in names:
+            if name not in mapping:
+                raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
+        cols = _float_columns(mapping, names)
+        if cols is not None:
+            return Table(names, matrix=_stack(cols))
+        values = [mapping[name] for name in names]
+        # Exact types: bool (an int subclass), numpy scalars, str and None take the column path.
+        if all(type(v) is float or type(v) is int for v in values):
+            try:
+                return Table(names, matrix=np.array([values], dtype=np.float64))
+            except OverflowError:  # an int beyond float64: the column path reports it
+                pass
+        columns = [_column(value, name) for name, value in zip(names, values, strict=True)]
+        n = len(columns[0])
+        for name, col in zip(names, columns, strict=True):
+            if len(col) != n:
+                raise InputError(
+                    f"Column {name!r} has {len(col)} rows but column {names[0]!r} has {n}.",
+                    "length_mismatch",
+                    column=name,
+                )
+        return Table(names, columns=columns)
+    arr = np.asarray(X)
+    names = _array_names(arr, feature_names)
+    _check_names(names)
+    if arr.dtype.kind in "biuf":
+        return Table(names, matrix=_as_float(arr))
+    return Table(names, columns=[arr[:, j] for j in range(arr.shape[1])])
 
 
 def _column(value: Any, name: str) -> np.ndarray:
@@ -62,52 +161,6 @@ def _column(value: Any, name: str) -> np.ndarray:
             column=name,
         )
     return col
-
-
-def as_columns(
-    X: Any, feature_names: Sequence[str] | None = None
-) -> tuple[list[str], list[np.ndarray]]:
-    """Split raw ``X`` into named 1-D columns.
-
-    Parameters
-    ----------
-    X : mapping of str to array-like, or array-like (N, D)
-        The raw table.
-    feature_names : sequence of str, optional
-        For a mapping: the columns to use, in order (default: all keys, in mapping order). For a
-        2-D array: the names of its ``D`` columns (default ``"x0", "x1", ...``).
-
-    Returns
-    -------
-    names : list of str
-    columns : list of ndarray, each (N,)
-
-    Raises
-    ------
-    InputError
-        ``missing_column``, ``bad_shape``, ``length_mismatch``, ``empty``, ``duplicate_column``.
-    """
-    if isinstance(X, Mapping):
-        names = [str(name) for name in X] if feature_names is None else list(feature_names)
-        columns = []
-        for name in names:
-            if name not in X:
-                raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
-            columns.append(_column(X[name], name))
-    else:
-        arr = np.asarray(X)
-        names = _array_names(arr, feature_names)
-        columns = [arr[:, j] for j in range(arr.shape[1])]
-    _check_names(names)
-    n = len(columns[0])
-    for name, col in zip(names, columns, strict=True):
-        if len(col) != n:
-            raise InputError(
-                f"Column {name!r} has {len(col)} rows but column {names[0]!r} has {n}.",
-                "length_mismatch",
-                column=name,
-            )
-    return names, columns
 
 
 def _array_names(arr: np.ndarray, feature_names: Sequence[str] | None) -> list[str]:
@@ -156,37 +209,6 @@ def _stack(cols: list[np.ndarray]) -> np.ndarray:
     for j, col in enumerate(cols):
         R[:, j] = col
     return R
-
-
-def numeric_matrix(
-    X: Any, feature_names: Sequence[str] | None = None
-) -> tuple[list[str], np.ndarray] | None:
-    """Raw ``X`` as one float matrix, when it is plainly numeric.
-
-    The vectorised path of ``fit``: a 2-D ndarray of bool / int / float, or a mapping whose selected
-    columns (as in :func:`as_columns`) are all 1-D float ndarrays of one length. Anything else
-    (strings, objects, odd shapes, duplicate or missing names) gives ``None``, and
-    :func:`as_columns` takes it column by column and reports its errors.
-
-    Returns
-    -------
-    names : list of str
-    R : ndarray (N, D) float32 or float64
-        A float32 / float64 array is ``X`` itself (no copy): read it, never write to it. Other
-        dtypes are converted to float64.
-    """
-    if isinstance(X, Mapping):
-        names = [str(name) for name in X] if feature_names is None else list(feature_names)
-        if not names or len(set(names)) != len(names):
-            return None
-        cols = _float_columns(X, names)
-        return None if cols is None else (names, _stack(cols))
-    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind not in "biuf":
-        return None
-    names = _array_names(X, feature_names)
-    if not names or len(set(names)) != len(names):
-        return None
-    return names, _as_float(X)
 
 
 def _as_float(X: np.ndarray) -> np.ndarray:
@@ -257,7 +279,7 @@ def _present_as_str(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if col.dtype.kind != "O":
         return np.arange(len(col)), col.astype(str)
     # np.equal(col, None) / col != col compare element-wise in C: None and NaN are missing.
-    missing = np.equal(col, None) | (col != col)
+    missing = np.equal(col, np.array(None, dtype=object)) | (col != col)
     rows = np.flatnonzero(~missing)
     return rows, col[rows].astype(str)
 
@@ -317,39 +339,74 @@ _CHUNK_BYTES = 1 << 20
 
 
 def _column_stats(
-    R: np.ndarray, *, with_std: bool, total: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Per-column ``(mean, std, count)`` of the non-NaN entries of ``R (N, D)``, in float64.
+    R: np.ndarray, names: Sequence[str], rows: np.ndarray | None, *, with_std: bool
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per-column ``(mean, std, finite)`` of the non-NaN entries of ``R[rows]`` (N, D), float64.
 
-    ``std`` is the population std ``sqrt(sum((v - mean)^2) / count)`` (``None`` unless
-    ``with_std``); a column without values has mean 0 and std 0. ``R`` must hold no inf.
-    ``total``, if given, is ``R.sum(axis=0)``.
+    The one statistics function, whatever the container: ``R`` is read in chunks of rows, each
+    copied to a C-ordered float64 array and reduced along axis 0, so the same values give the
+    same bits from any layout or dtype (a float32 matrix, a Fortran-ordered frame, stacked
+    columns). ``std`` is the population std ``sqrt(sum((v - mean)^2) / count)`` (zeros unless
+    ``with_std``); a column without values has mean 0 and std 0. ``finite`` says whether the
+    training rows hold no NaN. Raises ``non_finite`` (column and input row) for an inf.
     """
-    n, d = R.shape
-    if total is None:
-        total = np.add.reduce(R, axis=0, dtype=np.float64)
-    if np.isfinite(total).all():
-        nan = None  # a NaN anywhere in a column makes its sum NaN
-        count = np.full(d, float(n))
-    else:
-        nan = np.isnan(R)
-        count = (n - np.count_nonzero(nan, axis=0)).astype(np.float64)
-        total = np.where(nan, 0.0, R).sum(axis=0, dtype=np.float64)
+    train = R if rows is None else R[rows]
+    n, d = train.shape
+    step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
+    total, count = np.zeros(d), np.full(d, float(n))
+    finite = True
+    chunks = range(0, n, step)
+    # quiet: inf - inf or an overflow only sends us to the exact checks
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in chunks:
+            chunk = train[start : start + step]
+            if chunk.dtype != np.float64 or not chunk.flags.c_contiguous:
+                chunk = np.array(chunk, dtype=np.float64, order="C")
+            part = np.add.reduce(chunk, axis=0)
+            if not np.isfinite(part).all():
+                _check_matrix_no_inf(train, names, rows)
+                finite = False
+                chunk = np.array(chunk, dtype=np.float64, order="C")  # ours to write
+                nan = np.isnan(chunk)
+                chunk[nan] = 0.0
+                count -= np.count_nonzero(nan, axis=0)
+                part = np.add.reduce(chunk, axis=0)
+            total += part
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(count > 0, total / count, 0.0)
-    if not with_std:
-        return mean, None, count
-    step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
-    acc = np.zeros(d)
-    for start in range(0, n, step):
-        dev = R[start : start + step] - mean
-        if nan is not None:
-            dev[nan[start : start + step]] = 0.0
-        dev *= dev
-        acc += dev.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        std = np.where(count > 0, np.sqrt(acc / count), 0.0)
-    return mean, std, count
+    std = np.zeros(d)
+    if with_std:
+        acc = np.zeros(d)
+        for start in chunks:
+            dev = np.subtract(train[start : start + step], mean, dtype=np.float64, order="C")
+            if not finite:
+                dev[np.isnan(dev)] = 0.0
+            dev *= dev
+            acc += np.add.reduce(dev, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            std = np.where(count > 0, np.sqrt(acc / count), 0.0)
+    return mean, std, finite
+
+
+def _rows(col: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return col if rows is None else col[rows]
+
+
+def _numeric_part(table: Table, num: list[int]) -> np.ndarray:
+    """The numeric columns ``num`` of ``table`` as ``R (N, len(num))``: the input matrix itself
+    when every column is numeric, else a C-ordered float64 stack (NaN for missing; checked
+    conversion of object columns, ``not_numeric`` with column and row)."""
+    all_numeric = len(num) == len(table.names)
+    if table.matrix is not None and all_numeric:
+        return table.matrix
+    R = np.empty((table.n_rows, len(num)), dtype=np.float64)
+    for k, j in enumerate(num):
+        col = table.column(j)
+        # Float columns are copied as they are; others go through the checked conversion.
+        R[:, k] = (
+            col if col.dtype.kind == "f" else _numeric_values(col, table.names[j], check_inf=False)
+        )
+    return R
 
 
 # --- the fitted transform -------------------------------------------------------------------------
@@ -432,27 +489,16 @@ class Preprocessor:
 
     # -- fit --
 
+    # -- fit --
+
     @classmethod
     def fit(
-        cls,
-        names: list[str],
-        columns: list[np.ndarray],
-        *,
-        rows: np.ndarray | None = None,
-        standardize: bool = True,
+        cls, table: Table, *, rows: np.ndarray | None = None, standardize: bool = True
     ) -> Preprocessor:
-        """Fit the encoding on ``columns[j][rows]`` (the training split).
+        """Fit the encoding on the rows ``rows`` of ``table`` (the training split).
 
-        Parameters
-        ----------
-        names : list of str
-            Raw column names, length ``D``.
-        columns : list of ndarray (N,)
-            Raw columns over all rows; kinds are decided on all rows, statistics only on ``rows``.
-        rows : ndarray of int, optional
-            Indices of the training split (default: all rows).
-        standardize : bool
-            Center and scale numeric columns.
+        Kinds are decided on all rows, statistics (:func:`_column_stats`) and categories only
+        on ``rows`` (default: all rows).
 
         Raises
         ------
@@ -460,255 +506,116 @@ class Preprocessor:
             ``mixed_types``, ``unsupported_type``, ``not_numeric``, ``non_finite`` (with column
             and row).
         """
-        kinds, categories = [], []
-        d = len(names)
-        center, scale, fill = np.zeros(d), np.ones(d), np.zeros(d)
-        for j, (name, col) in enumerate(zip(names, columns, strict=True)):
-            kind = _column_kind(col, name)
-            kinds.append(kind)
-            train = col if rows is None else col[rows]
-            if kind == NUMERIC:
-                v = _numeric_values(train, name, check_inf=False)
-                _check_no_inf(v, name, rows)
-                observed = v[~np.isnan(v)]
-                mean = float(observed.mean()) if observed.size else 0.0
-                std = float(observed.std()) if observed.size else 0.0
-                fill[j] = mean
-                if standardize:
-                    center[j] = mean
-                    # A constant column carries no signal: scale 1 keeps it at 0, no division by 0.
-                    scale[j] = std if std > 0 and np.isfinite(std) else 1.0
-                categories.append([])
-            else:
-                categories.append(_categories(train))
-        return cls(names, kinds, categories, center, scale, fill, standardize=standardize)
+        return cls._fit(table, rows, standardize)[0]
 
     @classmethod
-    def fit_matrix(
+    def fit_transform(
         cls,
-        names: list[str],
-        R: np.ndarray,
-        *,
-        rows: np.ndarray | None = None,
-        standardize: bool = True,
-    ) -> Preprocessor:
-        """:meth:`fit` for an all-numeric input given as one matrix (see :func:`numeric_matrix`).
-
-        Same encoding and errors as :meth:`fit` on the columns of ``R``, vectorised: column sums
-        along axis 0 and one finiteness test of those sums (a NaN or inf anywhere in a column makes
-        its sum non-finite); only a non-finite sum pays for locating the inf or the NaNs. The
-        statistics may differ from :meth:`fit`'s in the last bits (a different summation order).
-
-        Parameters
-        ----------
-        names : list of str
-            Raw column names, length ``D``.
-        R : ndarray (N, D) float32 or float64
-            Raw values, NaN for missing; never written to.
-        rows : ndarray of int, optional
-            Indices of the training split (default: all rows).
-        standardize : bool
-            Center and scale the columns.
-
-        Raises
-        ------
-        InputError
-            ``non_finite`` (with column and row) for an inf in the training split.
-        """
-        return cls._fit_matrix(names, R, rows=rows, standardize=standardize)[0]
-
-    @classmethod
-    def fit_encode(
-        cls,
-        names: list[str],
-        R: np.ndarray,
+        table: Table,
         *,
         rows: np.ndarray | None = None,
         standardize: bool = True,
         dtype: Any = np.float64,
     ) -> tuple[Preprocessor, np.ndarray]:
-        """:meth:`fit_matrix` on ``rows``, then ``encode_matrix(R, dtype=dtype, copy=False)`` on
-        every row: ``(preprocessor, Z)``.
+        """:meth:`fit` on ``rows``, then the encoding of every row of ``table``: ``(pre, Z)``.
 
-        Without ``rows`` the fit's column sums have already shown whether ``R`` is all finite,
-        and the encoding skips its own test (one pass over ``R`` less). ``Z`` may be ``R``
-        itself (see :meth:`encode_matrix`): read it, never write to it.
+        Categories seen only outside ``rows`` encode as all zeros (like a missing value): the
+        model never saw them. ``Z`` may be ``table.matrix`` itself when the encoding is the
+        identity (no standardization, nothing missing, the matrix already in ``dtype``): read
+        it, never write to it.
         """
-        pre, finite = cls._fit_matrix(names, R, rows=rows, standardize=standardize)
-        return pre, pre._encode(R, dtype, copy=False, finite=finite and rows is None)
+        pre, R, finite = cls._fit(table, rows, standardize)
+        Z = pre._encode(
+            table, R, dtype, unknown="ignore", copy=False, finite=finite and rows is None
+        )
+        return pre, Z
 
     @classmethod
-    def _fit_matrix(
-        cls, names: list[str], R: np.ndarray, *, rows: np.ndarray | None, standardize: bool
-    ) -> tuple[Preprocessor, bool]:
-        """``(fit_matrix(...), whether the training rows hold no NaN / inf)``."""
-        d = R.shape[1]
-        train = R if rows is None else R[rows]
-        # quiet: inf - inf or an overflow only sends us to the exact checks below
-        with np.errstate(invalid="ignore", over="ignore"):
-            total = np.add.reduce(train, axis=0, dtype=np.float64)
-        finite = bool(np.isfinite(total).all())
-        if not finite:
-            _check_matrix_no_inf(train, names, rows)
-        mean, std, _ = _column_stats(train, with_std=standardize, total=total)
-        fill = mean
-        if standardize:
-            center = mean
-            # A constant column carries no signal: scale 1 keeps it at 0, no division by 0.
-            scale = np.where((std > 0) & np.isfinite(std), std, 1.0)
+    def _fit(
+        cls, table: Table, rows: np.ndarray | None, standardize: bool
+    ) -> tuple[Preprocessor, np.ndarray, bool]:
+        names = table.names
+        d = len(names)
+        if table.matrix is not None:
+            kinds = [NUMERIC] * d
         else:
-            center, scale = np.zeros(d), np.ones(d)
-        kinds = [NUMERIC] * d
-        categories: list[list[str]] = [[] for _ in range(d)]
+            kinds = [_column_kind(table.column(j), name) for j, name in enumerate(names)]
+        categories = [
+            [] if kind == NUMERIC else _categories(_rows(table.column(j), rows))
+            for j, kind in enumerate(kinds)
+        ]
+        num = [j for j, kind in enumerate(kinds) if kind == NUMERIC]
+        R = _numeric_part(table, num)
+        mean, std, finite = _column_stats(R, [names[j] for j in num], rows, with_std=standardize)
+        center, scale, fill = np.zeros(d), np.ones(d), np.zeros(d)
+        fill[num] = mean
+        if standardize:
+            center[num] = mean
+            # A constant column carries no signal: scale 1 keeps it at 0, no division by 0.
+            scale[num] = np.where((std > 0) & np.isfinite(std), std, 1.0)
         pre = cls(names, kinds, categories, center, scale, fill, standardize=standardize)
-        return pre, finite
+        return pre, R, finite
 
     # -- transform --
 
     def transform(self, X: Any, *, dtype: Any = np.float64, unknown: str = "error") -> np.ndarray:
-        """Encode raw ``X`` into ``Z (N, F)``.
+        """Encode raw ``X`` into ``Z (N, F)`` (read by :func:`read_table`).
 
         Parameters
         ----------
-        X : mapping of str to array-like, or array-like (N, D)
-            A mapping must contain every feature (extra keys are ignored); a 2-D array must have the
-            ``D`` columns in ``feature_names`` order.
+        X : mapping of str to array-like, DataFrame-like, or array-like (N, D)
+            A mapping must contain every feature (extra keys are ignored); a 2-D array must have
+            the ``D`` columns in ``feature_names`` order.
         dtype : numpy dtype
             dtype of ``Z``.
         unknown : {"error", "ignore"}
-            What to do with a category not seen in training: raise ``unknown_category`` (predict),
-            or encode
-            it as all zeros like a missing value (the validation split during fit).
+            What to do with a category not seen in training: raise ``unknown_category``
+            (predict), or encode it as all zeros like a missing value.
 
         Raises
         ------
         InputError
-            ``missing_column``, ``bad_shape``, ``length_mismatch``, ``not_numeric``, ``non_finite``,
-            ``unknown_category``.
+            ``missing_column``, ``bad_shape``, ``length_mismatch``, ``not_numeric``,
+            ``non_finite``, ``unknown_category``.
         """
-        if self._all_numeric:
-            R = self._numeric_input(X)
-            if R is not None:
-                return self._encode(R, dtype, copy=True, finite=False)
-        if isinstance(X, Mapping):
-            columns = [_column(X[name], name) if name in X else None for name in self.feature_names]
-            for name, col in zip(self.feature_names, columns, strict=True):
-                if col is None:
-                    raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
-            n = len(columns[0])
-            for name, col in zip(self.feature_names, columns, strict=True):
-                if len(col) != n:
-                    raise InputError(
-                        f"Column {name!r} has {len(col)} rows but column "
-                        f"{self.feature_names[0]!r} has {n}.",
-                        "length_mismatch",
-                        column=name,
-                    )
-            raw = None
-        else:
-            raw = np.asarray(X)
-            if raw.ndim != 2 or raw.shape[1] != self.n_features_in:
-                raise InputError(
-                    f"X must have shape (rows, {self.n_features_in}) with columns "
-                    f"{self.feature_names}, got shape {raw.shape}.",
-                    "bad_shape",
-                )
-            n = raw.shape[0]
-            columns = None
+        table = read_table(X, self.feature_names)
+        return self._encode(table, None, dtype, unknown=unknown, copy=True, finite=False)
 
-        if columns is None:
-            columns = [raw[:, j] for j in range(raw.shape[1])]
-        R = np.empty((n, len(self._num_idx)), dtype=np.float64)
-        for k, j in enumerate(self._num_idx):
-            col = columns[j]
-            # Float columns are copied as they are; others go through the checked conversion.
-            R[:, k] = (
-                col
-                if col.dtype.kind == "f"
-                else _numeric_values(col, self.feature_names[j], check_inf=False)
-            )
-        # One finiteness check for the whole matrix; only a failure pays for finding the column.
-        if not np.isfinite(R).all():
-            _check_matrix_no_inf(R, [self.feature_names[j] for j in self._num_idx], None)
-            R = np.where(np.isnan(R), self._num_fill, R)
-        Z_num = R - self._num_center
-        Z_num /= self._num_scale
-
-        if self._all_numeric:
-            return Z_num.astype(dtype, copy=False)
-        Z = np.zeros((n, self.n_features_out), dtype=dtype)
-        Z[:, self._num_pos] = Z_num
-        for j in self._cat_idx:
-            self._one_hot(Z, columns[j], j, unknown)
-        return Z
-
-    def _numeric_input(self, X: Any) -> np.ndarray | None:
-        """Raw all-numeric ``X`` as ``R (N, D)`` (float32 / float64) without a per-column pass, or
-        ``None``.
-
-        Takes a 2-D bool / int / float array of the right width, a mapping of python ``float`` /
-        ``int`` scalars (one row, the shape of a predict request) and a mapping of 1-D float
-        arrays. Anything else goes through the column path, which names what is wrong.
-        """
-        names = self.feature_names
-        if not isinstance(X, Mapping):
-            raw = np.asarray(X)
-            if raw.ndim == 2 and raw.shape[1] == len(names) and raw.dtype.kind in "biuf":
-                return _as_float(raw)
-            return None
-        try:
-            values = [X[name] for name in names]
-        except KeyError:
-            return None
-        # Exact types: bool (an int subclass), numpy scalars, str and None take the column path.
-        if all(type(v) is float or type(v) is int for v in values):
-            try:
-                return np.array([values], dtype=np.float64)
-            except OverflowError:  # an int beyond float64: the column path raises it as before
-                return None
-        cols = _float_columns(X, names)
-        return None if cols is None else _stack(cols)
-
-    def encode_matrix(
-        self, R: np.ndarray, *, dtype: Any = np.float64, copy: bool = True
+    def _encode(
+        self,
+        table: Table,
+        R: np.ndarray | None,
+        dtype: Any,
+        *,
+        unknown: str,
+        copy: bool,
+        finite: bool,
     ) -> np.ndarray:
-        """Encode an all-numeric ``R (N, D)`` (raw values, NaN for missing) into ``Z``.
-
-        ``Z = (R - center) / scale`` in float64 (missing values first replaced by ``fill``), then
-        cast to ``dtype``: the same values as :meth:`transform`. One ``isfinite`` test covers
-        inf and NaN; only a failure pays for locating them.
-
-        Parameters
-        ----------
-        R : ndarray (N, D) float32 or float64
-            Never written to.
-        dtype : numpy dtype
-        copy : bool
-            ``False`` lets ``Z`` be ``R`` itself when the encoding is the identity (no
-            standardization, no missing value, ``dtype`` that of ``R``); the caller must then not
-            write to ``Z``.
-
-        Raises
-        ------
-        InputError
-            ``non_finite`` with column and row.
-        """
-        if not self._all_numeric:
-            raise ValueError("encode_matrix needs an all-numeric preprocessor")
-        return self._encode(R, dtype, copy=copy, finite=False)
-
-    def _encode(self, R: np.ndarray, dtype: Any, *, copy: bool, finite: bool) -> np.ndarray:
-        """:meth:`encode_matrix`; ``finite=True`` when ``R`` is known to hold no NaN / inf."""
+        """The one encoder: ``Z_num = (R - center) / scale`` in float64 (missing values first
+        replaced by ``fill``; ``R`` the numeric columns, from :func:`_numeric_part` unless
+        given), cast to ``dtype``, then the one-hot columns. ``finite=True`` when ``R`` is known
+        to hold no NaN / inf; ``copy=False`` lets ``Z`` be ``R`` for the identity encoding."""
+        num = self._num_idx
+        if R is None:
+            R = _numeric_part(table, num.tolist())
         if not finite and not np.isfinite(R).all():
-            _check_matrix_no_inf(R, self.feature_names, None)
-            R = np.where(np.isnan(R), self.fill, R)
+            _check_matrix_no_inf(R, [self.feature_names[j] for j in num], None)
+            R = np.where(np.isnan(R), self._num_fill, R)
             copy = False  # R is a fresh array now
         if self._identity:
             # (v - 0) / 1 == v exactly: skip two passes over the matrix.
-            return R.astype(dtype, copy=copy)
-        Z = R - self.center
-        Z /= self.scale
-        return Z.astype(dtype, copy=False)
+            Z_num = R.astype(dtype, copy=copy)
+        else:
+            Z_num = R - self._num_center
+            Z_num /= self._num_scale
+            Z_num = Z_num.astype(dtype, copy=False)
+        if self._all_numeric:
+            return Z_num
+        Z = np.zeros((table.n_rows, self.n_features_out), dtype=dtype)
+        Z[:, self._num_pos] = Z_num
+        for j in self._cat_idx:
+            self._one_hot(Z, table.column(j), j, unknown)
+        return Z
 
     def _one_hot(self, Z: np.ndarray, col: np.ndarray, j: int, unknown: str) -> None:
         if len(col) > _VECTOR_MIN_ROWS:

@@ -61,7 +61,7 @@ def model_to_bytes(model: Model) -> bytes:
     arrays.update({_W + name: np.asarray(value) for name, value in weights.items()})
     arrays.update({_PRE + name: np.asarray(value) for name, value in pre_arrays.items()})
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle only
     return buffer.getvalue()
 
 

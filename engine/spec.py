@@ -1,46 +1,64 @@
-"""The training spec: defaults and validation.
+"""The training spec: typed, frozen objects with every default stated once.
 
-``normalize_spec`` turns a user's (partial) spec into the complete, JSON-able engine spec that every
-other module reads. Unknown keys are rejected, numbers are range-checked and the loss must fit the
-task; every failure is a :class:`~engine.errors.SpecError` whose ``loc`` is the path of the field at
-fault.
+``parse(raw)`` turns a user's (partial) spec mapping into a frozen :class:`Spec`; ``normalize_spec``
+is ``parse(raw).to_dict()``, the complete JSON-able form the service stores. Normalization is
+idempotent: ``parse(spec.to_dict()) == spec``. Unknown keys are rejected, numbers are range-checked
+and the loss must fit the task; every failure is a :class:`~engine.errors.SpecError` whose ``loc``
+is the path of the field at fault.
+
+Each section is a frozen dataclass whose fields carry their default, type, bounds and choices
+(``dataclasses.field(metadata=...)``): the validation below and the machine-readable
+:func:`registry` read those declarations, so a default or a bound exists in one place. Optimizer
+hyperparameters default to ``None``, "the optimizer's own"
+(``engine.optimizers.OPTIMIZER_DEFAULTS``): ``parse`` resolves them, so
+``{"optimizer": {"name": "adadelta"}}`` trains with Adadelta's ``learning_rate=1.0, rho=0.95,
+eps=1e-6``; fields the chosen optimizer does not read are ``None``.
 
 Normalized shape (defaults shown)::
 
     {
       "task": "classification",               # inferred from the loss when absent
-      "model": {"hidden_layers": [64, 32], "activation": "relu", "init": "he", "leaky_slope": 0.01},
+      "model": {"hidden_layers": [64, 32], "layers": None, "activation": "relu", "init": "he",
+                "leaky_slope": 0.01},         # layers: a list of layer objects instead
       "loss": "softmax_cross_entropy",        # "mse" when task == "regression"
       "loss_params": {"huber_delta": 1.0, "hinge_margin": 1.0, "eps": 1e-7},
       "regularization": {"l1": 0.0, "l2": 0.0, "group_l1": 0.0, "l1_method": "proximal"},
       "dropout": {"input": 0.0, "hidden": 0.0, "mode": "inverted"},
       "optimizer": {"name": "sgd", "learning_rate": 0.01, "momentum": 0.0, "nesterov": False,
-                    "decay": 0.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "rho": 0.9},
+                    "decay": 0.0, "beta1": None, "beta2": None, "eps": None, "rho": None,
+                    "tol": None, "step_tol": None},
       "epochs": 20, "batch_size": 32, "validation_split": 0.0, "shuffle": True, "seed": 0,
       "early_stopping": None,                 # or {"monitor", "patience", "min_delta"}
       "standardize": True,
       "dtype": "float32",
+      "keep": "last",                         # "best" when validation_split > 0
+      "augmentation": None,                   # or Keras ImageDataGenerator names (validated only)
+      "search": None,                         # or {"param", "values" | "num" + "min_ratio", ...}
     }
 
-A field given as ``None`` counts as absent (its default applies), except ``early_stopping`` where
-``None`` means "off". ``early_stopping: true`` switches it on with defaults.
+A field given as ``None`` counts as absent (its default applies), except ``early_stopping``,
+``augmentation`` and ``search`` where ``None`` means "off". ``early_stopping: true`` switches it
+on with defaults.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import functools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import SpecError
 from engine.initializers import INITIALIZERS as _INITIALIZERS
 from engine.layers import ACTIVATIONS as _ACTIVATIONS
 from engine.layers import DROPOUT_MODES as _DROPOUT_MODES
+from engine.losses import FISTA_LOSSES
 from engine.losses import LOSS_TASKS as _LOSS_TASKS
 from engine.losses import LOSSES as _LOSSES
+from engine.optimizers import OPTIMIZER_DEFAULTS
 from engine.optimizers import OPTIMIZERS as _OPTIMIZERS
-from engine.trainer import FISTA_LOSSES
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,14 +66,31 @@ __all__ = [
     "DTYPES",
     "INITIALIZERS",
     "INIT_ALIASES",
+    "KEEP",
     "L1_METHODS",
+    "LAYER_TYPES",
     "LOSSES",
     "LOSS_TASKS",
     "MONITORS",
     "OPTIMIZERS",
+    "SEARCH_PARAMS",
     "TASKS",
+    "Augmentation",
+    "DropoutSpec",
+    "EarlyStopping",
+    "FieldInfo",
+    "LayerSpec",
+    "LossParams",
+    "ModelSpec",
+    "OptimizerSpec",
+    "Regularization",
+    "Search",
+    "Spec",
+    "check_classes",
     "default_spec",
     "normalize_spec",
+    "parse",
+    "registry",
 ]
 
 TASKS: tuple[str, ...] = ("classification", "regression")
@@ -70,53 +105,485 @@ INIT_ALIASES: dict[str, str] = {"glorot": "glorot_uniform", "xavier": "glorot_un
 L1_METHODS: tuple[str, ...] = ("proximal", "subgradient")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 MONITORS: tuple[str, ...] = ("val_loss", "loss")
+KEEP: tuple[str, ...] = ("best", "last")
+LAYER_TYPES: tuple[str, ...] = (
+    "dense",
+    "dropout",
+    "batch_norm",
+    "conv2d",
+    "maxpool2d",
+    "avgpool2d",
+    "flatten",
+)
+# Layer types the network can build today; the others validate but fail at build.
+BUILDABLE_LAYERS: tuple[str, ...] = ("dense", "dropout")
+PADDINGS: tuple[str, ...] = ("valid", "same")
+SEARCH_PARAMS: tuple[str, ...] = ("l1", "l2", "group_l1")
+SEARCH_SELECT: tuple[str, ...] = ("min", "1se")
 
 _DEFAULT_LOSS = {"classification": "softmax_cross_entropy", "regression": "mse"}
 # Generous caps: they exist so a typo (epochs=1e9) fails fast instead of hogging a worker for days.
 _MAX_EPOCHS = 100_000
 _MAX_UNITS = 100_000
 _MAX_LAYERS = 64
+_MAX_SEARCH_VALUES = 1000
 
-_DEFAULTS: dict[str, Any] = {
-    "task": None,
-    "model": {"hidden_layers": [64, 32], "activation": "relu", "init": "he", "leaky_slope": 0.01},
-    "loss": None,
-    "loss_params": {"huber_delta": 1.0, "hinge_margin": 1.0, "eps": 1e-7},
-    "regularization": {"l1": 0.0, "l2": 0.0, "group_l1": 0.0, "l1_method": "proximal"},
-    "dropout": {"input": 0.0, "hidden": 0.0, "mode": "inverted"},
-    "optimizer": {
-        "name": "sgd",
-        "learning_rate": 0.01,
-        "momentum": 0.0,
-        "nesterov": False,
-        "decay": 0.0,
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "eps": 1e-8,
-        "rho": 0.9,
-    },
-    "epochs": 20,
-    "batch_size": 32,
-    "validation_split": 0.0,
-    "shuffle": True,
-    "seed": 0,
-    "early_stopping": None,
-    "standardize": True,
-    "dtype": "float32",
+
+# --- field declarations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One spec field as the registry describes it.
+
+    Attributes
+    ----------
+    name : str
+    type : str
+        ``"float"``, ``"int"``, ``"bool"``, ``"str"`` (one of ``choices``), ``"list[int]"``,
+        ``"list[float]"``, ``"int_pair"`` (an int or ``[int, int]``, stored as ``[int, int]``),
+        ``"list[layer]"`` (layer objects, see the ``layers.<type>`` sections) or ``"section"``
+        (a nested object, see the section named ``section``).
+    default : Any
+        The default; ``None`` means "absent/off", "inferred" or "the optimizer's own" (``doc``
+        says which).
+    lo, hi : float or None
+        Bounds (``None`` = unbounded); ``lo_open`` / ``hi_open`` say whether they are excluded.
+    choices : tuple of str or None
+    nullable : bool
+        Whether ``None`` is a stored value (for the other fields ``None`` means "use the default").
+    required : bool
+        Whether the field must be given (the fields of some layer types).
+    section : str or None
+        For ``type == "section"``: the registry key of the nested section.
+    doc : str
+    """
+
+    name: str
+    type: str
+    default: Any
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    section: str | None = None
+    doc: str = ""
+    required: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``choices`` as a list)."""
+        out = dataclasses.asdict(self)
+        out["choices"] = None if self.choices is None else list(self.choices)
+        out["default"] = _jsonable(self.default)
+        return out
+
+
+def _f(default: Any = None, type: str = "float", **meta: Any) -> Any:
+    """A dataclass field with its default and its registry metadata (the one declaration)."""
+    if isinstance(default, list):
+        raise TypeError("use a tuple default")
+    return field(default=default, metadata={"spec": {"type": type, **meta}})
+
+
+def _sect(section: str, *, nullable: bool = False, doc: str = "") -> dict[str, Any]:
+    """Registry metadata of a nested section field."""
+    return {"spec": {"type": "section", "section": section, "nullable": nullable, "doc": doc}}
+
+
+@functools.cache
+def _infos(cls: type) -> tuple[FieldInfo, ...]:
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata["spec"])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _jsonable(f.default_factory())
+        else:
+            default = None
+        out.append(FieldInfo(name=f.name, default=default, **meta))
+    return tuple(out)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, _Section):
+        return value.to_dict()
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Section:
+    """Mixin of the frozen spec sections: ``to_dict`` (JSON-able, field order)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSpec(_Section):
+    """One entry of ``model.layers``: its ``type`` plus that type's fields (see ``LAYER_FIELDS``).
+
+    ``params`` holds the normalized fields as ``(name, value)`` pairs in declaration order (a
+    tuple, so the object stays hashable and frozen); read them with ``layer.get(name)``.
+    """
+
+    type: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, name: str) -> Any:
+        return dict(self.params)[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **{k: _jsonable(v) for k, v in self.params}}
+
+
+# Per layer type: field -> FieldInfo. The dense/dropout/conv defaults "None" inherit the model's.
+LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
+    "dense": (
+        FieldInfo("units", "int", None, lo=1, hi=_MAX_UNITS, required=True, doc="Output width."),
+        FieldInfo(
+            "activation",
+            "str",
+            None,
+            choices=ACTIVATIONS,
+            nullable=True,
+            doc="Activation after the layer; null = model.activation.",
+        ),
+        FieldInfo(
+            "init",
+            "str",
+            None,
+            choices=INITIALIZERS,
+            nullable=True,
+            doc="Weight initializer; null = model.init.",
+        ),
+    ),
+    "dropout": (
+        FieldInfo(
+            "rate",
+            "float",
+            None,
+            lo=0.0,
+            hi=1.0,
+            hi_open=True,
+            required=True,
+            doc="Drop probability; the mode is dropout.mode.",
+        ),
+    ),
+    "batch_norm": (
+        FieldInfo(
+            "momentum",
+            "float",
+            0.99,
+            lo=0.0,
+            hi=1.0,
+            hi_open=True,
+            doc="Running-statistics momentum (Keras convention).",
+        ),
+        FieldInfo("eps", "float", 1e-3, lo=0.0, lo_open=True, doc="Added to the variance."),
+    ),
+    "conv2d": (
+        FieldInfo("filters", "int", None, lo=1, hi=_MAX_UNITS, required=True, doc="Out channels."),
+        FieldInfo(
+            "kernel_size",
+            "int_pair",
+            None,
+            lo=1,
+            hi=1024,
+            required=True,
+            doc="Kernel height and width; an int means square.",
+        ),
+        FieldInfo("strides", "int_pair", (1, 1), lo=1, hi=1024),
+        FieldInfo("padding", "str", "valid", choices=PADDINGS),
+        FieldInfo(
+            "activation",
+            "str",
+            None,
+            choices=ACTIVATIONS,
+            nullable=True,
+            doc="null = model.activation.",
+        ),
+        FieldInfo(
+            "init", "str", None, choices=INITIALIZERS, nullable=True, doc="null = model.init."
+        ),
+    ),
+    "maxpool2d": (
+        FieldInfo("pool_size", "int_pair", (2, 2), lo=1, hi=1024),
+        FieldInfo(
+            "strides", "int_pair", None, lo=1, hi=1024, nullable=True, doc="null = pool_size."
+        ),
+    ),
+    "avgpool2d": (
+        FieldInfo("pool_size", "int_pair", (2, 2), lo=1, hi=1024),
+        FieldInfo(
+            "strides", "int_pair", None, lo=1, hi=1024, nullable=True, doc="null = pool_size."
+        ),
+    ),
+    "flatten": (),
 }
-_EARLY_STOPPING_DEFAULTS: dict[str, Any] = {"monitor": None, "patience": 5, "min_delta": 0.0}
 
 
-def default_spec() -> dict[str, Any]:
-    """Return the normalized default spec (a softmax-cross-entropy MLP classifier)."""
-    return normalize_spec({})
+@dataclass(frozen=True)
+class ModelSpec(_Section):
+    """Network shape: ``hidden_layers`` widths (``[]`` = a linear model) or a ``layers`` list."""
+
+    hidden_layers: tuple[int, ...] | None = _f(
+        (64, 32),
+        "list[int]",
+        lo=1,
+        hi=_MAX_UNITS,
+        nullable=True,
+        doc="Hidden Dense widths; [] is a linear model. null when model.layers is given.",
+    )
+    layers: tuple[LayerSpec, ...] | None = _f(
+        None,
+        "list[layer]",
+        nullable=True,
+        doc="Layer objects {type: dense|dropout|...} instead of hidden_layers; the output Dense "
+        "layer is added from the loss.",
+    )
+    activation: str = _f("relu", "str", choices=ACTIVATIONS)
+    init: str = _f("he", "str", choices=INITIALIZERS, doc="Aliases glorot, xavier.")
+    leaky_slope: float = _f(0.01, lo=0.0, hi=1.0, hi_open=True)
+
+    def dense_widths(self) -> tuple[int, ...]:
+        """The hidden Dense widths, from ``hidden_layers`` or the dense entries of ``layers``."""
+        if self.layers is None:
+            return self.hidden_layers or ()
+        return tuple(la.get("units") for la in self.layers if la.type == "dense")
+
+
+@dataclass(frozen=True)
+class LossParams(_Section):
+    """Loss hyperparameters."""
+
+    huber_delta: float = _f(1.0, lo=0.0, lo_open=True, doc="Huber threshold delta.")
+    hinge_margin: float = _f(1.0, lo=0.0, lo_open=True, doc="Hinge margin delta.")
+    eps: float = _f(
+        1e-7,
+        lo=0.0,
+        hi=0.5,
+        lo_open=True,
+        hi_open=True,
+        doc="Kept for stored specs; unused: binary cross-entropy is computed from the logits.",
+    )
+
+
+@dataclass(frozen=True)
+class Regularization(_Section):
+    """``l1 * sum|W| + l2 * sum(W^2) + group_l1 * sum_j ||W1[j, :]||_2`` (weights only)."""
+
+    l1: float = _f(0.0, lo=0.0)
+    l2: float = _f(0.0, lo=0.0)
+    group_l1: float = _f(0.0, lo=0.0)
+    l1_method: str = _f("proximal", "str", choices=L1_METHODS)
+
+
+@dataclass(frozen=True)
+class DropoutSpec(_Section):
+    """Dropout: rates are DROP probabilities in [0, 1)."""
+
+    input: float = _f(0.0, lo=0.0, hi=1.0, hi_open=True)
+    hidden: float = _f(0.0, lo=0.0, hi=1.0, hi_open=True)
+    mode: str = _f("inverted", "str", choices=DROPOUT_MODES)
+
+
+_OWN = "null = the optimizer's own (OPTIMIZER_DEFAULTS); null in the stored spec if unused."
+
+
+@dataclass(frozen=True)
+class OptimizerSpec(_Section):
+    """Optimizer and its hyperparameters; each optimizer reads its own (see OPTIMIZER_DEFAULTS)."""
+
+    name: str = _f("sgd", "str", choices=OPTIMIZERS)
+    learning_rate: float | None = _f(None, lo=0.0, lo_open=True, nullable=True, doc=_OWN)
+    momentum: float | None = _f(None, lo=0.0, hi=1.0, hi_open=True, nullable=True, doc=_OWN)
+    nesterov: bool | None = _f(None, "bool", nullable=True, doc=_OWN)
+    decay: float | None = _f(
+        None, lo=0.0, nullable=True, doc="lr_t = lr / (1 + decay * t). " + _OWN
+    )
+    beta1: float | None = _f(None, lo=0.0, hi=1.0, hi_open=True, nullable=True, doc=_OWN)
+    beta2: float | None = _f(None, lo=0.0, hi=1.0, hi_open=True, nullable=True, doc=_OWN)
+    eps: float | None = _f(None, lo=0.0, lo_open=True, nullable=True, doc=_OWN)
+    rho: float | None = _f(None, lo=0.0, hi=1.0, hi_open=True, nullable=True, doc=_OWN)
+    tol: float | None = _f(
+        None,
+        lo=0.0,
+        nullable=True,
+        doc="fista: stop on duality gap <= tol * var(y) (Lasso) or KKT residual <= tol * "
+        "||grad f(0)||_inf (every other loss). " + _OWN,
+    )
+    step_tol: float | None = _f(
+        None,
+        lo=0.0,
+        nullable=True,
+        doc="fista: also stop once no parameter moves by more than step_tol * max(1, max|W|) "
+        "(0 = only a move of exactly 0). " + _OWN,
+    )
+
+
+@dataclass(frozen=True)
+class EarlyStopping(_Section):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    monitor: str | None = _f(
+        None, "str", choices=MONITORS, doc="null = val_loss with a validation split, else loss."
+    )
+    patience: int = _f(5, "int", lo=1)
+    min_delta: float = _f(0.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class Augmentation(_Section):
+    """Image augmentation per batch, Keras ``ImageDataGenerator`` names (validated here only)."""
+
+    featurewise_center: bool = _f(False, "bool")
+    featurewise_std_normalization: bool = _f(False, "bool")
+    rotation_range: float = _f(0.0, lo=0.0, hi=180.0, doc="Degrees.")
+    width_shift_range: float = _f(0.0, lo=0.0, hi=1.0, doc="Fraction of the width.")
+    height_shift_range: float = _f(0.0, lo=0.0, hi=1.0, doc="Fraction of the height.")
+    zoom_range: float = _f(0.0, lo=0.0, hi=1.0, hi_open=True, doc="Zoom in [1 - z, 1 + z].")
+    horizontal_flip: bool = _f(False, "bool")
+    vertical_flip: bool = _f(False, "bool")
+
+
+@dataclass(frozen=True)
+class Search(_Section):
+    """A regularization path over ``param``: explicit ``values`` or a log grid of ``num`` values
+    from ``lambda_max`` down to ``min_ratio * lambda_max``; ``folds``-fold CV picks one by
+    ``select`` (validated here only)."""
+
+    param: str = _f("l1", "str", choices=SEARCH_PARAMS)
+    values: tuple[float, ...] | None = _f(
+        None, "list[float]", lo=0.0, nullable=True, doc="Explicit grid; excludes num/min_ratio."
+    )
+    num: int | None = _f(
+        20,
+        "int",
+        lo=2,
+        hi=_MAX_SEARCH_VALUES,
+        nullable=True,
+        doc="Grid size (null when values is given).",
+    )
+    min_ratio: float | None = _f(
+        1e-3,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        nullable=True,
+        doc="Smallest / largest lambda (null when values is given).",
+    )
+    folds: int = _f(5, "int", lo=2, hi=100)
+    select: str = _f(
+        "min",
+        "str",
+        choices=SEARCH_SELECT,
+        doc="min: lowest mean CV loss; 1se: largest lambda within one standard error.",
+    )
+
+
+@dataclass(frozen=True)
+class Spec(_Section):
+    """A complete, validated training spec (see the module docstring for the dict form)."""
+
+    task: str = _f("classification", "str", choices=TASKS, doc="Default: inferred from the loss.")
+    model: ModelSpec = field(default_factory=ModelSpec, metadata=_sect("model"))
+    loss: str = _f(
+        "softmax_cross_entropy",
+        "str",
+        choices=LOSSES,
+        doc="Default: softmax_cross_entropy (classification) or mse (regression).",
+    )
+    loss_params: LossParams = field(default_factory=LossParams, metadata=_sect("loss_params"))
+    regularization: Regularization = field(
+        default_factory=Regularization, metadata=_sect("regularization")
+    )
+    dropout: DropoutSpec = field(default_factory=DropoutSpec, metadata=_sect("dropout"))
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec, metadata=_sect("optimizer"))
+    epochs: int = _f(20, "int", lo=1, hi=_MAX_EPOCHS)
+    batch_size: int = _f(32, "int", lo=1)
+    validation_split: float = _f(0.0, lo=0.0, hi=1.0, hi_open=True)
+    shuffle: bool = _f(True, "bool")
+    # default_rng rejects negative seeds; < 2**63 keeps the seed storable as a signed 64-bit int.
+    seed: int = _f(0, "int", lo=0, hi=2**63 - 1)
+    early_stopping: EarlyStopping | None = field(
+        default=None,
+        metadata=_sect("early_stopping", nullable=True, doc="null = off; true = on with defaults."),
+    )
+    standardize: bool = _f(True, "bool")
+    dtype: str = _f("float32", "str", choices=DTYPES)
+    keep: str = _f(
+        "last",
+        "str",
+        choices=KEEP,
+        doc="Which epoch's weights the model keeps; default best with a validation split "
+        "(lowest val_loss), else last.",
+    )
+    augmentation: Augmentation | None = field(
+        default=None, metadata=_sect("augmentation", nullable=True, doc="null = off.")
+    )
+    search: Search | None = field(
+        default=None, metadata=_sect("search", nullable=True, doc="null = a single fit.")
+    )
+
+
+_SECTIONS: dict[str, type] = {
+    "": Spec,
+    "model": ModelSpec,
+    "loss_params": LossParams,
+    "regularization": Regularization,
+    "dropout": DropoutSpec,
+    "optimizer": OptimizerSpec,
+    "early_stopping": EarlyStopping,
+    "augmentation": Augmentation,
+    "search": Search,
+}
+
+FIELDS: dict[str, tuple[FieldInfo, ...]] = {name: _infos(cls) for name, cls in _SECTIONS.items()}
+FIELDS.update(
+    {
+        f"layers.{t}": (FieldInfo("type", "str", t, choices=(t,)), *fs)
+        for t, fs in LAYER_FIELDS.items()
+    }
+)
+
+
+def registry() -> dict[str, Any]:
+    """Machine-readable description of every spec field (JSON-able).
+
+    Returns
+    -------
+    dict
+        ``{"sections": {section: [field, ...]}, "optimizer_defaults": {name: {field: value}},
+        "loss_tasks": {loss: task}, "buildable_layers": [...]}``. Section keys are ``""`` (the
+        top level), ``"model"``, ``"loss_params"``, ``"regularization"``, ``"dropout"``,
+        ``"optimizer"``, ``"early_stopping"``, ``"augmentation"``, ``"search"`` and
+        ``"layers.<type>"`` for each entry type of ``model.layers``; each field is
+        :meth:`FieldInfo.to_dict` (``name``, ``type``, ``default``, ``lo``, ``hi``,
+        ``lo_open``, ``hi_open``, ``choices``, ``nullable``, ``section``, ``doc``).
+    """
+    return {
+        "sections": {name: [f.to_dict() for f in fs] for name, fs in FIELDS.items()},
+        "optimizer_defaults": {k: dict(v) for k, v in OPTIMIZER_DEFAULTS.items()},
+        "loss_tasks": dict(LOSS_TASKS),
+        "buildable_layers": list(BUILDABLE_LAYERS),
+    }
 
 
 # --- field checkers -------------------------------------------------------------------------------
 # Each returns the normalized value or raises SpecError with the field's loc.
 
+Loc = tuple[str | int, ...]
 
-def _name(loc: tuple[str | int, ...]) -> str:
+
+def _name(loc: Loc) -> str:
     return ".".join(str(part) for part in loc) or "spec"
 
 
@@ -125,25 +592,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _float(
-    value: Any,
-    loc: tuple[str | int, ...],
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-    hi_open: bool = False,
-) -> float:
+def _float(value: Any, loc: Loc, info: FieldInfo) -> float:
     if not _is_number(value):
         raise SpecError(loc, f"{_name(loc)} must be a number, got {value!r}.", "type_error")
     value = float(value)
     if not math.isfinite(value):
         raise SpecError(loc, f"{_name(loc)} must be finite, got {value!r}.", "out_of_range")
-    too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    lo, hi = info.lo, info.hi
+    too_low = lo is not None and (value <= lo if info.lo_open else value < lo)
+    too_high = hi is not None and (value >= hi if info.hi_open else value > hi)
     if too_low or too_high:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
+        left = "(" if info.lo_open else "["
+        right = ")" if info.hi_open else "]"
         lo_s = "-inf" if lo is None else f"{lo:g}"
         hi_s = "inf" if hi is None else f"{hi:g}"
         raise SpecError(
@@ -154,46 +614,123 @@ def _float(
     return value
 
 
-def _int(value: Any, loc: tuple[str | int, ...], *, lo: int, hi: int | None = None) -> int:
+def _int(value: Any, loc: Loc, info: FieldInfo) -> int:
     # Integral floats (20.0) come out of some JSON encoders; accept them, reject 20.5.
     if isinstance(value, float) and not isinstance(value, bool) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise SpecError(loc, f"{_name(loc)} must be an integer, got {value!r}.", "type_error")
-    if value < lo or (hi is not None and value > hi):
+    lo = int(info.lo) if info.lo is not None else None
+    hi = int(info.hi) if info.hi is not None else None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise SpecError(loc, f"{_name(loc)} must be {bound}, got {value}.", "out_of_range")
     return value
 
 
-def _bool(value: Any, loc: tuple[str | int, ...]) -> bool:
+def _bool(value: Any, loc: Loc) -> bool:
     if not isinstance(value, bool):
         raise SpecError(loc, f"{_name(loc)} must be true or false, got {value!r}.", "type_error")
     return value
 
 
-def _choice(value: Any, loc: tuple[str | int, ...], choices: tuple[str, ...], code: str) -> str:
+# Codes of an unknown choice, by field name (the codes clients already rely on).
+_CHOICE_CODES = {
+    "task": "unknown_task",
+    "loss": "unknown_loss",
+    "activation": "unknown_activation",
+    "init": "unknown_init",
+    "l1_method": "unknown_l1_method",
+    "mode": "unknown_dropout_mode",
+    "name": "unknown_optimizer",
+    "monitor": "unknown_monitor",
+    "dtype": "unknown_dtype",
+}
+
+
+def _choice(value: Any, loc: Loc, info: FieldInfo) -> str:
     if not isinstance(value, str):
         raise SpecError(loc, f"{_name(loc)} must be a string, got {value!r}.", "type_error")
+    if info.name == "init":
+        value = INIT_ALIASES.get(value, value)
+    choices = info.choices or ()
     if value not in choices:
         raise SpecError(
-            loc, f"{_name(loc)} must be one of {', '.join(choices)}; got {value!r}.", code
+            loc,
+            f"{_name(loc)} must be one of {', '.join(choices)}; got {value!r}.",
+            _CHOICE_CODES.get(info.name, "unknown_value"),
         )
     return value
 
 
-def _section(raw: Any, loc: tuple[str, ...], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge a sub-mapping over its defaults, rejecting unknown keys; ``None`` counts as absent."""
+def _list(value: Any, loc: Loc, what: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise SpecError(loc, f"{_name(loc)} must be a list of {what}, got {value!r}.", "type_error")
+    return list(value)
+
+
+def _int_pair(value: Any, loc: Loc, info: FieldInfo) -> tuple[int, int]:
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise SpecError(
+                loc, f"{_name(loc)} must be an integer or a pair of integers.", "type_error"
+            )
+        return (_int(value[0], (*loc, 0), info), _int(value[1], (*loc, 1), info))
+    v = _int(value, loc, info)
+    return (v, v)
+
+
+def _value(value: Any, loc: Loc, info: FieldInfo) -> Any:
+    """Check one present (non-None) value against its declaration."""
+    kind = info.type
+    if kind == "float":
+        return _float(value, loc, info)
+    if kind == "int":
+        return _int(value, loc, info)
+    if kind == "bool":
+        return _bool(value, loc)
+    if kind == "str":
+        return _choice(value, loc, info)
+    if kind == "int_pair":
+        return _int_pair(value, loc, info)
+    if kind == "list[int]":
+        items = _list(value, loc, "integers")
+        if len(items) > _MAX_LAYERS:
+            raise SpecError(
+                loc,
+                f"{_name(loc)} may have at most {_MAX_LAYERS} entries, got {len(items)}.",
+                "out_of_range",
+            )
+        return tuple(_int(v, (*loc, i), info) for i, v in enumerate(items))
+    if kind == "list[float]":
+        items = _list(value, loc, "numbers")
+        if not items or len(items) > _MAX_SEARCH_VALUES:
+            raise SpecError(
+                loc, f"{_name(loc)} must have 1 to {_MAX_SEARCH_VALUES} entries.", "out_of_range"
+            )
+        return tuple(_float(v, (*loc, i), info) for i, v in enumerate(items))
+    if kind == "list[layer]":
+        items = _list(value, loc, "layer objects")
+        if len(items) > 2 * _MAX_LAYERS:
+            raise SpecError(
+                loc, f"{_name(loc)} may have at most {2 * _MAX_LAYERS} layers.", "out_of_range"
+            )
+        return tuple(_layer(v, (*loc, i)) for i, v in enumerate(items))
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _mapping(raw: Any, loc: Loc, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The present (non-None) entries of a mapping, rejecting unknown keys."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise SpecError(loc, f"{_name(loc)} must be an object, got {raw!r}.", "type_error")
-    out = copy.deepcopy(dict(defaults))
+    out = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or key not in defaults:
+        if not isinstance(key, str) or key not in allowed:
             raise SpecError(
                 (*loc, key),
-                f"Unknown field {_name((*loc, key))!s}; allowed: {', '.join(defaults)}.",
+                f"Unknown field {_name((*loc, key))!s}; allowed: {', '.join(allowed)}.",
                 "unknown_field",
             )
         if value is not None:
@@ -201,142 +738,151 @@ def _section(raw: Any, loc: tuple[str, ...], defaults: Mapping[str, Any]) -> dic
     return out
 
 
-# --- sections -------------------------------------------------------------------------------------
+def _section(cls: type, raw: Any, loc: Loc) -> Any:
+    """Build section ``cls`` from ``raw``: each given field checked against its declaration,
+    absent (or ``None``) fields take their declared default."""
+    infos = {f.name: f for f in _infos(cls)}
+    given = _mapping(raw, loc, tuple(infos))
+    kwargs = {}
+    for name, info in infos.items():
+        if name in given:
+            kwargs[name] = _value(given[name], (*loc, name), info)
+    return cls(**kwargs)
 
 
-def _model(raw: Any) -> dict[str, Any]:
-    m = _section(raw, ("model",), _DEFAULTS["model"])
-    layers = m["hidden_layers"]
-    if not isinstance(layers, list | tuple):
+def _layer(raw: Any, loc: Loc) -> LayerSpec:
+    if not isinstance(raw, Mapping):
+        raise SpecError(loc, f"{_name(loc)} must be a layer object, got {raw!r}.", "type_error")
+    kind = raw.get("type")
+    if kind not in LAYER_FIELDS:
+        raise SpecError(
+            (*loc, "type"),
+            f"{_name((*loc, 'type'))} must be one of {', '.join(LAYER_TYPES)}; got {kind!r}.",
+            "unknown_layer",
+        )
+    infos = LAYER_FIELDS[kind]
+    given = _mapping(raw, loc, ("type", *(f.name for f in infos)))
+    params = []
+    for info in infos:
+        if info.name in given:
+            value = _value(given[info.name], (*loc, info.name), info)
+        elif info.required:
+            raise SpecError(
+                (*loc, info.name),
+                f"{_name((*loc, info.name))} is required for a {kind} layer.",
+                "missing_field",
+            )
+        else:
+            value = info.default
+        params.append((info.name, value))
+    return LayerSpec(kind, tuple(params))
+
+
+# --- the whole spec -------------------------------------------------------------------------------
+
+
+def _model(raw: Any) -> ModelSpec:
+    given = _mapping(raw, ("model",), tuple(f.name for f in _infos(ModelSpec)))
+    if "layers" in given and "hidden_layers" in given:
+        raise SpecError(
+            ("model", "layers"),
+            "model.layers and model.hidden_layers are two ways to say the same thing; give one.",
+            "conflict",
+        )
+    if "hidden_layers" in given and not isinstance(given["hidden_layers"], list | tuple):
         raise SpecError(
             ("model", "hidden_layers"),
-            f"model.hidden_layers must be a list of layer widths, got {layers!r}.",
+            f"model.hidden_layers must be a list of layer widths, got {given['hidden_layers']!r}.",
             "type_error",
         )
-    if len(layers) > _MAX_LAYERS:
-        raise SpecError(
-            ("model", "hidden_layers"),
-            f"model.hidden_layers may have at most {_MAX_LAYERS} layers, got {len(layers)}.",
-            "out_of_range",
-        )
-    m["hidden_layers"] = [
-        _int(units, ("model", "hidden_layers", i), lo=1, hi=_MAX_UNITS)
-        for i, units in enumerate(layers)
-    ]
-    m["activation"] = _choice(
-        m["activation"], ("model", "activation"), ACTIVATIONS, "unknown_activation"
+    model = _section(ModelSpec, given, ("model",))
+    if model.layers is not None:
+        model = dataclasses.replace(model, hidden_layers=None)
+    return model
+
+
+def _optimizer(raw: Any) -> OptimizerSpec:
+    """The optimizer section with every hyperparameter it reads resolved to a value."""
+    given = _section(OptimizerSpec, raw, ("optimizer",))
+    own = OPTIMIZER_DEFAULTS[given.name]
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(OptimizerSpec):
+        if f.name == "name":
+            continue
+        value = getattr(given, f.name)
+        values[f.name] = (own[f.name] if value is None else value) if f.name in own else None
+    momentum = given.name in ("momentum", "nesterov") or (
+        given.name == "sgd" and values["nesterov"]
     )
-    init = m["init"]
-    if isinstance(init, str):
-        init = INIT_ALIASES.get(init, init)
-    m["init"] = _choice(init, ("model", "init"), INITIALIZERS, "unknown_init")
-    m["leaky_slope"] = _float(
-        m["leaky_slope"], ("model", "leaky_slope"), lo=0.0, hi=1.0, hi_open=True
-    )
-    return m
+    if momentum and not values["momentum"]:
+        # Momentum needs a momentum: 0 (an old stored default) means the conventional 0.9.
+        values["momentum"] = OPTIMIZER_DEFAULTS["momentum"]["momentum"]
+    if given.name == "nesterov":
+        values["nesterov"] = True
+    return OptimizerSpec(name=given.name, **values)
 
 
-def _loss_params(raw: Any) -> dict[str, Any]:
-    p = _section(raw, ("loss_params",), _DEFAULTS["loss_params"])
-    p["huber_delta"] = _float(
-        p["huber_delta"], ("loss_params", "huber_delta"), lo=0.0, lo_open=True
-    )
-    p["hinge_margin"] = _float(
-        p["hinge_margin"], ("loss_params", "hinge_margin"), lo=0.0, lo_open=True
-    )
-    # eps clips probabilities to [eps, 1 - eps]; at 0.5 or more nothing is left of the interval.
-    p["eps"] = _float(p["eps"], ("loss_params", "eps"), lo=0.0, hi=0.5, lo_open=True, hi_open=True)
-    return p
-
-
-def _regularization(raw: Any) -> dict[str, Any]:
-    r = _section(raw, ("regularization",), _DEFAULTS["regularization"])
-    for key in ("l1", "l2", "group_l1"):
-        r[key] = _float(r[key], ("regularization", key), lo=0.0)
-    r["l1_method"] = _choice(
-        r["l1_method"], ("regularization", "l1_method"), L1_METHODS, "unknown_l1_method"
-    )
-    return r
-
-
-def _dropout(raw: Any) -> dict[str, Any]:
-    d = _section(raw, ("dropout",), _DEFAULTS["dropout"])
-    # Rates are DROP probabilities; 1.0 would drop everything and make 1 / (1 - p) infinite.
-    for key in ("input", "hidden"):
-        d[key] = _float(d[key], ("dropout", key), lo=0.0, hi=1.0, hi_open=True)
-    d["mode"] = _choice(d["mode"], ("dropout", "mode"), DROPOUT_MODES, "unknown_dropout_mode")
-    return d
-
-
-def _optimizer(raw: Any) -> dict[str, Any]:
-    o = _section(raw, ("optimizer",), _DEFAULTS["optimizer"])
-    o["name"] = _choice(o["name"], ("optimizer", "name"), OPTIMIZERS, "unknown_optimizer")
-    o["learning_rate"] = _float(
-        o["learning_rate"], ("optimizer", "learning_rate"), lo=0.0, lo_open=True
-    )
-    for key in ("momentum", "beta1", "beta2", "rho"):
-        o[key] = _float(o[key], ("optimizer", key), lo=0.0, hi=1.0, hi_open=True)
-    o["nesterov"] = _bool(o["nesterov"], ("optimizer", "nesterov"))
-    o["decay"] = _float(o["decay"], ("optimizer", "decay"), lo=0.0)
-    o["eps"] = _float(o["eps"], ("optimizer", "eps"), lo=0.0, lo_open=True)
-    return o
-
-
-def _early_stopping(raw: Any, validation_split: float) -> dict[str, Any] | None:
+def _early_stopping(raw: Any, validation_split: float) -> EarlyStopping | None:
     if raw is None or raw is False:
         return None
     if raw is True:
         raw = {}
-    e = _section(raw, ("early_stopping",), _EARLY_STOPPING_DEFAULTS)
-    if e["monitor"] is None:
-        e["monitor"] = "val_loss" if validation_split > 0 else "loss"
-    e["monitor"] = _choice(e["monitor"], ("early_stopping", "monitor"), MONITORS, "unknown_monitor")
-    if e["monitor"] == "val_loss" and validation_split <= 0:
+    es = _section(EarlyStopping, raw, ("early_stopping",))
+    monitor = es.monitor or ("val_loss" if validation_split > 0 else "loss")
+    if monitor == "val_loss" and validation_split <= 0:
         raise SpecError(
             ("early_stopping", "monitor"),
             "early_stopping.monitor is 'val_loss' but validation_split is 0; "
             "set validation_split > 0 or monitor 'loss'.",
             "requires_validation",
         )
-    e["patience"] = _int(e["patience"], ("early_stopping", "patience"), lo=1)
-    e["min_delta"] = _float(e["min_delta"], ("early_stopping", "min_delta"), lo=0.0)
-    return e
+    return dataclasses.replace(es, monitor=monitor)
 
 
-def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Fill defaults into a training spec and validate it.
+def _search(raw: Any) -> Search | None:
+    if raw is None:
+        return None
+    given = _mapping(raw, ("search",), tuple(f.name for f in _infos(Search)))
+    if "values" in given:
+        for key in ("num", "min_ratio"):
+            if key in given:
+                raise SpecError(
+                    ("search", key),
+                    f"search.{key} and search.values are two ways to give the grid; give one.",
+                    "conflict",
+                )
+        search = _section(Search, given, ("search",))
+        return dataclasses.replace(search, num=None, min_ratio=None)
+    return _section(Search, given, ("search",))
+
+
+def parse(spec: Mapping[str, Any] | Spec | None) -> Spec:
+    """Validate a (partial) spec mapping and fill every default: a frozen :class:`Spec`.
 
     Parameters
     ----------
-    spec : mapping or None
-        A (partial) spec as documented in the module docstring. Not modified. Already-normalized
-        specs pass through unchanged (normalization is idempotent).
-
-    Returns
-    -------
-    dict
-        A new, complete, JSON-able spec with keys in the documented order.
+    spec : mapping, Spec or None
+        A (partial) spec as documented in the module docstring, e.g. a stored ``to_dict()``
+        (parsed to the same object). Not modified. A :class:`Spec` is returned as is.
 
     Raises
     ------
     SpecError
         With ``loc`` = path of the first field at fault and one of the codes ``unknown_field``,
-        ``type_error``, ``out_of_range``, ``unknown_task``, ``unknown_loss``,
-        ``loss_task_mismatch``, ``unknown_activation``, ``unknown_init``, ``unknown_l1_method``,
-        ``unknown_dropout_mode``, ``unknown_optimizer``, ``unknown_monitor``,
-        ``requires_validation``, ``unknown_dtype``; for ``optimizer.name == "fista"`` also
-        ``requires_linear``, ``requires_smooth_loss``, ``requires_no_dropout``.
+        ``type_error``, ``out_of_range``, ``conflict``, ``missing_field``, ``unknown_task``,
+        ``unknown_loss``, ``loss_task_mismatch``, ``unknown_activation``, ``unknown_init``,
+        ``unknown_l1_method``, ``unknown_dropout_mode``, ``unknown_optimizer``,
+        ``unknown_monitor``, ``unknown_layer``, ``unknown_value``, ``requires_validation``,
+        ``unknown_dtype``; for ``optimizer.name == "fista"`` also ``requires_linear``,
+        ``requires_smooth_loss``, ``requires_no_dropout``.
     """
-    raw = _section(spec, (), _DEFAULTS)
-    out: dict[str, Any] = {}
-
-    task = raw["task"]
-    if task is not None:
-        task = _choice(task, ("task",), TASKS, "unknown_task")
-    loss = raw["loss"]
-    if loss is None:
-        loss = _DEFAULT_LOSS[task or "classification"]
-    loss = _choice(loss, ("loss",), LOSSES, "unknown_loss")
+    if isinstance(spec, Spec):
+        return spec
+    top = {f.name: f for f in _infos(Spec)}
+    raw = _mapping(spec, (), tuple(top))
+    task = _value(raw["task"], ("task",), top["task"]) if "task" in raw else None
+    loss = raw.get("loss", _DEFAULT_LOSS[task or "classification"])
+    loss = _value(loss, ("loss",), top["loss"])
     if task is None:
         task = LOSS_TASKS[loss]
     elif LOSS_TASKS[loss] != task:
@@ -347,52 +893,92 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
             f"use one of {allowed}.",
             "loss_task_mismatch",
         )
-    out["task"] = task
-    out["model"] = _model(raw["model"])
-    out["loss"] = loss
-    out["loss_params"] = _loss_params(raw["loss_params"])
-    out["regularization"] = _regularization(raw["regularization"])
-    out["dropout"] = _dropout(raw["dropout"])
-    out["optimizer"] = _optimizer(raw["optimizer"])
-    out["epochs"] = _int(raw["epochs"], ("epochs",), lo=1, hi=_MAX_EPOCHS)
-    out["batch_size"] = _int(raw["batch_size"], ("batch_size",), lo=1)
-    out["validation_split"] = _float(
-        raw["validation_split"], ("validation_split",), lo=0.0, hi=1.0, hi_open=True
+    simple = {
+        name: _value(raw[name], (name,), info)
+        for name, info in top.items()
+        if info.type != "section" and name in raw and name not in ("task", "loss")
+    }
+    validation_split = simple.get("validation_split", top["validation_split"].default)
+    if "keep" not in simple:
+        simple["keep"] = "best" if validation_split > 0 else "last"
+    out = Spec(
+        task=task,
+        model=_model(raw.get("model")),
+        loss=loss,
+        loss_params=_section(LossParams, raw.get("loss_params"), ("loss_params",)),
+        regularization=_section(Regularization, raw.get("regularization"), ("regularization",)),
+        dropout=_section(DropoutSpec, raw.get("dropout"), ("dropout",)),
+        optimizer=_optimizer(raw.get("optimizer")),
+        early_stopping=_early_stopping(raw.get("early_stopping"), validation_split),
+        augmentation=(
+            None
+            if raw.get("augmentation") is None
+            else _section(Augmentation, raw["augmentation"], ("augmentation",))
+        ),
+        search=_search(raw.get("search")),
+        **simple,
     )
-    out["shuffle"] = _bool(raw["shuffle"], ("shuffle",))
-    # default_rng rejects negative seeds; < 2**63 keeps the seed storable as a signed 64-bit int.
-    out["seed"] = _int(raw["seed"], ("seed",), lo=0, hi=2**63 - 1)
-    out["early_stopping"] = _early_stopping(raw["early_stopping"], out["validation_split"])
-    out["standardize"] = _bool(raw["standardize"], ("standardize",))
-    out["dtype"] = _choice(raw["dtype"], ("dtype",), DTYPES, "unknown_dtype")
-
-    if out["optimizer"]["name"] == "fista":
+    if out.optimizer.name == "fista":
         _check_fista(out)
     return out
 
 
-def _check_fista(out: dict[str, Any]) -> None:
+def normalize_spec(spec: Mapping[str, Any] | Spec | None) -> dict[str, Any]:
+    """``parse(spec).to_dict()``: the complete JSON-able spec (idempotent). See :func:`parse`."""
+    return parse(spec).to_dict()
+
+
+def default_spec() -> dict[str, Any]:
+    """Return the normalized default spec (a softmax-cross-entropy MLP classifier)."""
+    return normalize_spec({})
+
+
+def _check_fista(spec: Spec) -> None:
     """FISTA is full-batch accelerated proximal gradient: linear model, smooth loss, no dropout."""
-    if out["model"]["hidden_layers"]:
+    layers = spec.model.layers or ()
+    if spec.model.dense_widths() or any(la.type != "dropout" for la in layers):
         # FISTA's convergence guarantee needs a convex objective: a linear model.
         raise SpecError(
             ("optimizer", "name"),
             "optimizer.name 'fista' trains linear models only; set model.hidden_layers to [].",
             "requires_linear",
         )
-    if out["loss"] not in FISTA_LOSSES:
+    if spec.loss not in FISTA_LOSSES:
         # Its step size 1/L needs a Lipschitz-continuous gradient, which mae and the hinge lack.
         raise SpecError(
             ("loss",),
-            f"loss {out['loss']!r} is not smooth; optimizer 'fista' needs one of "
+            f"loss {spec.loss!r} is not smooth; optimizer 'fista' needs one of "
             f"{', '.join(FISTA_LOSSES)}.",
             "requires_smooth_loss",
         )
     for key in ("input", "hidden"):
-        if out["dropout"][key] > 0:
+        if getattr(spec.dropout, key) > 0:
             raise SpecError(
                 ("dropout", key),
                 f"dropout.{key} must be 0 with optimizer 'fista', which is full-batch and "
                 "deterministic.",
                 "requires_no_dropout",
             )
+    if any(la.type == "dropout" and la.get("rate") > 0 for la in layers):
+        raise SpecError(
+            ("model", "layers"),
+            "model.layers may hold no dropout with optimizer 'fista', which is full-batch and "
+            "deterministic.",
+            "requires_no_dropout",
+        )
+
+
+def check_classes(spec: Spec | Mapping[str, Any], n_classes: int) -> None:
+    """Raise ``SpecError(("loss",), ..., "not_binary")`` when the loss cannot fit ``n_classes``.
+
+    The one place this rule lives: ``fit`` calls it on the encoded target, and the service may
+    call it at submission time with the dataset's distinct count.
+    """
+    loss = spec.loss if isinstance(spec, Spec) else spec["loss"]
+    if loss == "binary_cross_entropy" and n_classes != 2:
+        raise SpecError(
+            ("loss",),
+            f"loss 'binary_cross_entropy' needs exactly 2 classes but the target has "
+            f"{n_classes}; use softmax_cross_entropy.",
+            "not_binary",
+        )

@@ -4,17 +4,18 @@ Objective minimised (``R`` from ``engine.regularizers``, weights only)::
 
     J(theta) = (1/N) sum_n loss(f(x_n; theta), y_n) + R(W)
 
-Mini-batch path (every optimizer except ``fista``), per batch:
+Mini-batch path (every optimizer except ``fista``), per batch (``engine.regularizers.Regularizer``
+does steps 2 and 4):
 
 1. forward in training mode (dropout masks drawn from the trainer's seeded ``rng``), loss, backward;
-2. gradient of the smooth penalty terms: ``dW += 2 * l2 * W`` (and ``dW += l1 * sign(W)`` when
-   ``l1_method == "subgradient"``, what Keras/PyTorch do);
+2. gradient of the penalty terms treated as smooth: ``dW += 2 * l2 * W`` (and, when
+   ``l1_method == "subgradient"``, the L1 and group subgradients, what Keras/PyTorch do);
 3. optimizer step;
-4. proximal steps (default ``l1_method == "proximal"``): ``W <- soft_threshold(W, s * l1)`` with
-   ``s`` the optimizer's effective per-coordinate step, then for ``group_l1`` the rows of the first
-   layer's weights ``W_1 <- block_soft_threshold(W_1, s_row * group_l1)`` (``s_row`` = harmonic
-   mean of ``s`` over the row for adaptive optimizers, an approximation: the group prox has no
-   closed form for per-coordinate steps). These produce EXACT zeros.
+4. proximal step (default ``l1_method == "proximal"``) in the optimizer's metric: ``W <-
+   soft_threshold(W, s * l1)`` with ``s`` the per-coordinate step the optimizer just took, then for
+   ``group_l1`` the exact row-wise group prox of the first layer's weights in the metric
+   ``diag(1 / s)`` (``regularizers.group_prox``). These produce EXACT zeros, and full-batch
+   training stops at the penalised objective's KKT points.
 
 Per-epoch history record (see ``HISTORY_KEYS``): ``data_loss`` and ``metric`` on the training split
 are running means over the epoch's batches (computed in training mode while the weights move, as
@@ -24,35 +25,44 @@ plus the same penalty (Keras convention) and ``val_metric`` its metric. ``metric
 classification and R^2 = 1 - SSE/SST for regression.
 
 FISTA path (``optimizer.name == "fista"``): full-batch accelerated proximal gradient (Beck &
-Teboulle 2009) with backtracking on the Lipschitz constant (started from a few power iterations
-on ``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015), started from ``W = 0``.
-Only for linear models (no hidden layers), smooth losses (mse, huber, binary_cross_entropy,
-softmax_cross_entropy, squared_hinge) and no dropout. One epoch = ``ceil(N / batch_size)``
-iterations (as many updates as a mini-batch epoch). Training stops ("completed") once converged:
-for mse without group_l1 (the Lasso / elastic net) when the duality gap is at most
-``tol * var(y)`` (scikit-learn's criterion), otherwise when an iteration moves no parameter by
-more than ``step_tol * max(1, max|W|)``. Its ``data_loss``/``metric`` are exact full-batch values
-at the epoch's final iterate and its ``learning_rate`` is the step ``1/L``.
+Teboulle 2009) with backtracking on the Lipschitz constant (started from ``losses.curvature`` times
+a few power iterations on ``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015), started
+from ``W = 0``. Only for linear models, smooth losses (``losses.FISTA_LOSSES``) and no dropout; the
+L2 term is part of the smooth function and the L1 / group terms always go through their prox
+(``l1_method`` does not apply to a proximal method). One epoch = ``ceil(N / batch_size)``
+iterations (as many updates as a mini-batch epoch). Training stops
+("completed") once converged: for the Lasso / elastic net (mse, ``l1 > 0``, no group_l1) when the
+duality gap is at most ``tol * var(y)`` (scikit-learn's criterion); for every other loss and penalty
+(ridge included) when the KKT residual ``||G||_inf``, ``G = (y - prox(y - grad / L)) * L`` the
+gradient mapping at the current point, is at most ``tol`` times the sup norm of the loss gradient at
+``W = 0``; and, if ``step_tol > 0``, when an iteration moves no parameter by more than ``step_tol *
+max(1, max|W|)``. Its ``data_loss``/``metric`` are exact full-batch values at the epoch's final
+iterate and its ``learning_rate`` is the step ``1/L``.
 
-Best weights: by ``val_loss`` with a validation split, else by ``loss``; they are restored when
-training stops early (early stopping or a callback returning True), not on normal completion.
+Kept weights (``spec.keep``): ``"best"`` restores, at the end of training however it ends, the
+weights of the epoch with the lowest ``val_loss`` (``loss`` without a validation split); ``"last"``
+keeps the final weights. ``TrainResult.weights_epoch`` says which epoch they are from.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.errors import TrainingTimeout
 from engine.layers import Dropout
-from engine.losses import LOSS_TASKS, make_loss
+from engine.losses import FISTA_LOSSES, LOSS_TASKS, curvature, make_loss
 from engine.network import Network
-from engine.optimizers import Fista, make_optimizer
-from engine.regularizers import block_soft_threshold, penalty_value
+from engine.optimizers import Fista, Optimizer, make_optimizer
+from engine.regularizers import Regularizer
+from engine.spec import Spec, parse
+
+__all__ = ["FISTA_LOSSES", "HISTORY_KEYS", "Callback", "TrainResult", "train"]
 
 HISTORY_KEYS: tuple[str, ...] = (
     "epoch",
@@ -67,34 +77,20 @@ HISTORY_KEYS: tuple[str, ...] = (
     "seconds",
 )
 
-FISTA_LOSSES: tuple[str, ...] = (
-    "mse",
-    "huber",
-    "binary_cross_entropy",
-    "softmax_cross_entropy",
-    "squared_hinge",
-)
-
-# Upper bound of the loss's second derivative in the scores (times 1/N): L = c * lam_max([X,1]) / N.
-_CURVATURE = {
-    "mse": 2.0,
-    "huber": 1.0,
-    "binary_cross_entropy": 0.25,
-    "softmax_cross_entropy": 0.5,
-    "squared_hinge": 2.0,
-}
-
 
 @dataclass
 class TrainResult:
-    """Outcome of ``train``: per-epoch records, why it stopped, and the best epoch (1-based)."""
+    """Outcome of ``train``: per-epoch records, why it stopped, the best epoch (1-based) and the
+    epoch whose weights the network holds (``keep``)."""
 
     history: list[dict]
     stopped: str  # "completed" | "early_stopping" | "cancelled"
     best_epoch: int
+    weights_epoch: int
 
 
 Callback = Callable[[dict], bool | None]
+LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -112,6 +108,7 @@ class _Metric:
         self.regression = LOSS_TASKS[loss] == "regression"
         self.binary = loss == "binary_cross_entropy"
         self.n = len(Y)
+        self.sst = 0.0
         if self.regression:
             yc = Y.astype(np.float64) - float(np.mean(Y, dtype=np.float64))
             self.sst = float(np.dot(yc, yc))
@@ -137,8 +134,11 @@ class _Metric:
         return 1.0 - self.acc / self.sst
 
 
+Validation = tuple[np.ndarray, np.ndarray, LossFn, _Metric]
+
+
 def _evaluate(
-    network: Network, X: np.ndarray, Y: np.ndarray, loss_fn: Callable, metric: _Metric
+    network: Network, X: np.ndarray, Y: np.ndarray, loss_fn: LossFn, metric: _Metric
 ) -> tuple[float, float]:
     """Full predict-mode pass: (mean data loss, metric)."""
     scores = network.forward(X, training=False)
@@ -157,49 +157,63 @@ def _check_finite(value: float, epoch: int) -> None:
 
 
 class _Stopper:
-    """Early stopping, best-weights tracking and callbacks at the end of an epoch."""
+    """Early stopping, best-weights tracking (``keep``) and callbacks at the end of an epoch."""
 
-    def __init__(self, spec: dict, network: Network, has_val: bool, callbacks: Sequence[Callback]):
-        es = spec.get("early_stopping") or None
+    def __init__(
+        self, spec: Spec, network: Network, has_val: bool, callbacks: Sequence[Callback]
+    ) -> None:
         self.network = network
         self.callbacks = list(callbacks)
+        self.keep_best = spec.keep == "best"
         self.best_key = "val_loss" if has_val else "loss"
         self.best_value = math.inf
         self.best_epoch = 0
+        self.last_epoch = 0
         self.best_weights: dict[str, np.ndarray] | None = None
-        self.es = es
-        if es is not None:
-            monitor = es.get("monitor") or self.best_key
+        self.es = spec.early_stopping
+        self.es_best = math.inf
+        self.wait = 0
+        if self.es is not None:
+            monitor = self.es.monitor or self.best_key
             self.monitor = monitor if (monitor != "val_loss" or has_val) else "loss"
-            self.patience = int(es.get("patience", 5))
-            self.min_delta = float(es.get("min_delta", 0.0) or 0.0)
-            self.es_best = math.inf
-            self.wait = 0
 
     def end_epoch(self, record: dict) -> str | None:
         """Update the bookkeeping; return "cancelled"/"early_stopping" to stop, else None."""
+        self.last_epoch = record["epoch"]
         value = record[self.best_key]
         if value < self.best_value:
             self.best_value = value
             self.best_epoch = record["epoch"]
-            self.best_weights = self.network.get_weights()
+            if self.keep_best:
+                self.best_weights = self.network.get_weights()
         stop = None
         if self.es is not None:
             current = record[self.monitor]
-            if current < self.es_best - self.min_delta:
+            if current < self.es_best - self.es.min_delta:
                 self.es_best = current
                 self.wait = 0
             else:
                 self.wait += 1
-                if self.wait >= self.patience:
+                if self.wait >= self.es.patience:
                     stop = "early_stopping"
         for cb in self.callbacks:
             if cb(record):
                 stop = "cancelled"
                 break
-        if stop is not None and self.best_weights is not None:
-            self.network.set_weights(self.best_weights)
         return stop
+
+    def finish(self, history: list[dict], stopped: str) -> TrainResult:
+        """Restore the kept weights and describe the outcome."""
+        weights_epoch = self.last_epoch
+        if self.keep_best and self.best_weights is not None and self.best_epoch != weights_epoch:
+            self.network.set_weights(self.best_weights)
+            weights_epoch = self.best_epoch
+        return TrainResult(
+            history=history,
+            stopped=stopped,
+            best_epoch=self.best_epoch,
+            weights_epoch=weights_epoch,
+        )
 
 
 def _epoch_record(
@@ -210,7 +224,7 @@ def _epoch_record(
     metric: float,
     lr: float,
     t0: float,
-    validation: tuple[np.ndarray, np.ndarray, Callable, _Metric] | None,
+    validation: Validation | None,
 ) -> dict:
     """Close an epoch: check the loss, evaluate the validation split, build the history record."""
     _check_finite(data_loss, epoch)
@@ -232,12 +246,17 @@ def _epoch_record(
     }
 
 
+def _regularizer(spec: Spec) -> Regularizer:
+    r = spec.regularization
+    return Regularizer(r.l1, r.l2, r.group_l1, r.l1_method)
+
+
 # ---------------------------------------------------------------------------- entry point
 def train(
     network: Network,
     X: np.ndarray,
     Y: np.ndarray,
-    spec: dict,
+    spec: Spec | Mapping[str, Any],
     *,
     X_val: np.ndarray | None = None,
     Y_val: np.ndarray | None = None,
@@ -255,9 +274,9 @@ def train(
         Preprocessed inputs (cast to the network's dtype if needed).
     Y : ndarray (N,)
         Float targets (regression), {0, 1} (binary cross-entropy) or class indices.
-    spec : dict
-        Normalized spec: reads ``loss``, ``loss_params``, ``regularization``, ``optimizer``,
-        ``epochs``, ``batch_size``, ``shuffle``, ``early_stopping``.
+    spec : Spec or mapping
+        Reads ``loss``, ``loss_params``, ``regularization``, ``optimizer``, ``epochs``,
+        ``batch_size``, ``shuffle``, ``early_stopping``, ``keep`` (a mapping is parsed).
     X_val, Y_val : ndarray, optional
         Validation split.
     callbacks : sequence of callables
@@ -271,22 +290,28 @@ def train(
     -------
     TrainResult
     """
+    spec = parse(spec)
     dtype = network.dtype
-    loss_name = spec.get("loss", "mse")
     X = np.ascontiguousarray(X, dtype=dtype)
-    Y = _targets(Y, loss_name, dtype)
-    has_val = X_val is not None and Y_val is not None and len(X_val) > 0
-    if has_val:
+    Y = _targets(Y, spec.loss, dtype)
+    validation: Validation | None = None
+    if X_val is not None and Y_val is not None and len(X_val) > 0:
+        loss_fn = make_loss(spec.loss, spec.loss_params.to_dict())
+        Y_val = _targets(Y_val, spec.loss, dtype)
         X_val = np.ascontiguousarray(X_val, dtype=dtype)
-        Y_val = _targets(Y_val, loss_name, dtype)
+        validation = (X_val, Y_val, loss_fn, _Metric(spec.loss, Y_val))
     network.set_rng(rng)
-    opt = make_optimizer(spec.get("optimizer") or {})
-    X_val = X_val if has_val else None
+    opt = make_optimizer(spec.optimizer)
+    stopper = _Stopper(spec, network, validation is not None, callbacks)
     # Overflow shows up as a non-finite epoch loss, reported by _check_finite with a clear message.
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(opt, Fista):
-            return _train_fista(network, X, Y, spec, opt, X_val, Y_val, callbacks, deadline)
-        return _train_minibatch(network, X, Y, spec, opt, X_val, Y_val, callbacks, rng, deadline)
+            history, stopped = _train_fista(network, X, Y, spec, opt, validation, stopper, deadline)
+        else:
+            history, stopped = _train_minibatch(
+                network, X, Y, spec, opt, validation, stopper, rng, deadline
+            )
+    return stopper.finish(history, stopped)
 
 
 def _check_deadline(deadline: float | None, epoch: int) -> None:
@@ -296,39 +321,37 @@ def _check_deadline(deadline: float | None, epoch: int) -> None:
 
 
 def _train_minibatch(
-    network, X, Y, spec, opt, X_val, Y_val, callbacks, rng, deadline
-) -> TrainResult:
-    loss_name = spec.get("loss", "mse")
-    loss_fn = make_loss(loss_name, spec.get("loss_params"))
-    reg = spec.get("regularization") or {}
-    l1 = float(reg.get("l1", 0.0) or 0.0)
-    l2 = float(reg.get("l2", 0.0) or 0.0)
-    gl1 = float(reg.get("group_l1", 0.0) or 0.0)
-    proximal = (reg.get("l1_method") or "proximal") == "proximal"
-    epochs = int(spec.get("epochs", 20))
+    network: Network,
+    X: np.ndarray,
+    Y: np.ndarray,
+    spec: Spec,
+    opt: Optimizer,
+    validation: Validation | None,
+    stopper: _Stopper,
+    rng: np.random.Generator,
+    deadline: float | None,
+) -> tuple[list[dict], str]:
+    loss_fn = make_loss(spec.loss, spec.loss_params.to_dict())
+    reg = _regularizer(spec)
     N = X.shape[0]
-    bs = max(1, min(int(spec.get("batch_size", 32)), N))
-    shuffle = bool(spec.get("shuffle", True))
+    bs = max(1, min(spec.batch_size, N))
 
     params, grads = network.parameters()
-    # Optimizer indices of the Dense weight matrices (penalised) and scratch buffers for them.
+    # Optimizer indices of the Dense weight matrices (the penalised parameters), input layer first.
     names = [name for name, _, _ in network.param_refs]
     w_idx = [i for i, name in enumerate(names) if name.endswith(".W") and name.startswith("dense")]
-    work = {i: np.empty_like(params[i]) for i in w_idx} if (l1 or l2) else {}
-    two_l2 = 2.0 * l2
+    Ws = [params[i] for i in w_idx]
+    dWs = [grads[i] for i in w_idx]
 
-    if shuffle:
+    if spec.shuffle:
         x_buf = np.empty((bs, *X.shape[1:]), dtype=X.dtype)
         y_buf = np.empty((bs, *Y.shape[1:]), dtype=Y.dtype)
-    metric = _Metric(loss_name, Y)
-    validation = None if X_val is None else (X_val, Y_val, loss_fn, _Metric(loss_name, Y_val))
-    stopper = _Stopper(spec, network, X_val is not None, callbacks)
+    metric = _Metric(spec.loss, Y)
     history: list[dict] = []
-    stopped = "completed"
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
-        perm = rng.permutation(N) if shuffle else None
+        perm = rng.permutation(N) if spec.shuffle else None
         total = 0.0
         metric.reset()
         for start in range(0, N, bs):
@@ -348,44 +371,27 @@ def _train_minibatch(
             total += value * xb.shape[0]
             metric.add(scores, yb)
             network.backward(dscores)
-            if l2 or (l1 and not proximal):
-                for i in w_idx:
-                    W, dW, tmp = params[i], grads[i], work[i]
-                    if l2:
-                        np.multiply(W, two_l2, out=tmp)
-                        dW += tmp
-                    if l1 and not proximal:
-                        np.sign(W, out=tmp)
-                        tmp *= l1
-                        dW += tmp
+            reg.add_gradient(Ws, dWs)
             opt.step(params, grads)
-            if l1 and proximal:
-                for i in w_idx:
-                    W, tmp = params[i], work[i]
-                    s = opt.step_size(i)
-                    # threshold in W's dtype: a scalar, or per coordinate for adaptive methods
-                    t = W.dtype.type(s * l1) if np.isscalar(s) else s * l1
-                    # the method, not np.clip: same ufunc, half the call overhead (3 calls/batch)
-                    W.clip(-t, t, out=tmp)
-                    W -= tmp  # W - clip(W, -t, t): |W| <= t becomes exactly 0
-            if gl1:
-                i = w_idx[0]
-                s = opt.step_size(i)
-                # adaptive: harmonic mean of the row's steps (the step of the row's mean
-                # denominator); an arithmetic mean would let one dead unit (step lr/eps) zero
-                # every row
-                t = s * gl1 if np.isscalar(s) else gl1 * s.shape[1] / np.sum(1.0 / s, axis=1)
-                block_soft_threshold(params[i], t, out=params[i])
-        pen = penalty_value(network.weights, l1, l2, gl1)
+            if reg.has_prox:
+                for k, i in enumerate(w_idx):
+                    W = params[i]
+                    reg.prox(k, W, opt.step_size(i, out=reg.step_buffer(k, W)))
         record = _epoch_record(
-            network, epoch, total / N, pen, metric.value(), opt.current_lr, t0, validation
+            network,
+            epoch,
+            total / N,
+            reg.value(Ws),
+            metric.value(),
+            opt.current_lr,
+            t0,
+            validation,
         )
         history.append(record)
         stop = stopper.end_epoch(record)
         if stop is not None:
-            stopped = stop
-            break
-    return TrainResult(history=history, stopped=stopped, best_epoch=stopper.best_epoch)
+            return history, stop
+    return history, "completed"
 
 
 # ---------------------------------------------------------------------------- FISTA
@@ -394,7 +400,8 @@ def _check_fista(network: Network, loss_name: str) -> None:
         raise ValueError("optimizer 'fista' needs a linear model (hidden_layers must be empty)")
     if loss_name not in FISTA_LOSSES:
         raise ValueError(f"optimizer 'fista' needs a smooth loss, one of {FISTA_LOSSES}")
-    if any(isinstance(la, Dropout) for la in network.layers) or network.dense_layers[0].dropconnect:
+    dropout = any(isinstance(la, Dropout) and la.rate > 0 for la in network.layers)
+    if dropout or network.dense_layers[0].dropconnect:
         raise ValueError("optimizer 'fista' is full-batch and deterministic: dropout must be 0")
 
 
@@ -445,14 +452,15 @@ def _lasso_gap(
     l1: float,
     l2: float,
 ) -> float:
-    """Duality gap of the elastic net ``F = (1/N)||r||^2 + l1 ||w||_1 + l2 ||w||^2``.
+    """Duality gap of the elastic net ``F = (1/N)||r||^2 + l1 ||w||_1 + l2 ||w||^2``, ``l1 > 0``.
 
     An upper bound of ``F(w, b) - min F`` at ``w (D,)`` with residual ``r = y - X w - b (N,)`` and
     ``Xt_r = X.T @ r (D,)``, ``colsum = X.T @ 1 (D,)`` (all float64). It is scikit-learn's gap for
     ``0.5 ||r||^2 + a ||w||_1 + 0.5 c ||w||^2`` (``a = N l1 / 2``, ``c = N l2``) on the centred
     residual (the intercept eliminated; ``X.T @ (r - mean r) = Xt_r - mean(r) * colsum``, so X
     needs no centring), times ``2 / N``, plus ``mean(r)^2``, the part of ``F`` that the optimal
-    ``b`` for this ``w`` would remove.
+    ``b`` for this ``w`` would remove. (With ``l1 = 0`` its dual point degenerates to 0 and the
+    "gap" to the primal value: ridge stops on the KKT residual instead.)
     """
     N = r.shape[0]
     r_mean = float(r.mean())
@@ -474,31 +482,39 @@ def _lasso_gap(
     return 2.0 / N * gap + r_mean * r_mean
 
 
-def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadline) -> TrainResult:
-    loss_name = spec.get("loss", "mse")
+def _train_fista(
+    network: Network,
+    X: np.ndarray,
+    Y: np.ndarray,
+    spec: Spec,
+    opt: Fista,
+    validation: Validation | None,
+    stopper: _Stopper,
+    deadline: float | None,
+) -> tuple[list[dict], str]:
+    loss_name = spec.loss
     _check_fista(network, loss_name)
-    loss_fn = make_loss(loss_name, spec.get("loss_params"))
-    reg = spec.get("regularization") or {}
-    l1 = float(reg.get("l1", 0.0) or 0.0)
-    l2 = float(reg.get("l2", 0.0) or 0.0)
-    gl1 = float(reg.get("group_l1", 0.0) or 0.0)
-    epochs = int(spec.get("epochs", 20))
+    loss_fn = make_loss(loss_name, spec.loss_params.to_dict())
+    # Full batch: the L2 term is smooth (in f), the L1 and group terms go through the prox.
+    reg = _regularizer(spec)
+    reg_prox = Regularizer(reg.l1, 0.0, reg.group_l1, "proximal")
+    l1, l2, gl1 = reg.l1, reg.l2, reg.group_l1
     N = X.shape[0]
-    bs = max(1, min(int(spec.get("batch_size", 32)), N))
+    bs = max(1, min(spec.batch_size, N))
     iters = math.ceil(N / bs)
     dtype = network.dtype
-    step_tol = max(opt.step_tol, 50.0 * float(np.finfo(dtype).eps))
     rtol_f = 10.0 * float(np.finfo(dtype).eps)
     # Lasso / elastic net: stop on the duality gap (scikit-learn's criterion), relative to the
     # variance of y, i.e. to the objective of the model that predicts the mean. The gap is taken
     # at the extrapolated point from the gradient computed there anyway, so it costs O(N + D); the
     # prox-gradient step from that point can only lower the objective, so the returned iterate is
     # at least as close to the optimum.
-    use_gap = loss_name == "mse" and not gl1
+    use_gap = loss_name == "mse" and l1 > 0 and not gl1
     if use_gap:
         y64 = Y.astype(np.float64)
         gap_tol = opt.tol * float(np.var(y64))
         colsum = X.sum(axis=0, dtype=np.float64)
+    kkt_tol: float | None = None  # tol * ||grad f(0)||_inf, set at the first iteration
 
     dense = network.dense_layers[0]
     W, b = dense.params["W"], dense.params["b"]
@@ -506,44 +522,38 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadl
     def smooth(u: np.ndarray, Wc: np.ndarray) -> tuple[float, np.ndarray]:
         value, ds = loss_fn(u, Y)
         if l2:
-            value += l2 * float(np.einsum("ij,ij->", Wc, Wc))
+            value += reg.smooth_value([Wc])
         return value, ds
 
-    def nonsmooth(Wc: np.ndarray) -> float:
-        return penalty_value([Wc], l1, 0.0, gl1)
-
     def prox(V: np.ndarray, step: float) -> np.ndarray:
-        if l1:
-            t = step * l1
-            V -= V.clip(-t, t)
-        if gl1:
-            block_soft_threshold(V, step * gl1, out=V)
+        reg_prox.prox(0, V, step)
         return V
 
-    L = _CURVATURE[loss_name] * _lambda_max(X) / N + 2.0 * l2
+    L = curvature(loss_name, W.shape[1]) * _lambda_max(X) / N + 2.0 * l2
     # The problem is convex: start from W = 0 like coordinate-descent Lasso solvers (close to a
     # sparse optimum); b keeps its initial value (the target mean for regression).
     x_W, x_b = np.zeros_like(W), b.copy()
     u_x = np.empty((N, W.shape[1]), dtype=dtype)
     u_x[...] = x_b  # X @ 0 + b, without a pass over X
     f_x, _ = smooth(u_x, x_W)
-    F_x = f_x + nonsmooth(x_W)
+    F_x = f_x + reg_prox.value([x_W])
     y_W, y_b, u_y = x_W.copy(), x_b.copy(), u_x.copy()
     t_k = 1.0
 
     metric = _Metric(loss_name, Y)
-    validation = None if X_val is None else (X_val, Y_val, loss_fn, _Metric(loss_name, Y_val))
-    stopper = _Stopper(spec, network, X_val is not None, callbacks)
     history: list[dict] = []
-    stopped = "completed"
     converged = False
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
         for _ in range(iters):
             _check_deadline(deadline, epoch)
             f_y, ds = smooth(u_y, y_W)
             gW = X.T @ ds
+            gb = ds.sum(axis=0)
+            if kkt_tol is None:
+                g0 = max(float(np.abs(gW).max(initial=0.0)), float(np.abs(gb).max(initial=0.0)))
+                kkt_tol = opt.tol * g0
             if use_gap:
                 # mse: ds = -2 r / N, so r and X.T @ r come for free from ds and gW
                 scale_r = -0.5 * N
@@ -552,8 +562,7 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadl
                 w_y = y_W[:, 0].astype(np.float64)
                 converged = _lasso_gap(Xt_r, r_y, y64, w_y, colsum, l1, l2) <= gap_tol
             if l2:
-                gW += (2.0 * l2) * y_W
-            gb = ds.sum(axis=0)
+                reg.add_gradient([y_W], [gW])
             while True:
                 step = 1.0 / L
                 n_W = prox(y_W - step * gW, step)
@@ -569,10 +578,16 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadl
                 if f_n <= bound + rtol_f * abs(f_y) or L > 1e30:
                     break
                 L *= 2.0
-            F_n = f_n + nonsmooth(n_W)
+            F_n = f_n + reg_prox.value([n_W])
+            move = float(max(np.abs(dW).max(initial=0.0), np.abs(db).max(initial=0.0)))
             if not use_gap:
-                move = float(max(np.abs(dW).max(initial=0.0), np.abs(db).max(initial=0.0)))
-                converged = move <= step_tol * max(1.0, float(np.abs(n_W).max(initial=0.0)))
+                # KKT residual: the gradient mapping (y - prox(y - g / L)) * L at y, 0 exactly at
+                # a minimiser of f + R, for every smooth loss and penalty.
+                converged = move * L <= kkt_tol
+            if opt.step_tol > 0 or move == 0.0:
+                converged = converged or move <= opt.step_tol * max(
+                    1.0, float(np.abs(n_W).max(initial=0.0))
+                )
             if F_n > F_x:
                 # function-value restart: drop the momentum
                 t_k = 1.0
@@ -592,15 +607,13 @@ def _train_fista(network, X, Y, spec, opt: Fista, X_val, Y_val, callbacks, deadl
         data_loss, _ = loss_fn(u_x, Y)
         metric.reset()
         metric.add(u_x, Y)
-        pen = penalty_value([W], l1, l2, gl1)
         record = _epoch_record(
-            network, epoch, data_loss, pen, metric.value(), 1.0 / L, t0, validation
+            network, epoch, data_loss, reg.value([W]), metric.value(), 1.0 / L, t0, validation
         )
         history.append(record)
         stop = stopper.end_epoch(record)
         if stop is not None:
-            stopped = stop
-            break
+            return history, stop
         if converged:
             break
-    return TrainResult(history=history, stopped=stopped, best_epoch=stopper.best_epoch)
+    return history, "completed"

@@ -289,7 +289,7 @@ def test_binary_cross_entropy_needs_two_classes():
     X = np.arange(9.0).reshape(-1, 1)
     with pytest.raises(SpecError) as info:
         engine.fit(_spec(loss="binary_cross_entropy", epochs=1), X, [0, 1, 2] * 3)
-    assert (info.value.loc, info.value.code) == (("loss",), "loss_class_mismatch")
+    assert (info.value.loc, info.value.code) == (("loss",), "not_binary")
 
 
 def test_length_mismatch():
@@ -340,20 +340,34 @@ def test_early_stopping_restores_best_epoch_in_metrics():
     assert model.metrics["val_loss"] == min(r["val_loss"] for r in model.history)
 
 
+@pytest.mark.parametrize("container", ["dict_of_arrays", "dict_of_lists", "objects", "pandas"])
 @pytest.mark.parametrize("validation_split", [0.0, 0.25])
-def test_numeric_array_fit_matches_the_column_path(validation_split):
+def test_every_container_of_the_same_values_gives_bit_identical_weights(
+    container, validation_split
+):
     rng = np.random.default_rng(3)
     X = rng.normal(2.0, 3.0, size=(80, 3))
     X[::9, 1] = np.nan
     y = X[:, 0] - np.nan_to_num(X[:, 1]) + rng.normal(scale=0.1, size=80)
-    spec = {"loss": "mse", "model": {"hidden_layers": []}, "dtype": "float64", "epochs": 5}
+    names = [f"x{j}" for j in range(3)]
+    if container == "pandas":
+        pd = pytest.importorskip("pandas")
+        other = pd.DataFrame(X, columns=names)
+    elif container == "dict_of_arrays":
+        other = {name: X[:, j] for j, name in enumerate(names)}
+    elif container == "dict_of_lists":
+        other = {name: X[:, j].tolist() for j, name in enumerate(names)}
+    else:  # object columns: the column-by-column conversion
+        other = {name: _obj(X[:, j].tolist()) for j, name in enumerate(names)}
+    spec = {"loss": "mse", "model": {"hidden_layers": [4]}, "dtype": "float64", "epochs": 3}
     spec["validation_split"] = validation_split
-    fast = engine.fit(spec, X, y)
-    # object columns force the column-by-column path
-    slow = engine.fit(spec, {f"x{j}": _obj(X[:, j].tolist()) for j in range(3)}, y)
-    np.testing.assert_allclose(fast.preprocessor.center, slow.preprocessor.center, rtol=1e-13)
-    np.testing.assert_allclose(fast.predict(X), slow.predict(X), rtol=1e-9)
-    assert [r["loss"] for r in fast.history] == pytest.approx([r["loss"] for r in slow.history])
+    ref = engine.fit(spec, X, y)
+    got = engine.fit(spec, other, y)
+    np.testing.assert_array_equal(got.preprocessor.center, ref.preprocessor.center)
+    np.testing.assert_array_equal(got.preprocessor.scale, ref.preprocessor.scale)
+    for name, value in ref.network.get_weights().items():
+        np.testing.assert_array_equal(got.network.get_weights()[name], value)
+    np.testing.assert_array_equal(got.predict(other), ref.predict(X))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -367,3 +381,68 @@ def test_fit_without_standardization_never_writes_to_the_callers_array(dtype):
         model = engine.fit(run, X, X[:, 0] * 2.0 + 1.0)
         np.testing.assert_array_equal(X, before)
         assert model.preprocessor.center.tolist() == [0.0] * 4
+
+
+def _weights(model):
+    return {k: v.copy() for k, v in model.network.get_weights().items()}
+
+
+def test_keep_best_restores_the_lowest_val_loss_epoch_without_early_stopping():
+    X, y = _table()
+    spec = _spec(epochs=40, validation_split=0.3, optimizer={"name": "adam", "learning_rate": 0.1})
+    model = engine.fit(spec, X, y)
+    assert model.spec["keep"] == "best" and model.stopped == "completed"
+    val = [r["val_loss"] for r in model.history]
+    best = int(np.argmin(val)) + 1
+    assert best < len(val), "the test needs a run whose last epoch is not its best"
+    assert model.metrics["weights_epoch"] == model.metrics["best_epoch"] == best
+    assert model.metrics["val_loss"] == min(val)
+    # same seed, stopped at that epoch: the restored weights are exactly those of epoch `best`
+    at_best = engine.fit({**spec, "epochs": best, "keep": "last"}, X, y)
+    for name, value in _weights(at_best).items():
+        np.testing.assert_array_equal(_weights(model)[name], value)
+
+
+def test_keep_last_keeps_the_final_weights():
+    X, y = _table()
+    spec = _spec(epochs=40, validation_split=0.3, optimizer={"name": "adam", "learning_rate": 0.3})
+    model = engine.fit({**spec, "keep": "last"}, X, y)
+    assert model.metrics["weights_epoch"] == len(model.history) == 40
+    assert model.metrics["val_loss"] == model.history[-1]["val_loss"]
+    # without validation data the default is last
+    plain = engine.fit(_spec(epochs=5), X, y)
+    assert plain.spec["keep"] == "last" and plain.metrics["weights_epoch"] == 5
+
+
+def test_model_layers_build_the_same_network_as_hidden_layers():
+    X, y = _table()
+    short = engine.fit(_spec(model={"hidden_layers": [8, 4]}, epochs=3), X, y)
+    layers = [{"type": "dense", "units": 8}, {"type": "dense", "units": 4}]
+    long = engine.fit(_spec(model={"layers": layers}, epochs=3), X, y)
+    for name, value in _weights(short).items():
+        np.testing.assert_array_equal(_weights(long)[name], value)
+    assert long.spec["model"]["layers"][0] == {
+        "type": "dense",
+        "units": 8,
+        "activation": None,
+        "init": None,
+    }
+
+
+def test_model_layers_dropout_entry_is_a_dropout_layer():
+    X, y = _table()
+    layers = [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dropout", "rate": 0.5}]
+    model = engine.fit(_spec(model={"layers": layers}, epochs=2), X, y)
+    kinds = [type(layer).__name__ for layer in model.network.layers]
+    assert kinds == ["Dense", "Tanh", "Dropout", "Dense"]
+    assert model.network.layers[2].rate == 0.5
+    restored = engine.load(model.to_bytes())
+    np.testing.assert_array_equal(restored.predict(X), model.predict(X))
+
+
+def test_model_layers_not_built_yet_raise_a_spec_error():
+    X, y = _table()
+    layers = [{"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "flatten"}]
+    with pytest.raises(SpecError) as info:
+        engine.fit(_spec(model={"layers": layers}), X, y)
+    assert (info.value.loc, info.value.code) == (("model", "layers", 0, "type"), "not_supported")

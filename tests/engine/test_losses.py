@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.losses import LOSS_TASKS, LOSSES, make_loss, softmax
+from engine.losses import FISTA_LOSSES, LOSS_TASKS, LOSSES, curvature, make_loss, softmax
 
 
 def test_initial_softmax_loss_is_about_log_c():
@@ -78,15 +78,15 @@ def test_mse_mae_huber_known_values():
     np.testing.assert_allclose(d[:, 0], 2 * np.array([1.0, -0.5, 3.0]) / 3)
 
 
-def test_binary_cross_entropy_known_value_and_clipping():
+def test_binary_cross_entropy_known_value_from_logits():
     scores = np.array([[0.0], [math.log(3.0)]])  # p = 0.5 and 0.75
     y = np.array([1.0, 0.0])
     value, d = LOSSES["binary_cross_entropy"](scores, y)
     assert value == pytest.approx((math.log(2) + -math.log(0.25)) / 2)
     np.testing.assert_allclose(d[:, 0], [(0.5 - 1) / 2, 0.75 / 2])
-    # a confidently wrong logit is capped by eps instead of giving inf
-    value, d = LOSSES["binary_cross_entropy"](np.array([[-1000.0]]), np.array([1.0]), eps=1e-7)
-    assert value == pytest.approx(-math.log(1e-7))
+    # a confidently wrong logit costs exactly its size: -log(sigmoid(-1000)) = 1000 + log1p(e^-1000)
+    value, d = LOSSES["binary_cross_entropy"](np.array([[-1000.0]]), np.array([1.0]))
+    assert value == 1000.0
     np.testing.assert_allclose(d, [[-1.0]])
 
 
@@ -115,3 +115,69 @@ def test_make_loss_binds_spec_params_and_ignores_others():
 def test_loss_tasks_cover_every_loss():
     assert set(LOSS_TASKS) == set(LOSSES)
     assert {LOSS_TASKS[n] for n in ("mse", "mae", "huber")} == {"regression"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_cross_entropy_is_exact_and_finite_at_extreme_logits(dtype):
+    # regression: p clipped to [eps, 1 - eps] reported 16.1 for a logit of -30 (exact: 30) and,
+    # with eps = 1e-8 in float32 (1 - eps rounds to 1), log(0) = -inf and NaN
+    s = np.array([[-30.0], [30.0], [-1e4], [1e4], [0.0]], dtype=dtype)
+    y = np.array([1.0, 0.0, 0.0, 1.0, 1.0], dtype=dtype)
+    value, d = LOSSES["binary_cross_entropy"](s, y)
+    exact = (30.0 + math.log1p(math.exp(-30.0))) * 2 + 2 * math.log1p(math.exp(-1e4)) + math.log(2)
+    assert value == pytest.approx(exact / 5, rel=1e-6)
+    assert np.isfinite(d).all() and d.dtype == dtype
+    np.testing.assert_allclose(d[:, 0], [-0.2, 0.2, 0.0, 0.0, -0.1], atol=1e-7)
+    value, _ = make_loss("binary_cross_entropy", {"eps": 1e-8})(s, y)
+    assert math.isfinite(value)
+
+
+def test_binary_cross_entropy_fit_in_float32_with_tiny_eps_does_not_diverge():
+    import engine
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = (X[:, 0] > 0).astype(int)  # separable: logits grow large
+    spec = {
+        "loss": "binary_cross_entropy",
+        "loss_params": {"eps": 1e-8},
+        "model": {"hidden_layers": []},
+        "optimizer": {"name": "sgd", "learning_rate": 5.0},
+        "epochs": 30,
+        "dtype": "float32",
+    }
+    model = engine.fit(spec, X, y)
+    assert all(math.isfinite(r["loss"]) for r in model.history)
+
+
+@pytest.mark.parametrize("name", list(FISTA_LOSSES))
+def test_curvature_bounds_the_gradient_lipschitz_constant_and_is_attained(name):
+    # ||grad L(s1) - grad L(s2)||_F <= (c / N) ||s1 - s2||_F for the mean loss over N rows;
+    # squared hinge with K classes has c = 2K (it was documented as 2)
+    rng = np.random.default_rng(0)
+    N, K = 64, 5
+    k = 1 if name in ("mse", "huber", "binary_cross_entropy") else K
+    c = curvature(name, k)
+    y = rng.integers(0, 2, N).astype(float) if k == 1 else rng.integers(0, K, N)
+    fn = LOSSES[name]
+    ratios = []
+    for trial in range(200):
+        s1 = rng.standard_normal((N, k)) * (0.1 if trial % 2 else 3.0)
+        s2 = s1 + 1e-6 * rng.standard_normal((N, k))
+        if name == "squared_hinge" and trial % 2:
+            # every margin active, moving along (e_j - e_y) summed: the top eigenvector
+            s1 = np.zeros((N, k))
+            direction = np.ones((N, k))
+            direction[np.arange(N), y] = -(k - 1)
+            s2 = s1 + 1e-6 * direction
+        if name == "softmax_cross_entropy" and trial % 2:
+            # two classes tie and the rest vanish: diag(p) - p p.T has eigenvalue 1/2 on e0 - e1
+            s1 = np.full((N, k), -40.0)
+            s1[:, :2] = 0.0
+            s2 = s1.copy()
+            s2[:, 0] += 1e-6
+            s2[:, 1] -= 1e-6
+        g1, g2 = fn(s1, y)[1], fn(s2, y)[1]
+        ratios.append(np.linalg.norm(g1 - g2) / np.linalg.norm(s1 - s2) * N)
+    assert max(ratios) <= c * (1 + 1e-6)
+    assert max(ratios) >= 0.9 * c

@@ -6,10 +6,9 @@ import pytest
 from engine import InputError
 from engine.preprocess import (
     Preprocessor,
-    as_columns,
     classes_array,
     encode_labels,
-    numeric_matrix,
+    read_table,
     regression_target,
 )
 
@@ -21,8 +20,7 @@ def _obj(*values):
 
 
 def _fit(X, rows=None, standardize=True, feature_names=None):
-    names, columns = as_columns(X, feature_names)
-    return Preprocessor.fit(names, columns, rows=rows, standardize=standardize)
+    return Preprocessor.fit(read_table(X, feature_names), rows=rows, standardize=standardize)
 
 
 def test_standardization_uses_training_rows_only():
@@ -256,18 +254,21 @@ def _object_columns(X):
 
 @pytest.mark.parametrize("standardize", [True, False])
 @pytest.mark.parametrize("with_rows", [False, True])
-def test_fit_matrix_matches_the_column_fit(standardize, with_rows):
+def test_every_container_gives_bit_identical_statistics(standardize, with_rows):
     X = _numeric_data()
     rows = np.arange(0, len(X), 3) if with_rows else None
-    names, R = numeric_matrix(X)
-    fast = Preprocessor.fit_matrix(names, R, rows=rows, standardize=standardize)
-    slow = _fit(_object_columns(X), rows=rows, standardize=standardize)
-    assert fast.feature_names == slow.feature_names and fast.kinds == slow.kinds
-    assert fast.categories == slow.categories
-    for attr in ("center", "scale", "fill"):
-        np.testing.assert_allclose(getattr(fast, attr), getattr(slow, attr), rtol=1e-13)
-    assert fast.scale[2] == 1.0 and fast.scale[4] == 1.0 and fast.fill[4] == 0.0
-    np.testing.assert_allclose(fast.transform(X), slow.transform(X), rtol=1e-12, atol=1e-12)
+    ref = _fit(X, rows=rows, standardize=standardize)
+    for other in (
+        _object_columns(X),  # column path
+        {f"x{j}": X[:, j] for j in range(X.shape[1])},  # mapping of float arrays
+        np.asfortranarray(X),  # another memory layout
+    ):
+        pre = _fit(other, rows=rows, standardize=standardize)
+        assert pre.feature_names == ref.feature_names and pre.kinds == ref.kinds
+        for attr in ("center", "scale", "fill"):
+            np.testing.assert_array_equal(getattr(pre, attr), getattr(ref, attr))
+        np.testing.assert_array_equal(pre.transform(X), ref.transform(X))
+    assert ref.scale[2] == 1.0 and ref.scale[4] == 1.0 and ref.fill[4] == 0.0
 
 
 def test_all_numeric_inputs_encode_identically_on_every_path():
@@ -316,58 +317,76 @@ def test_inf_in_the_training_split_names_the_input_row(path):
     X[3, 1] = np.inf
     rows = np.array([1, 3, 4])
     with pytest.raises(InputError) as info:
-        if path == "matrix":
-            Preprocessor.fit_matrix(["x0", "x1"], X, rows=rows)
-        else:
-            _fit(_object_columns(X), rows=rows)
+        _fit(X if path == "matrix" else _object_columns(X), rows=rows)
     assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "x1", 3)
     assert "row 3" in info.value.msg
 
 
-def test_numeric_matrix_takes_only_plain_numeric_input():
+def test_read_table_takes_the_matrix_only_for_plainly_numeric_input():
     X = np.arange(6.0).reshape(3, 2)
-    names, R = numeric_matrix(X)
-    assert names == ["x0", "x1"] and R is X  # no copy of a float64 array
-    assert numeric_matrix(X.astype(int), ["a", "b"])[1].dtype == np.float64
-    names, R = numeric_matrix({"b": X[:, 1], "a": X[:, 0]})
-    assert names == ["b", "a"]
-    np.testing.assert_array_equal(R, X[:, ::-1])
-    assert numeric_matrix({"a": X[:, 0], "s": _obj("u", "v", "w")}, ["a"])[0] == ["a"]
-    assert numeric_matrix({"a": X[:, 0], "s": _obj("u", "v", "w")}) is None
-    assert numeric_matrix({"a": X[:, 0], "b": X[:2, 1]}) is None
-    assert numeric_matrix(X, ["a", "a"]) is None
-    assert numeric_matrix(np.array([["a", "b"]])) is None
+    table = read_table(X)
+    assert table.names == ["x0", "x1"] and table.matrix is X  # no copy of a float64 array
+    assert read_table(X.astype(int), ["a", "b"]).matrix.dtype == np.float64
+    table = read_table({"b": X[:, 1], "a": X[:, 0]})
+    assert table.names == ["b", "a"]
+    np.testing.assert_array_equal(table.matrix, X[:, ::-1])
+    assert read_table({"a": X[:, 0], "s": _obj("u", "v", "w")}, ["a"]).matrix is not None
+    assert read_table({"a": X[:, 0], "s": _obj("u", "v", "w")}).matrix is None
+    with pytest.raises(InputError) as info:
+        read_table({"a": X[:, 0], "b": X[:2, 1]})
+    assert info.value.code == "length_mismatch"
+    with pytest.raises(InputError) as info:
+        read_table(X, ["a", "a"])
+    assert info.value.code == "duplicate_column"
+    assert read_table(np.array([["a", "b"]])).matrix is None
 
 
 def test_float32_input_is_read_as_is_with_float64_statistics():
     rng = np.random.default_rng(5)
     X32 = (1e4 + rng.normal(size=(3000, 3))).astype(np.float32)
-    names, R = numeric_matrix(X32)
-    assert R is X32
-    fast = Preprocessor.fit_matrix(names, R)
+    assert read_table(X32).matrix is X32
+    fast = _fit(X32)
     slow = _fit(X32.astype(np.float64))
-    # float32 accumulation would be off by ~1e-7 relative here
-    np.testing.assert_allclose(fast.center, slow.center, rtol=1e-13)
-    np.testing.assert_allclose(fast.scale, slow.scale, rtol=1e-10)
+    # float32 accumulation would be off by ~1e-7 relative; here the statistics are the same bits
+    np.testing.assert_array_equal(fast.center, slow.center)
+    np.testing.assert_array_equal(fast.scale, slow.scale)
     np.testing.assert_array_equal(
-        fast.encode_matrix(X32, dtype=np.float32),
+        fast.transform(X32, dtype=np.float32),
         slow.transform(X32.astype(np.float64), dtype=np.float32),
     )
-    raw = Preprocessor.fit_matrix(names, R, standardize=False)
-    assert raw.encode_matrix(X32, dtype=np.float32, copy=False) is X32
-    assert raw.encode_matrix(X32, dtype=np.float32) is not X32
+    raw, Z = Preprocessor.fit_transform(read_table(X32), standardize=False, dtype=np.float32)
+    assert Z is X32  # identity encoding of an all-finite matrix in the target dtype: no copy
+    assert raw.transform(X32, dtype=np.float32) is not X32
 
 
-def test_fit_encode_checks_rows_outside_the_fit_and_imputes_missing_values():
+def test_fit_transform_checks_rows_outside_the_fit_and_imputes_missing_values():
     X = np.arange(12.0).reshape(6, 2)
-    pre, Z = Preprocessor.fit_encode(["a", "b"], X, standardize=False)
-    assert Z is X  # identity encoding of an all-finite float64 matrix: no copy
+    names = ["a", "b"]
     X_nan = X.copy()
     X_nan[2, 1] = np.nan
-    pre, Z = Preprocessor.fit_encode(["a", "b"], X_nan, standardize=False)
+    pre, Z = Preprocessor.fit_transform(read_table(X_nan, names), standardize=False)
     assert Z[2, 1] == pre.fill[1] == pytest.approx(np.mean([1.0, 3.0, 7.0, 9.0, 11.0]))
     X_inf = X.copy()
     X_inf[4, 0] = np.inf  # only in a row outside the fit: the encoding must still catch it
     with pytest.raises(InputError) as info:
-        Preprocessor.fit_encode(["a", "b"], X_inf, rows=np.array([0, 1, 2]))
+        Preprocessor.fit_transform(read_table(X_inf, names), rows=np.array([0, 1, 2]))
     assert (info.value.code, info.value.column, info.value.row) == ("non_finite", "a", 4)
+
+
+def test_dataframe_like_input_is_read_by_column_name():
+    class Frame:
+        """The two things read_table uses of a DataFrame: .columns and frame[name]."""
+
+        def __init__(self, data):
+            self.data = data
+            self.columns = list(data)
+
+        def __getitem__(self, name):
+            return self.data[name]
+
+    X = _numeric_data(seed=2, n=30)
+    frame = Frame({f"x{j}": list(X[:, j]) for j in range(X.shape[1])})
+    pre = _fit(frame)
+    assert pre.feature_names == [f"x{j}" for j in range(X.shape[1])]
+    np.testing.assert_array_equal(pre.center, _fit(X).center)
+    np.testing.assert_array_equal(pre.transform(frame), _fit(X).transform(X))

@@ -1,12 +1,15 @@
 """normalize_spec: defaults, idempotence and one SpecError (loc, code) per kind of bad field."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
 
 import engine
 from engine import SpecError, normalize_spec
+from engine.optimizers import OPTIMIZER_DEFAULTS, make_optimizer
+from engine.spec import parse
 
 
 def test_empty_spec_gets_documented_defaults():
@@ -15,6 +18,7 @@ def test_empty_spec_gets_documented_defaults():
         "task": "classification",
         "model": {
             "hidden_layers": [64, 32],
+            "layers": None,
             "activation": "relu",
             "init": "he",
             "leaky_slope": 0.01,
@@ -29,10 +33,12 @@ def test_empty_spec_gets_documented_defaults():
             "momentum": 0.0,
             "nesterov": False,
             "decay": 0.0,
-            "beta1": 0.9,
-            "beta2": 0.999,
-            "eps": 1e-8,
-            "rho": 0.9,
+            "beta1": None,
+            "beta2": None,
+            "eps": None,
+            "rho": None,
+            "tol": None,
+            "step_tol": None,
         },
         "epochs": 20,
         "batch_size": 32,
@@ -42,7 +48,155 @@ def test_empty_spec_gets_documented_defaults():
         "early_stopping": None,
         "standardize": True,
         "dtype": "float32",
+        "keep": "last",
+        "augmentation": None,
+        "search": None,
     }
+
+
+def test_each_optimizer_gets_its_own_defaults():
+    # regression: adadelta used to train with the spec's generic lr 0.01, rho 0.9, eps 1e-8
+    opt = normalize_spec({"optimizer": {"name": "adadelta"}})["optimizer"]
+    assert (opt["learning_rate"], opt["rho"], opt["eps"]) == (1.0, 0.95, 1e-6)
+    assert opt["beta1"] is None and opt["momentum"] is None
+    built = make_optimizer(parse({"optimizer": {"name": "adadelta"}}).optimizer)
+    assert (built.learning_rate, built.rho, built.eps) == (1.0, 0.95, 1e-6)
+    adam = normalize_spec({"optimizer": {"name": "adam"}})["optimizer"]
+    assert (adam["learning_rate"], adam["beta1"], adam["beta2"]) == (0.001, 0.9, 0.999)
+    for name, own in OPTIMIZER_DEFAULTS.items():
+        hidden = [] if name == "fista" else [4]
+        opt = normalize_spec({"optimizer": {"name": name}, "model": {"hidden_layers": hidden}})
+        assert {k: v for k, v in opt["optimizer"].items() if v is not None and k != "name"} == {
+            k: v for k, v in own.items() if k != "nesterov" or v
+        } | ({"nesterov": False} if "nesterov" in own and not own["nesterov"] else {})
+
+
+def test_given_optimizer_fields_override_its_defaults():
+    opt = normalize_spec({"optimizer": {"name": "adadelta", "learning_rate": 0.5}})["optimizer"]
+    assert (opt["learning_rate"], opt["rho"]) == (0.5, 0.95)
+
+
+def test_fista_tolerances_are_fields():
+    spec = parse(
+        {
+            "optimizer": {"name": "fista", "tol": 1e-9, "step_tol": 1e-12},
+            "model": {"hidden_layers": []},
+        }
+    )
+    assert (spec.optimizer.tol, spec.optimizer.step_tol) == (1e-9, 1e-12)
+    fista = make_optimizer(spec.optimizer)
+    assert (fista.tol, fista.step_tol) == (1e-9, 1e-12)
+
+
+def test_keep_defaults_to_best_with_validation_data():
+    assert parse({}).keep == "last"
+    assert parse({"validation_split": 0.2}).keep == "best"
+    assert parse({"validation_split": 0.2, "keep": "last"}).keep == "last"
+
+
+def test_typed_spec_is_frozen_and_round_trips():
+    spec = parse({"optimizer": {"name": "adam"}, "regularization": {"l1": 1e-3}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.epochs = 3  # type: ignore[misc]
+    assert parse(spec.to_dict()) == spec
+    assert parse(spec) is spec
+
+
+FULL = {
+    "task": "classification",
+    "model": {
+        "layers": [
+            {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same"},
+            {"type": "batch_norm"},
+            {"type": "maxpool2d"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 16, "activation": "tanh"},
+            {"type": "dropout", "rate": 0.5},
+        ]
+    },
+    "validation_split": 0.1,
+    "augmentation": {"rotation_range": 10, "horizontal_flip": True},
+    "search": {"param": "l1", "num": 10, "folds": 3, "select": "1se"},
+    "early_stopping": True,
+}
+
+
+def test_new_sections_normalize_idempotently_and_json_able():
+    once = normalize_spec(FULL)
+    assert normalize_spec(once) == once
+    assert json.loads(json.dumps(once)) == once
+    conv = once["model"]["layers"][0]
+    assert conv == {
+        "type": "conv2d",
+        "filters": 8,
+        "kernel_size": [3, 3],
+        "strides": [1, 1],
+        "padding": "same",
+        "activation": None,
+        "init": None,
+    }
+    assert once["model"]["layers"][2] == {"type": "maxpool2d", "pool_size": [2, 2], "strides": None}
+    assert once["model"]["hidden_layers"] is None
+    assert once["augmentation"]["rotation_range"] == 10.0
+    assert once["augmentation"]["vertical_flip"] is False
+    assert once["search"] == {
+        "param": "l1",
+        "values": None,
+        "num": 10,
+        "min_ratio": 1e-3,
+        "folds": 3,
+        "select": "1se",
+    }
+    explicit = normalize_spec({"search": {"values": [0.1, 0.01]}})["search"]
+    assert explicit["values"] == [0.1, 0.01] and explicit["num"] is None
+
+
+def test_registry_describes_every_field_with_its_default_and_bounds():
+    reg = engine.spec.registry()
+    assert json.loads(json.dumps(reg)) == reg
+    sections = reg["sections"]
+    by_name = {f["name"]: f for f in sections["optimizer"]}
+    assert by_name["learning_rate"]["default"] is None  # the optimizer's own
+    assert (by_name["learning_rate"]["lo"], by_name["learning_rate"]["lo_open"]) == (0.0, True)
+    assert by_name["name"]["choices"] == list(engine.OPTIMIZERS)
+    assert reg["optimizer_defaults"]["adadelta"]["learning_rate"] == 1.0
+    dropout = {f["name"]: f for f in sections["dropout"]}["input"]
+    assert (dropout["lo"], dropout["hi"], dropout["hi_open"]) == (0.0, 1.0, True)
+    assert {f["name"] for f in sections["layers.conv2d"]} >= {"filters", "kernel_size", "padding"}
+    # every default in the registry is what normalization fills in for an empty spec
+    empty = normalize_spec({})
+    for section in ("model", "loss_params", "regularization", "dropout"):
+        for f in sections[section]:
+            assert empty[section][f["name"]] == f["default"], (section, f["name"])
+    for f in sections[""]:
+        if f["type"] != "section" and f["name"] not in ("task", "loss", "keep"):
+            assert empty[f["name"]] == f["default"], f["name"]
+
+
+def test_registry_bounds_are_what_normalization_enforces():
+    # derive a just-outside value from each numeric bound and check it is rejected
+    for section in ("loss_params", "regularization", "dropout", "optimizer", "augmentation"):
+        for f in engine.spec.registry()["sections"][section]:
+            if f["type"] != "float":
+                continue
+            for bound, is_open, sign in ((f["lo"], f["lo_open"], -1), (f["hi"], f["hi_open"], 1)):
+                if bound is None:
+                    continue
+                bad = bound if is_open else bound + sign * 1e-3
+                raw = {section: {f["name"]: bad}}
+                if section == "optimizer":
+                    raw[section]["name"] = "adam"
+                with pytest.raises(SpecError) as info:
+                    normalize_spec(raw)
+                assert info.value.loc == (section, f["name"])
+
+
+def test_check_classes_is_the_one_binary_rule():
+    with pytest.raises(SpecError) as info:
+        engine.spec.check_classes(parse({"loss": "binary_cross_entropy"}), 3)
+    assert (info.value.loc, info.value.code) == (("loss",), "not_binary")
+    engine.spec.check_classes({"loss": "binary_cross_entropy"}, 2)
+    engine.spec.check_classes({"loss": "softmax_cross_entropy"}, 5)
 
 
 def test_none_spec_is_the_default_spec():
@@ -105,7 +259,7 @@ def test_int_rates_become_floats():
 def test_none_fields_take_defaults():
     spec = normalize_spec({"seed": None, "optimizer": {"momentum": None}})
     assert spec["seed"] == 0
-    assert spec["optimizer"]["momentum"] == 0.0
+    assert spec["optimizer"]["momentum"] == 0.0  # sgd's own
 
 
 def test_early_stopping_monitor_defaults_follow_validation_split():
@@ -140,7 +294,28 @@ INVALID = [
     # (spec, loc, code)
     ({"bogus": 1}, ("bogus",), "unknown_field"),
     ({"optimizer": {"lr": 0.1}}, ("optimizer", "lr"), "unknown_field"),
-    ({"model": {"layers": [3]}}, ("model", "layers"), "unknown_field"),
+    ({"model": {"units": [3]}}, ("model", "units"), "unknown_field"),
+    ({"model": {"layers": [3]}}, ("model", "layers", 0), "type_error"),
+    ({"model": {"layers": [{"type": "lstm"}]}}, ("model", "layers", 0, "type"), "unknown_layer"),
+    ({"model": {"layers": [{"type": "dense"}]}}, ("model", "layers", 0, "units"), "missing_field"),
+    (
+        {"model": {"layers": [{"type": "dense", "units": 4}], "hidden_layers": [4]}},
+        ("model", "layers"),
+        "conflict",
+    ),
+    (
+        {"model": {"layers": [{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "x"}]}},
+        ("model", "layers", 0, "padding"),
+        "unknown_value",
+    ),
+    ({"keep": "first"}, ("keep",), "unknown_value"),
+    ({"optimizer": {"name": "fista", "tol": -1.0}}, ("optimizer", "tol"), "out_of_range"),
+    ({"augmentation": {"rotation_range": -5}}, ("augmentation", "rotation_range"), "out_of_range"),
+    ({"augmentation": {"shear_range": 0.1}}, ("augmentation", "shear_range"), "unknown_field"),
+    ({"search": {"param": "dropout"}}, ("search", "param"), "unknown_value"),
+    ({"search": {"values": [0.1], "num": 5}}, ("search", "num"), "conflict"),
+    ({"search": {"folds": 1}}, ("search", "folds"), "out_of_range"),
+    ({"search": {"select": "max"}}, ("search", "select"), "unknown_value"),
     ({"task": "clustering"}, ("task",), "unknown_task"),
     ({"loss": "cross_entropy"}, ("loss",), "unknown_loss"),
     ({"loss": 3}, ("loss",), "type_error"),
