@@ -77,9 +77,9 @@ from engine.errors import InputError, SpecError, TrainingTimeout
 from engine.losses import make_loss
 from engine.preprocess import (
     Preprocessor,
-    as_columns,
+    Table,
     encode_labels,
-    numeric_matrix,
+    read_table,
     regression_target,
 )
 from engine.spec import normalize_spec
@@ -230,9 +230,7 @@ class PathResult:
 
 @dataclass
 class _Data:
-    names: list[str]
-    R: np.ndarray | None  # all-numeric input as one matrix, else None
-    columns: list[np.ndarray] | None
+    table: Table  # the raw input, read once by the preprocessor's one adapter
     n: int
     task: str
     y_reg: np.ndarray | None
@@ -241,37 +239,38 @@ class _Data:
     train_rows: np.ndarray  # engine.fit's training split
     val_rows: np.ndarray  # engine.fit's validation split
 
+    @property
+    def names(self) -> list[str]:
+        return self.table.names
+
+    @property
+    def R(self) -> np.ndarray | None:
+        """All-numeric input as one matrix (N, D), else None."""
+        return self.table.matrix
+
     def take_x(self, rows: np.ndarray) -> Any:
-        if self.R is not None:
-            return self.R[rows]
-        return {name: col[rows] for name, col in zip(self.names, self.columns, strict=True)}
+        if self.table.matrix is not None:
+            return self.table.matrix[rows]
+        columns = self.table.columns or []
+        return {name: col[rows] for name, col in zip(self.names, columns, strict=True)}
 
     def take_y(self, rows: np.ndarray) -> np.ndarray:
         if self.task == "regression":
+            assert self.y_reg is not None
             return self.y_reg[rows]
+        assert self.y_idx is not None
         return np.asarray(self.classes, dtype=object)[self.y_idx[rows]]
 
     def encode(self, rows: np.ndarray, standardize: bool) -> tuple[Preprocessor, np.ndarray]:
         """Preprocessing fitted on ``rows``, applied to every row: ``(pre, Z (N, F) float64)``."""
-        if self.R is not None:
-            return Preprocessor.fit_encode(
-                self.names, self.R, rows=rows, standardize=standardize, dtype=np.float64
-            )
-        pre = Preprocessor.fit(self.names, self.columns, rows=rows, standardize=standardize)
-        X = dict(zip(self.names, self.columns, strict=True))
-        return pre, pre.transform(X, dtype=np.float64, unknown="ignore")
+        return Preprocessor.fit_transform(
+            self.table, rows=rows, standardize=standardize, dtype=np.float64
+        )
 
 
 def _prepare(spec: dict, X: Any, y: Any, feature_names: Sequence[str] | None) -> _Data:
-    matrix = numeric_matrix(X, feature_names)
-    if matrix is not None:
-        names, R = matrix
-        columns = None
-        n = R.shape[0]
-    else:
-        names, columns = as_columns(X, feature_names)
-        R = None
-        n = len(columns[0])
+    table = read_table(X, feature_names)
+    n = table.n_rows
     task = spec["task"]
     y_reg = classes = y_idx = None
     if task == "classification":
@@ -285,7 +284,7 @@ def _prepare(spec: dict, X: Any, y: Any, feature_names: Sequence[str] | None) ->
     if n < 2:
         raise InputError(f"A path needs at least 2 rows, got {n}.", "too_few_rows")
     train_rows, val_rows = _fit_split(spec, n, y_idx)
-    return _Data(names, R, columns, n, task, y_reg, classes, y_idx, train_rows, val_rows)
+    return _Data(table, n, task, y_reg, classes, y_idx, train_rows, val_rows)
 
 
 def _fit_split(spec: dict, n: int, y_idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -288,7 +288,7 @@ def mlp_path():
         "standardize": False,
         "seed": 0,
     }
-    return path(spec, X, y, param="regularization.group_l1", num=8, min_ratio=0.03, select="min")
+    return path(spec, X, y, param="regularization.group_l1", num=8, min_ratio=0.001, select="min")
 
 
 def test_group_l1_mlp_path_keeps_the_informative_features(mlp_path):
