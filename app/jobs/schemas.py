@@ -106,7 +106,7 @@ TRAINING_SPEC_EXAMPLE: dict[str, Any] = {
     "task": "classification",
     "model": {"hidden_layers": [16], "activation": "relu", "init": "he"},
     "loss": "softmax_cross_entropy",
-    "regularization": {"l1": 0.005, "l2": 0.0001, "group_l1": 0.02, "l1_method": "proximal"},
+    "regularization": {"l1": 0.005, "l2": 0.0001, "group_l1": 0.04, "l1_method": "proximal"},
     "dropout": {"input": 0.0, "hidden": 0.1, "mode": "inverted"},
     "optimizer": {"name": "adam", "learning_rate": 0.01, "decay": 1e-6},
     "epochs": 60,
