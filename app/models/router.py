@@ -3,12 +3,12 @@
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.core.auth import OwnerDep, SessionsDep
+from app.core.auth import OwnerDep, sessions_for
 from app.core.config import settings
 from app.core.deps import SessionDep
 from app.core.errors import PayloadTooLarge
@@ -106,9 +106,10 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def predict_body(request: Request, _owner: OwnerDep) -> PredictRequest:
-    """The predict body, read only once the key is checked (a stranger gets the server to read
-    nothing), capped at REGULA_MAX_PREDICT_MB, and parsed off the event loop when large."""
+async def read_predict_body(request: Request) -> PredictRequest:
+    """The predict body: capped at REGULA_MAX_PREDICT_MB, validated by ``PredictRequest`` (off
+    the event loop when large). Called once the key is checked, so a stranger gets the server to
+    read nothing."""
     raw = await _read_capped(request, settings.max_predict_bytes)
     if not raw:
         missing = {"loc": ["body"], "msg": "Field required", "type": "missing"}
@@ -118,9 +119,6 @@ async def predict_body(request: Request, _owner: OwnerDep) -> PredictRequest:
     if len(raw) <= INLINE_PARSE_BYTES:
         return _parse(raw)
     return await run_in_threadpool(_parse, raw)
-
-
-PredictBody = Annotated[PredictRequest, Depends(predict_body)]
 
 
 @router.post(
@@ -145,12 +143,16 @@ PredictBody = Annotated[PredictRequest, Depends(predict_body)]
         }
     },
 )
-async def predict(
-    model_id: str, owner: OwnerDep, body: PredictBody, sessions: SessionsDep
-) -> Response:
-    """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class."""
+async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
+    """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class.
+
+    The hot path: one dependency (the key), the body read here once the key is checked, and a
+    database session (from get_db) only on a cache miss.
+    """
+    body = await read_predict_body(request)
     item = prediction.cached(model_id, owner)
-    if item is None:  # a cache hit opens no session
+    if item is None:
+        sessions = sessions_for(request)
 
         def load() -> prediction.Loaded:
             with sessions() as session:

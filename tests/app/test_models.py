@@ -168,20 +168,16 @@ def test_cached_prediction_does_not_touch_the_database(client: TestClient) -> No
     assert again.status_code == 200 and again.json() == first.json()
 
 
-def test_model_cache_is_bounded_in_bytes(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cache_counts_the_loaded_models_real_array_bytes(client: TestClient) -> None:
     prediction.cache.clear()
-    ids = [_model(client, epochs=1) for _ in range(3)]
-    client.post(f"/models/{ids[0]}/predict", json={"rows": ROWS[:1]})
-    size = prediction.cache.get(ids[0]).nbytes
-    # Room for two of these (equal-sized) models, not three.
-    monkeypatch.setattr(prediction.settings, "model_cache_mb", 1)
-    monkeypatch.setattr(type(prediction.settings), "model_cache_bytes", property(lambda s: 2 * size))
-    for model_id in ids:
-        client.post(f"/models/{model_id}/predict", json={"rows": ROWS[:1]})
-    assert len(prediction.cache) == 2 and prediction.cache.nbytes == 2 * size
-    assert prediction.cache.get(ids[0]) is None and prediction.cache.get(ids[2]) is not None
+    model_id = _model(client, epochs=1)
+    assert client.post(f"/models/{model_id}/predict", json={"rows": ROWS}).status_code == 200
+    item = prediction.cache.get(model_id)
+    params, grads = item.model.network.parameters()
+    pre = item.model.preprocessor
+    expected = sum(a.nbytes for a in [*params, *grads, pre.center, pre.scale, pre.fill])
+    assert item.nbytes == expected and prediction.cache.nbytes == expected
+    assert item.n_weights == sum(p.size for p in params)
 
 
 def test_delete_model_then_it_is_gone_everywhere(client: TestClient, session: Session) -> None:
