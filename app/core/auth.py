@@ -8,7 +8,7 @@ The key travels as an HTTP Bearer token (the OpenAPI security scheme ``APIKey``)
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, Any
 
@@ -39,21 +39,13 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 
 
 def sessions_for(request: Request) -> Sessions:
-    """Sessions from ``get_db`` (or the app's override of it), each opened by ``with``."""
-    return contextmanager(request.app.dependency_overrides.get(get_db, get_db))
+    """Sessions from ``get_db`` (or the app's override of it), each opened by ``with``.
 
-
-async def db_sessions(request: Request) -> Sessions:
-    """:func:`sessions_for` as a dependency, for requests that usually need no database.
-
-    ``get_db`` is a sync generator, which FastAPI enters and leaves in the thread pool: two
-    thread hops per request even when the session goes unused. A prediction from the cache with
-    auth off needs none; a cache miss opens one (in the thread pool, where the query runs).
+    For requests that usually need no database (a key check without a key, a prediction from the
+    cache): ``get_db`` as a dependency is a sync generator, which FastAPI enters and leaves in the
+    thread pool, two thread hops per request even when the session goes unused.
     """
-    return sessions_for(request)
-
-
-SessionsDep = Annotated[Sessions, Depends(db_sessions)]
+    return contextmanager(request.app.dependency_overrides.get(get_db, get_db))
 
 
 def hash_key(key: str) -> str:
@@ -156,9 +148,18 @@ def _takes_key(dependant: Dependant) -> bool:
     return any(d.call is current_owner or _takes_key(d) for d in dependant.dependencies)
 
 
+def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)  # an included router (FastAPI 0.16x)
+        if included is not None:
+            yield from _api_routes(included.routes)
+
+
 def document_auth(app: FastAPI) -> None:
     """Add the 401 answer to the OpenAPI description of every operation that takes a key."""
-    for route in app.routes:
-        if isinstance(route, APIRoute) and _takes_key(route.dependant):
+    for route in _api_routes(app.routes):
+        if _takes_key(route.dependant):
             for code, response in UNAUTHORIZED.items():
                 route.responses.setdefault(code, response)

@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.core.auth import OwnerDep, sessions_for
@@ -37,10 +38,8 @@ INLINE_COST = 1_000_000
 INLINE_PARSE_BYTES = 64 * 1024
 
 
-class NumpyJSONResponse(Response):
+class NumpyJSONResponse(JSONResponse):
     """``application/json`` written by orjson, NumPy arrays included (no ``tolist`` round trip)."""
-
-    media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
