@@ -26,8 +26,10 @@ from app.models.schemas import (
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=JSONBodyRoute)
 
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (or not yours)."}}
+# Everything that reads the stored weights.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No such model (or not yours)."},
+    **NOT_FOUND,
     500: {"description": "The model's stored weights are corrupt (`model_corrupt`)."},
 }
 # A batch whose forward pass takes fewer multiply-adds than this is predicted on the event loop
@@ -181,7 +183,7 @@ def list_models(
     return [ModelRead.model_validate(service.read(model)) for model in found]
 
 
-@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=ERRORS)
+@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=NOT_FOUND)
 def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
     """Spec, metrics, feature names and classes of one model."""
     model = service.get(session=session, model_id=model_id, owner_id=owner)
@@ -192,7 +194,7 @@ def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a model",
-    responses=ERRORS,
+    responses=NOT_FOUND,
 )
 def delete_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
     """Delete a model; its job and history stay."""
