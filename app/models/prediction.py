@@ -14,6 +14,7 @@ what it means), ``true``/``false`` (NumPy counts them as numbers), integers beyo
 non-strings for a categorical feature (the engine would ``str()`` them).
 """
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -290,6 +291,8 @@ def _short(msg: str) -> str:
 # --- JSON -> engine input -------------------------------------------------------------------------
 
 _NUMBER = frozenset({float, int})
+# Up to this many values, checks run in Python: cheaper than NumPy's per-call overhead.
+SMALL = 64
 
 
 def _json_problem(value: Any, numeric: bool, where: str) -> tuple[str, str] | None:
@@ -321,7 +324,9 @@ def _matrix(flat: list[Any], n: int, width: int) -> np.ndarray | None:
         matrix = np.array(flat, dtype=np.float64)
     except OverflowError:  # an integer beyond float64
         return None
-    if np.isnan(matrix).any():  # the engine would impute it
+    # NaN (the engine would impute it) is the one value unequal to itself; for a request's few
+    # values a Python pass is cheaper than starting a NumPy one.
+    if any(v != v for v in flat) if len(flat) <= SMALL else np.isnan(matrix).any():
         return None
     return matrix.reshape(n, width)
 
@@ -456,6 +461,9 @@ def batch_size(rows: list[Any] | None, instances: list[Any] | None) -> int:
 
 def _non_finite_rows(key: str, values: np.ndarray) -> None:
     """422 naming the rows whose output is not finite (inputs far outside the training range)."""
+    # One sum is NaN or inf if any term is; a finite sum that overflows only costs the test.
+    if values.size <= SMALL and math.isfinite(sum(values.ravel().tolist())):
+        return
     finite = np.isfinite(values)
     if finite.all():
         return
@@ -480,6 +488,13 @@ def _check_probabilities(item: Loaded, proba: np.ndarray) -> None:
     if proba.ndim != 2 or proba.shape[1] != len(item.model.classes or ()):
         raise corrupt(item.id)
     # Each of p >= 0, p <= 1 and sum(p) == 1 within tol (NaN fails every comparison).
+    if proba.size <= SMALL:
+        rows = proba.tolist()
+        if all(
+            min(row) >= -tol and max(row) <= 1 + tol and abs(sum(row) - 1.0) <= tol for row in rows
+        ):
+            return
+        raise corrupt(item.id)
     low, high, total = proba.min(), proba.max(), proba.sum(axis=1)
     if not (low >= -tol and high <= 1 + tol and (abs(total - 1.0) <= tol).all()):
         raise corrupt(item.id)
