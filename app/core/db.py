@@ -4,9 +4,9 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.core.config import settings
@@ -63,3 +63,8 @@ def get_db() -> Iterator[Session]:
     """Yield one session per request; FastAPI closes it when the response is sent."""
     with get_sessionmaker(settings.database_url)() as session:
         yield session
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an executed UPDATE or DELETE (``session.execute`` types it as a Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -1,10 +1,13 @@
 """Helpers shared by the services."""
 
-from typing import Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
-from sqlalchemy import Delete, Select, Update
 
-Stmt = TypeVar("Stmt", Select[Any], Update, Delete)
+class _Filterable(Protocol):
+    def where(self, *whereclause: Any) -> Self: ...
+
+
+Stmt = TypeVar("Stmt", bound=_Filterable)
 
 
 def owned(stmt: Stmt, owner_column: Any, owner_id: str | None) -> Stmt:

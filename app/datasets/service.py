@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import settings
-from app.core.db import new_id
+from app.core.db import new_id, rowcount
 from app.core.errors import InvalidInput, NotFound
 from app.core.ownership import owned
 from app.datasets import ingest
@@ -282,7 +282,7 @@ def delete(
         with contextlib.suppress(OSError):
             os.replace(trash, path)  # the row stays, so its file must be back in place
         raise
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise _not_found(dataset_id)
     try:
         _remove(trash)

@@ -49,7 +49,7 @@ TRAINING_SPEC_EXAMPLE: dict[str, Any] = {
 }
 
 
-class TrainingSpec(EngineSpec):  # type: ignore[misc,valid-type]
+class TrainingSpec(EngineSpec):
     """What to train: a dataset, its target and features, and the engine spec."""
 
     model_config = ConfigDict(

@@ -59,7 +59,7 @@ def _annotation(f: dict[str, Any], models: dict[str, Any]) -> Any:
         annotation = list[_BASE_TYPES[kind[5:-1]]]  # type: ignore[misc]
     elif kind == "int_pair":
         one = _scalar(f, "int")
-        annotation = one | list[one]  # type: ignore[operator,valid-type]
+        annotation = one | list[one]  # type: ignore[valid-type]
     else:
         annotation = _scalar(f, kind)
     return annotation | None if f.get("nullable") else annotation

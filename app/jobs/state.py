@@ -26,7 +26,7 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import settings
-from app.core.db import utcnow
+from app.core.db import rowcount, utcnow
 from app.jobs.orm import FINISHED_STATUSES, EpochRecord, Job
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def _update(session: Session, guard: Sequence[ColumnElement[bool]], **values: An
     result = session.execute(
         update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return rowcount(result) == 1
 
 
 def attempt_guard(job_id: str, attempt: int) -> list[ColumnElement[bool]]:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import engine
+from app.core.db import rowcount
 from app.core.errors import NotFound, RegulaError
 from app.core.ownership import owned
 from app.jobs.orm import Job
@@ -108,7 +109,7 @@ def delete(*, session: Session, model_id: str, owner_id: str | None) -> None:
     stmt = owned(sql_delete(Model).where(Model.id == model_id), Model.owner_id, owner_id)
     result = session.execute(stmt.execution_options(synchronize_session=False))
     session.commit()
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise not_found(model_id)
     prediction.evict(model_id)
 

@@ -319,7 +319,7 @@ def _convert(
         else:
             plan, reopen = _first_plan(first)
             if reopen:
-                batches.close()
+                batches.close()  # type: ignore[attr-defined]  # a generator
                 return _convert(reader, dest, names, plan)  # still a guess
 
     def typed() -> Iterator[list[pa.Array]]:

@@ -7,7 +7,7 @@ never sits whole in memory); other arrays in the archive are ignored.
 
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from app.datasets.ingest.common import FILE_LOC, Ingested, megabytes
 from app.datasets.ingest.profile import image_summary, label_summary
 
 
-def _npy_header(f: BinaryIO, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):

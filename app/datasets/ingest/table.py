@@ -19,7 +19,7 @@ from app.datasets.ingest.common import FILE_LOC, Ingested
 from app.datasets.ingest.stats import KIND_TYPES, ColumnStats
 
 
-def check_names(names: Sequence[str], max_columns: int, *, loc: list[str | int]) -> None:
+def check_names(names: Sequence[str], max_columns: int, *, loc: Sequence[str | int]) -> None:
     """Refuse too many columns, empty names and duplicates, naming the culprit."""
     if len(names) > max_columns:
         raise InvalidInput(
