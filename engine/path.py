@@ -77,9 +77,9 @@ from engine.errors import InputError, SpecError, TrainingTimeout
 from engine.losses import make_loss
 from engine.preprocess import (
     Preprocessor,
-    as_columns,
+    Table,
     encode_labels,
-    numeric_matrix,
+    read_table,
     regression_target,
 )
 from engine.spec import normalize_spec
@@ -253,25 +253,15 @@ class _Data:
 
     def encode(self, rows: np.ndarray, standardize: bool) -> tuple[Preprocessor, np.ndarray]:
         """Preprocessing fitted on ``rows``, applied to every row: ``(pre, Z (N, F) float64)``."""
-        if self.R is not None:
-            return Preprocessor.fit_encode(
-                self.names, self.R, rows=rows, standardize=standardize, dtype=np.float64
-            )
-        pre = Preprocessor.fit(self.names, self.columns, rows=rows, standardize=standardize)
-        X = dict(zip(self.names, self.columns, strict=True))
-        return pre, pre.transform(X, dtype=np.float64, unknown="ignore")
+        table = Table(self.names, matrix=self.R, columns=self.columns)
+        return Preprocessor.fit_transform(
+            table, rows=rows, standardize=standardize, dtype=np.float64
+        )
 
 
 def _prepare(spec: dict, X: Any, y: Any, feature_names: Sequence[str] | None) -> _Data:
-    matrix = numeric_matrix(X, feature_names)
-    if matrix is not None:
-        names, R = matrix
-        columns = None
-        n = R.shape[0]
-    else:
-        names, columns = as_columns(X, feature_names)
-        R = None
-        n = len(columns[0])
+    table = read_table(X, feature_names)
+    names, R, columns, n = table.names, table.matrix, table.columns, table.n_rows
     task = spec["task"]
     y_reg = classes = y_idx = None
     if task == "classification":
