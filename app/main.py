@@ -16,6 +16,7 @@ from app.health import router as health
 from app.jobs import router as jobs
 from app.models import plots_router
 from app.models import router as models
+from app.paths import router as paths
 
 log = logging.getLogger("regula")
 
@@ -71,7 +72,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     # /models first: routes are matched in order, and single-row predict is the hot path.
-    for module in (models, plots_router, datasets, jobs, health):
+    for module in (models, plots_router, datasets, jobs, paths, health):
         app.include_router(module.router)
     # Single-row predict is matched first, before the included routers are walked.
     app.router.routes.insert(0, models.PredictFirst())

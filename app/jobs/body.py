@@ -262,7 +262,15 @@ class HistoryWriter:
         self._last_flush = time.monotonic()
 
 
-def _model_row(model: Any, weights: bytes) -> Callable[[Job], Model]:
+def _service_keys(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: spec[key] for key in SERVICE_KEYS if key in spec}
+
+
+def _model_row(
+    model: Any, weights: bytes, spec: dict[str, Any] | None = None
+) -> Callable[[Job], Model]:
+    """The Model row of ``job``; ``spec`` (a search's final fit) replaces the job's engine spec."""
+
     def make(job: Job) -> Model:
         return Model(
             owner_id=job.owner_id,
@@ -272,7 +280,7 @@ def _model_row(model: Any, weights: bytes) -> Callable[[Job], Model]:
             target=job.spec["target"],
             feature_names=list(model.feature_names),
             classes=model.classes,
-            spec=job.spec,
+            spec=job.spec if spec is None else {**spec, **_service_keys(job.spec)},
             metrics=model.metrics,
             weights=weights,
         )
@@ -309,6 +317,32 @@ def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
             )
             # The time limit covers loading too; the engine checks it before every mini-batch.
             remaining = settings.job_timeout_seconds - (time.monotonic() - started)
+            if spec.get("search"):
+                # A regularization path: its own body (app.paths.runner), then the same finish.
+                from app.paths import runner
+
+                with _memory_guard():
+                    model, final = runner.run_search(
+                        sessions=sessions,
+                        job_id=job_id,
+                        attempt=attempt,
+                        spec=spec,
+                        X=X,
+                        y=y,
+                        database_url=database_url,
+                        data_dir=data_dir,
+                        max_seconds=remaining,
+                    )
+                make = None if model is None else _model_row(model, model.to_bytes(), final)
+                status = state.finish(
+                    sessions,
+                    job_id,
+                    attempt,
+                    cancelled=model is None or model.stopped == "cancelled",
+                    make_model=make,
+                )
+                log.info("job %s: %s after %.1f s", job_id, status, time.monotonic() - started)
+                return status
             try:
                 with _memory_guard():
                     model = engine.fit(spec, X, y, callbacks=[history], max_seconds=remaining)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 import engine
+from engine.spec import SEARCH_PARAMS, SEARCH_SELECT
 
 Task = Literal[engine.TASKS]  # type: ignore[valid-type]
 LossName = Literal[engine.LOSSES]  # type: ignore[valid-type]
@@ -97,6 +98,33 @@ class EarlyStopping(_Strict):
     min_delta: float = Field(default=0.0, ge=0.0)
 
 
+# A search multiplies the work of one fit by (points x (folds + 1)): the per-fit limits of the
+# service stay per fit, and these bound the multiplier (the engine's own caps are far looser).
+MAX_SEARCH_POINTS = 200
+MAX_SEARCH_FOLDS = 20
+
+
+class Search(_Strict):
+    """A regularization path: fit every value of ``param`` on a descending grid (``values``, or
+    ``num`` log-spaced from lambda_max down to ``min_ratio * lambda_max``), score each by
+    ``folds``-fold cross-validation and train the final model at the ``select`` choice."""
+
+    param: Literal[SEARCH_PARAMS] = "l1"  # type: ignore[valid-type]
+    values: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SEARCH_POINTS,
+        description="An explicit grid; excludes num and min_ratio.",
+    )
+    num: int | None = Field(default=None, ge=2, le=MAX_SEARCH_POINTS, description="Default 20.")
+    min_ratio: float | None = Field(default=None, gt=0.0, lt=1.0, description="Default 1e-3.")
+    folds: int = Field(default=5, ge=2, le=MAX_SEARCH_FOLDS)
+    select: Literal[SEARCH_SELECT] = Field(  # type: ignore[valid-type]
+        default="min",
+        description="min: lowest mean CV loss; 1se: largest value within one standard error.",
+    )
+
+
 # Matches app/examples/credit.csv (upload it first and paste its id): an L1 + L2 network whose
 # sparsity report shows the irrelevant columns switched off.
 TRAINING_SPEC_EXAMPLE: dict[str, Any] = {
@@ -150,6 +178,9 @@ class TrainingSpec(_Strict):
     early_stopping: EarlyStopping | None = None
     standardize: bool = True
     dtype: Literal["float32", "float64"] = "float32"
+    search: Search | None = Field(
+        default=None, description="null = a single fit; else a regularization path (see Search)."
+    )
 
     def engine_spec(self) -> dict[str, Any]:
         """The engine part of the spec: only what the caller set (the engine fills defaults)."""

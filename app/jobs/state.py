@@ -178,8 +178,10 @@ def finish(
 ) -> str:
     """running -> succeeded (or cancelled, keeping its model), with the model row, in ONE commit.
 
-    ``make_model(job)`` returns the Model row to add: a finished job always has its model.
+    ``make_model(job)`` returns the Model row to add: a finished job always has its model, but
+    for a search cancelled before its final fit (``make_model=None``, cancelled only).
     """
+    assert make_model is not None or cancelled
     status = "cancelled" if cancelled else "succeeded"
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "heartbeat_at": now}
@@ -191,7 +193,8 @@ def finish(
             raise LostClaim(job_id)
         job = session.get(Job, job_id)
         assert job is not None
-        session.add(make_model(job))
+        if make_model is not None:
+            session.add(make_model(job))
         session.commit()
     return status
 

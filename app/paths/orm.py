@@ -47,9 +47,7 @@ class PathResult(Base):
 
     __tablename__ = "path_results"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey(Job.id, ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey(Job.id, ondelete="CASCADE"), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
