@@ -35,6 +35,7 @@ from app.core.db import get_sessionmaker
 from app.jobs import state
 from app.paths import service
 from app.paths.orm import FULL_PATH
+from engine.path import FoldPath
 
 log = logging.getLogger("regula.training")
 
@@ -114,9 +115,7 @@ class PointWriter:
         self._last_flush = time.monotonic()
 
 
-def run_split(
-    plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = None
-) -> engine.path.FoldPath:
+def run_split(plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = None) -> FoldPath:
     """The path of one split (``fold`` None = all training rows), its points stored as it goes."""
     sessions = get_sessionmaker(plan["database_url"])
     if X is None:
@@ -166,7 +165,7 @@ def split_task(plan: dict[str, Any], fold: int | None) -> dict[str, Any]:
     return fold_path.to_dict()
 
 
-def _run_splits(plan: dict[str, Any], X: Any, y: Any) -> list[engine.path.FoldPath]:
+def _run_splits(plan: dict[str, Any], X: Any, y: Any) -> list[FoldPath]:
     splits: list[int | None] = [None, *range(plan["folds"])]
     if not _on_dask():
         return [run_split(plan, fold, X, y) for fold in splits]
@@ -191,7 +190,7 @@ def _run_splits(plan: dict[str, Any], X: Any, y: Any) -> list[engine.path.FoldPa
         finally:
             for future in futures:
                 future.cancel()
-    return [engine.path.FoldPath(**result) for result in results]
+    return [FoldPath(**result) for result in results]
 
 
 def run_search(

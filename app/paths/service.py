@@ -24,6 +24,7 @@ from app.jobs import service as jobs
 from app.jobs import state
 from app.jobs.orm import Job
 from app.paths.orm import FULL_PATH, PathPoint, PathResult
+from engine.path import FoldPath
 
 PATH_PREFIX = "regularization."
 
@@ -102,7 +103,7 @@ def store_result(
         session.commit()
 
 
-def split_rows(fold_path: engine.path.FoldPath, worker: str) -> list[dict[str, Any]]:
+def split_rows(fold_path: FoldPath, worker: str) -> list[dict[str, Any]]:
     """PathPoint fields of every point of a finished split's path."""
     fold = FULL_PATH if fold_path.fold is None else fold_path.fold
     rows = []
@@ -137,9 +138,9 @@ def split_rows(fold_path: engine.path.FoldPath, worker: str) -> list[dict[str, A
 # --- the read -------------------------------------------------------------------------------------
 
 
-def _fold_path(fold: int, rows: list[PathPoint], header: dict[str, Any]) -> engine.path.FoldPath:
+def _fold_path(fold: int, rows: list[PathPoint], header: dict[str, Any]) -> FoldPath:
     """Stored rows of one split (a subset of its points, in grid order) as an engine FoldPath."""
-    fp = engine.path.FoldPath(
+    fp = FoldPath(
         fold=None if fold == FULL_PATH else fold,
         grid=[r.value for r in rows],
         n_train=0,
