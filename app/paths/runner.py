@@ -211,6 +211,7 @@ def run_search(
     TrainingTimeout) and :class:`state.LostClaim`.
     """
     deadline = time.time() + max_seconds
+    clock = time.monotonic()
     search = spec["search"]
     param = service.engine_param(search)
     grid = engine.path_grid(
@@ -223,6 +224,7 @@ def run_search(
         min_ratio=search.get("min_ratio") or DEFAULT_MIN_RATIO,
     )
     folds = int(search["folds"])
+    log.info("job %s: grid of %d values in %.2f s", job_id, len(grid), time.monotonic() - clock)
     service.start(sessions, job_id, attempt, param=param, grid=grid)
     plan = {
         "job_id": job_id,
@@ -236,10 +238,13 @@ def run_search(
         "total": len(grid) * (folds + 1),
         "deadline": deadline,
     }
+    clock = time.monotonic()
     try:
         fold_paths = _run_splits(plan, X, y)
     except engine.PathCancelled:
         return None, spec
+    log.info("job %s: %d splits in %.2f s", job_id, folds + 1, time.monotonic() - clock)
+    clock = time.monotonic()
     full = next(fp for fp in fold_paths if fp.fold is None)
     result = engine.combine(
         fold_paths,
@@ -259,5 +264,8 @@ def run_search(
         progress["last"] = time.monotonic()
         return state.record_epochs(sessions, job_id, attempt, [], epochs=1, progress=1.0)
 
+    log.info("job %s: path combined and stored in %.2f s", job_id, time.monotonic() - clock)
+    clock = time.monotonic()
     model = engine.fit(final, X, y, callbacks=[cancel_check], max_seconds=deadline - time.time())
+    log.info("job %s: final fit in %.2f s", job_id, time.monotonic() - clock)
     return model, final
