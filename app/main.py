@@ -17,6 +17,7 @@ from app.health import router as health
 from app.jobs import router as jobs
 from app.models import plots_router
 from app.models import router as models
+from app.paths import router as paths
 
 log = logging.getLogger("regula")
 
@@ -71,7 +72,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (models, plots_router, datasets, jobs, health):
+    for module in (models, plots_router, datasets, jobs, paths, health):
         app.include_router(module.router)
     document_auth(app)
     web.mount(app)

@@ -8,5 +8,6 @@ from app.core.keys import ApiKey
 from app.datasets.orm import Dataset
 from app.jobs.orm import EpochRecord, Job
 from app.models.orm import Model
+from app.paths.orm import PathPoint, PathResult
 
-__all__ = ["ApiKey", "Dataset", "EpochRecord", "Job", "Model"]
+__all__ = ["ApiKey", "Dataset", "EpochRecord", "Job", "Model", "PathPoint", "PathResult"]

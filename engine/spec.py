@@ -133,7 +133,8 @@ _DEFAULT_LOSS = {"classification": "softmax_cross_entropy", "regression": "mse"}
 _MAX_EPOCHS = 100_000
 _MAX_UNITS = 100_000
 _MAX_LAYERS = 64
-_MAX_SEARCH_VALUES = 1000
+# A search multiplies one fit's work by points x (folds + 1): both are bounded.
+_MAX_SEARCH_VALUES = 200
 
 
 # --- field declarations ---------------------------------------------------------------------------
@@ -491,7 +492,7 @@ class Search(_Section):
         None,
         "int",
         lo=2,
-        hi=100,
+        hi=20,
         nullable=True,
         doc="K-fold cross-validation; null = the validation split scores each point.",
     )

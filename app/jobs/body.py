@@ -262,9 +262,20 @@ class HistoryWriter:
         self._last_flush = time.monotonic()
 
 
-def _store(model: engine.Model) -> Callable[[Session, Job], Any]:
+def _service_keys(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: spec[key] for key in SERVICE_KEYS if key in spec}
+
+
+def _store(
+    model: engine.Model, spec: dict[str, Any] | None = None
+) -> Callable[[Session, Job], Any]:
+    """Add ``model``'s row; ``spec`` (a search's final fit) replaces the job's engine spec."""
+
     def store(session: Session, job: Job) -> Any:
-        return models_service.create(session=session, job=job, model=model)
+        row = models_service.create(session=session, job=job, model=model)
+        if spec is not None:
+            row.spec = {**spec, **_service_keys(job.spec)}
+        return row
 
     return store
 
@@ -298,6 +309,32 @@ def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
             )
             # The time limit covers loading too; the engine checks it before every mini-batch.
             remaining = settings.job_timeout_seconds - (time.monotonic() - started)
+            if spec.get("search"):
+                # A regularization path: its own body (app.paths.runner), then the same finish.
+                from app.paths import runner
+
+                with _memory_guard():
+                    model, final = runner.run_search(
+                        sessions=sessions,
+                        job_id=job_id,
+                        attempt=attempt,
+                        spec=spec,
+                        X=X,
+                        y=y,
+                        database_url=database_url,
+                        data_dir=data_dir,
+                        max_seconds=remaining,
+                    )
+                store = None if model is None else _store(model, final)
+                status = state.finish(
+                    sessions,
+                    job_id,
+                    attempt,
+                    cancelled=model is None or model.stopped == "cancelled",
+                    store_model=store,
+                )
+                log.info("job %s: %s after %.1f s", job_id, status, time.monotonic() - started)
+                return status
             try:
                 with _memory_guard():
                     model = engine.fit(spec, X, y, callbacks=[history], max_seconds=remaining)

@@ -174,12 +174,14 @@ def finish(
     attempt: int,
     *,
     cancelled: bool,
-    store_model: Callable[[Session, Job], Any],
+    store_model: Callable[[Session, Job], Any] | None,
 ) -> str:
     """running -> succeeded (or cancelled, keeping its model), with the model row, in ONE commit.
 
-    ``store_model(session, job)`` adds the Model row: a finished job always has its model.
+    ``store_model(session, job)`` adds the Model row: a finished job always has its model, but
+    for a search cancelled before its final fit (``store_model=None``, cancelled only).
     """
+    assert store_model is not None or cancelled
     status = "cancelled" if cancelled else "succeeded"
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "heartbeat_at": now}
@@ -191,7 +193,8 @@ def finish(
             raise LostClaim(job_id)
         job = session.get(Job, job_id)
         assert job is not None
-        store_model(session, job)
+        if store_model is not None:
+            store_model(session, job)
         session.commit()
     return status
 

@@ -9,7 +9,16 @@ from sqlalchemy import inspect
 from app.core import migrate
 from app.core.db import Base, make_engine
 
-TABLES = {"alembic_version", "api_keys", "datasets", "jobs", "epoch_records", "models"}
+TABLES = {
+    "alembic_version",
+    "api_keys",
+    "datasets",
+    "jobs",
+    "epoch_records",
+    "models",
+    "path_points",
+    "path_results",
+}
 
 
 def _diff(url: str) -> list[object]:

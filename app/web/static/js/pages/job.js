@@ -3,6 +3,7 @@
 import { followJob, get, post } from "../api.js";
 import { epochChart } from "../charts.js";
 import { duration, fmt, h, notice, pct, replace, short, stat, statusBadge, when } from "../dom.js";
+import { renderPath } from "./path.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 
@@ -93,7 +94,10 @@ export async function render(root, ctx) {
     ),
   );
 
-  const charts = CHARTS.map((c) => epochChart(chartsBox, { ...c, sync: `job-${id}` }));
+  // A search job has a regularization path instead of one loss history.
+  const search = Boolean(job.spec && job.spec.search);
+  const charts = search ? [] : CHARTS.map((c) => epochChart(chartsBox, { ...c, sync: `job-${id}` }));
+  const stopPath = search ? renderPath(chartsBox, id) : () => {};
 
   function drawCharts() {
     const list = sorted();
@@ -179,7 +183,10 @@ export async function render(root, ctx) {
   drawStatus();
   if (TERMINAL.includes(job.status)) {
     streamMode.textContent = "finished";
-    return () => charts.forEach((c) => c.destroy());
+    return () => {
+      stopPath();
+      charts.forEach((c) => c.destroy());
+    };
   }
 
   const lastEpoch = records.size ? Math.max(...records.keys()) : null;
@@ -220,6 +227,7 @@ export async function render(root, ctx) {
   });
   return () => {
     stop();
+    stopPath();
     charts.forEach((c) => c.destroy());
   };
 }
