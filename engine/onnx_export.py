@@ -101,9 +101,13 @@ def _classes_tensor(classes: list[Any]) -> tuple[onnx.TensorProto, int]:
     arr = classes_array(classes)
     if arr.dtype == object:
         values = [str(c).encode("utf-8") for c in arr.tolist()]
-        return helper.make_tensor("classes", TensorProto.STRING, [len(values)], values), (
-            TensorProto.STRING
+        tensor = helper.make_tensor(
+            "classes",
+            TensorProto.STRING,
+            [len(values)],
+            values,  # type: ignore[arg-type]  # onnx takes bytes items for STRING tensors
         )
+        return tensor, (TensorProto.STRING)
     if arr.dtype.kind == "b":
         return numpy_helper.from_array(arr.astype(np.bool_)), TensorProto.BOOL
     if arr.dtype.kind in "iu":
@@ -196,7 +200,9 @@ def _outputs(g: _Graph, model: Model, scores: str) -> list[onnx.ValueInfoProto]:
         g.op("Identity", [scores], "variable", out="variable")
         return [helper.make_tensor_value_info("variable", elem, ["N", 1])]
 
-    n_classes = len(model.classes)
+    classes_list = model.classes
+    assert classes_list is not None  # a classifier
+    n_classes = len(classes_list)
     if loss == "binary_cross_entropy":
         p = g.op("Sigmoid", [scores], "p")
         one = g.const("one", np.ones((), dtype=model.network.dtype))
@@ -212,7 +218,7 @@ def _outputs(g: _Graph, model: Model, scores: str) -> list[onnx.ValueInfoProto]:
         else:
             g.op("Identity", [scores], "scores", out="scores")
         idx = g.op("ArgMax", [extra], "idx", axis=1, keepdims=0)
-    classes, label_type = _classes_tensor(model.classes)
+    classes, label_type = _classes_tensor(classes_list)
     classes.name = g.name("classes")
     g.initializers.append(classes)
     g.op("Gather", [classes.name, idx], "label", out="label", axis=0)

@@ -183,8 +183,8 @@ def prune(model: Model) -> Model:
     # rebuilt network has the same layers in the same order, hence the same parameter names.
     dtype = network.dtype
     values: dict[int, dict[str, np.ndarray]] = {}
-    for k, layer in enumerate(dense):
-        values[id(layer)] = {"W": Ws[k].astype(dtype), "b": bs[k].astype(dtype)}
+    for k, dense_layer in enumerate(dense):
+        values[id(dense_layer)] = {"W": Ws[k].astype(dtype), "b": bs[k].astype(dtype)}
     for k, layers in enumerate(between):
         for layer in layers:
             if isinstance(layer, PReLU):

@@ -125,11 +125,12 @@ class _RegulaEstimator(BaseEstimator):
 
     def to_spec(self) -> dict[str, Any]:
         """The (partial) engine spec these parameters stand for; ``None`` leaves the default."""
-        hidden = self.hidden_layers
-        if hidden is not None:
+        hidden: list[int] | None = None
+        if self.hidden_layers is not None:
             # An int is one hidden layer; numpy integers (from a param grid) become python ints.
-            hidden = [hidden] if np.ndim(hidden) == 0 else list(hidden)
-            hidden = [operator.index(units) for units in hidden]
+            widths: Any = self.hidden_layers
+            widths = [widths] if np.ndim(widths) == 0 else list(widths)
+            hidden = [operator.index(units) for units in widths]
         early = self.early_stopping
         return {
             "task": self._task,

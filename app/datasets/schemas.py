@@ -31,7 +31,7 @@ COLUMN_EXAMPLES: list[dict[str, Any]] = [
     },
 ]
 
-DATASET_EXAMPLE = {
+DATASET_EXAMPLE: dict[str, Any] = {
     "id": "3f2c0a6d9b8e4f1a8c7d6e5f4a3b2c1d",
     "name": "credit.csv",
     "kind": "table",

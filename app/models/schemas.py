@@ -26,7 +26,7 @@ class ModelRead(BaseModel):
     size_bytes: int = Field(description="Size of the exported npz.")
 
 
-PREDICT_EXAMPLES = {
+PREDICT_EXAMPLES: dict[str, Any] = {
     "rows": {
         "summary": "Rows as objects (feature name -> value)",
         "value": {

@@ -347,7 +347,7 @@ async def spool_multipart(
             loc=FILE_LOC,
         )
     spooler = _Spooler(dest, max_bytes)
-    parser = MultipartParser(boundary, spooler.callbacks())
+    parser = MultipartParser(boundary, spooler.callbacks())  # type: ignore[arg-type]
     received = 0
     pending: list[bytes] = []
     pending_bytes = 0

@@ -101,6 +101,6 @@ class ColumnStats:
             "max": hi,
             "mean": self.total / self.count if number and self.count else None,
             "max_abs": max(abs(lo), abs(hi)) if lo is not None and hi is not None else None,
-            "distinct": MAX_DISTINCT if capped else len(self.distinct),
+            "distinct": MAX_DISTINCT if self.distinct is None else len(self.distinct),
             "distinct_capped": capped,
         }
