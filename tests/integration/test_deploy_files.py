@@ -518,7 +518,13 @@ def test_regular_wheel_install_migrates_outside_the_source_tree(tmp_path: Path) 
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(site)  # a pure-Python wheel installs by unpacking
-    assert {"app/cli.py", "app/worker.py", "engine/__init__.py", "migrations/env.py"} <= names
+    assert {
+        "app/cli.py",
+        "app/jobs/executor.py",
+        "app/web/static/index.html",
+        "engine/__init__.py",
+        "migrations/env.py",
+    } <= names
     assert any(re.fullmatch(r"migrations/versions/\w+\.py", n) for n in names)
 
     db = tmp_path / "wheel.db"
