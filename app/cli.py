@@ -1,4 +1,5 @@
-"""The ``regula`` command: ``serve``, ``migrate``, ``keys create``, ``train``, ``jobs watch``.
+"""The ``regula`` command: ``serve``, ``migrate``, ``keys create|list|revoke``, ``train``,
+``jobs watch``.
 
 Settings come from ``app.core.config.settings`` (``REGULA_*`` variables, ``.env``); a flag given
 on the command line overrides the matching field for this process.
@@ -372,6 +373,44 @@ def add_training_commands(commands: Any) -> None:
     watch.set_defaults(func=cmd_jobs_watch)
 
 
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """Print every key: id, name, prefix, created, revoked (never the key itself)."""
+    from app.core.auth import list_keys
+    from app.core.db import get_sessionmaker
+
+    if args.database_url:
+        settings.database_url = args.database_url
+    with get_sessionmaker(settings.database_url)() as session:
+        rows = list_keys(session=session)
+    table = [("ID", "NAME", "PREFIX", "CREATED", "REVOKED")]
+    for row in rows:
+        revoked = row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"
+        created = row.created_at.isoformat(timespec="seconds")
+        table.append((row.id, row.name, row.prefix, created, revoked))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke a key by id or prefix; requests with it get 401 from now on."""
+    from app.core.auth import revoke_key
+    from app.core.db import get_sessionmaker
+    from app.core.errors import RegulaError
+
+    if args.database_url:
+        settings.database_url = args.database_url
+    with get_sessionmaker(settings.database_url)() as session:
+        try:
+            row = revoke_key(session=session, id_or_prefix=args.key)
+        except RegulaError as exc:
+            print(f"regula keys revoke: {exc.msg}", file=sys.stderr)
+            return 1
+    print(f"key {row.prefix}... ({row.name!r}, id {row.id}) revoked", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``regula``."""
     parser = argparse.ArgumentParser(
@@ -401,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")
     create.set_defaults(func=cmd_keys_create)
     add_training_commands(commands)
+    listing = key_commands.add_parser("list", help="list keys: id, name, prefix, created, revoked")
+    listing.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key (its requests then get 401)")
+    revoke.add_argument("key", metavar="ID_OR_PREFIX", help="the key's id or its prefix")
+    revoke.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")
+    revoke.set_defaults(func=cmd_keys_revoke)
     return parser
 
 

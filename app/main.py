@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import web
+from app.core.auth import document_auth
 from app.core.config import settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
@@ -70,11 +71,9 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    # /models first: routes are matched in order, and single-row predict is the hot path.
     for module in (models, plots_router, datasets, jobs, health):
         app.include_router(module.router)
-    # Single-row predict is matched first, before the included routers are walked.
-    app.router.routes.insert(0, models.PredictFirst())
+    document_auth(app)
     web.mount(app)
     return app
 

@@ -83,7 +83,7 @@ from engine.preprocess import (
     read_table,
     regression_target,
 )
-from engine.spec import normalize_spec
+from engine.spec import SEARCH_PARAMS, SEARCH_SELECT, normalize_spec
 
 __all__ = [
     "PARAMS",
@@ -100,14 +100,8 @@ __all__ = [
     "path_grid",
 ]
 
-PARAMS: tuple[str, ...] = (
-    "regularization.l1",
-    "regularization.l2",
-    "regularization.group_l1",
-    "dropout.hidden",
-    "dropout.input",
-)
-SELECTIONS: tuple[str, ...] = ("min", "1se")
+PARAMS: tuple[str, ...] = SEARCH_PARAMS
+SELECTIONS: tuple[str, ...] = SEARCH_SELECT
 _SPARSE_PARAMS = ("regularization.l1", "regularization.group_l1")
 _DROPOUT_TOP = 0.8
 _RIDGE_FACTOR = 500.0  # glmnet's ridge lambda_max (alpha = 0.001) in our scaling

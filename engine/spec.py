@@ -118,7 +118,14 @@ LAYER_TYPES: tuple[str, ...] = (
 # Layer types the network can build (all of them; kept for the registry's consumers).
 BUILDABLE_LAYERS: tuple[str, ...] = LAYER_TYPES
 PADDINGS: tuple[str, ...] = ("valid", "same")
-SEARCH_PARAMS: tuple[str, ...] = ("l1", "l2", "group_l1")
+# The strengths a regularization path may vary (engine.path), by their place in the spec.
+SEARCH_PARAMS: tuple[str, ...] = (
+    "regularization.l1",
+    "regularization.l2",
+    "regularization.group_l1",
+    "dropout.hidden",
+    "dropout.input",
+)
 SEARCH_SELECT: tuple[str, ...] = ("min", "1se")
 
 _DEFAULT_LOSS = {"classification": "softmax_cross_entropy", "regression": "mse"}
@@ -460,7 +467,7 @@ class Search(_Section):
     from ``lambda_max`` down to ``min_ratio * lambda_max``; ``folds``-fold CV picks one by
     ``select`` (validated here only)."""
 
-    param: str = _f("l1", "str", choices=SEARCH_PARAMS)
+    param: str = _f("regularization.l1", "str", choices=SEARCH_PARAMS)
     values: tuple[float, ...] | None = _f(
         None, "list[float]", lo=0.0, nullable=True, doc="Explicit grid; excludes num/min_ratio."
     )
@@ -481,9 +488,16 @@ class Search(_Section):
         nullable=True,
         doc="Smallest / largest lambda (null when values is given).",
     )
-    folds: int = _f(5, "int", lo=2, hi=100)
+    folds: int | None = _f(
+        None,
+        "int",
+        lo=2,
+        hi=100,
+        nullable=True,
+        doc="K-fold cross-validation; null = the validation split scores each point.",
+    )
     select: str = _f(
-        "min",
+        "1se",
         "str",
         choices=SEARCH_SELECT,
         doc="min: lowest mean CV loss; 1se: largest lambda within one standard error.",

@@ -2,22 +2,50 @@
 
 With ``settings.auth_required`` off, every request acts as the anonymous owner (``None``);
 with it on, a request needs a valid, unrevoked key and sees only the resources that key created.
+The key travels as an HTTP Bearer token (the OpenAPI security scheme ``APIKey``), so Swagger UI's
+"Authorize" button can send it.
 """
 
 import hashlib
 import secrets
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
-from sqlalchemy import select
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.core.config import settings
-from app.core.deps import SessionDep
-from app.core.errors import Unauthorized
+from app.core.db import get_db, utcnow
+from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.keys import ApiKey
 
 KEY_PREFIX = "rg_"
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "No API key, or an unknown or revoked one (`missing_api_key`, "
+        "`invalid_api_key`); the answer carries `WWW-Authenticate: Bearer`."
+    }
+}
+
+
+Sessions = Callable[[], AbstractContextManager[Session]]
+
+
+def sessions_for(request: Request) -> Sessions:
+    """Sessions from ``get_db`` (or the app's override of it), each opened by ``with``.
+
+    For requests that usually need no database (a key check without a key, a prediction from the
+    cache): ``get_db`` as a dependency is a sync generator, which FastAPI enters and leaves in the
+    thread pool, two thread hops per request even when the session goes unused.
+    """
+    return contextmanager(request.app.dependency_overrides.get(get_db, get_db))
 
 
 def hash_key(key: str) -> str:
@@ -34,6 +62,34 @@ def create_key(*, session: Session, name: str) -> tuple[ApiKey, str]:
     return row, plain
 
 
+def list_keys(*, session: Session) -> list[ApiKey]:
+    """Every key, oldest first (revoked ones included)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_key(*, session: Session, id_or_prefix: str) -> ApiKey:
+    """Revoke the key whose id or prefix is ``id_or_prefix``; its requests get 401 from now on.
+
+    NotFound if no key matches, Conflict if a prefix matches more than one key. Revoking a
+    revoked key keeps its first revocation time.
+    """
+    stmt = select(ApiKey).where(or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
+    rows = list(session.scalars(stmt))
+    if not rows:
+        raise NotFound(f"No API key has the id or prefix {id_or_prefix!r}.", loc=["key"])
+    if len(rows) > 1:
+        raise Conflict(
+            f"{len(rows)} keys have the prefix {id_or_prefix!r}; revoke by id.",
+            loc=["key"],
+            code="ambiguous_key",
+        )
+    (row,) = rows
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row
+
+
 def get_by_plain_key(*, session: Session, key: str) -> ApiKey | None:
     """The unrevoked key row matching ``key``, if any."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
@@ -42,32 +98,83 @@ def get_by_plain_key(*, session: Session, key: str) -> ApiKey | None:
     return row
 
 
-def current_owner(request: Request, session: SessionDep) -> str | None:
-    """The id of the calling key, or None when auth is not required and no key was sent."""
-    header = request.headers.get("authorization")
-    if header is None:
-        if settings.auth_required:
-            raise Unauthorized(
-                "An API key is required: send 'Authorization: Bearer <key>'.",
-                loc=["header", "authorization"],
-                code="missing_api_key",
-            )
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
-            "The Authorization header must be 'Bearer <key>'.",
-            loc=["header", "authorization"],
-            code="invalid_api_key",
-        )
-    row = get_by_plain_key(session=session, key=token.strip())
+def _invalid(msg: str) -> Unauthorized:
+    return Unauthorized(msg, loc=["header", "authorization"], code="invalid_api_key")
+
+
+def _owner_of(sessions: Sessions, token: str) -> str:
+    with sessions() as session:
+        row = get_by_plain_key(session=session, key=token)
     if row is None:
-        raise Unauthorized(
-            "The API key is unknown or revoked.",
-            loc=["header", "authorization"],
-            code="invalid_api_key",
-        )
+        raise _invalid("The API key is unknown or revoked.")
     return row.id
 
 
+class _CurrentOwner(HTTPBearer):
+    """HTTP Bearer auth resolving to the calling key's id (the OpenAPI security scheme
+    ``APIKey``, so Swagger UI's "Authorize" button sends the key)."""
+
+    async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
+        """The id of the calling key, or None when auth is not required and no key was sent.
+
+        Without a key (and auth off) a request costs no database session and no thread.
+        """
+        credentials = await super().__call__(request)  # None: absent, or not "Bearer <token>"
+        if credentials is None:
+            if "authorization" not in request.headers:
+                if settings.auth_required:
+                    raise Unauthorized(
+                        "An API key is required: send 'Authorization: Bearer <key>'.",
+                        loc=["header", "authorization"],
+                        code="missing_api_key",
+                    )
+                return None
+            raise _invalid("The Authorization header must be 'Bearer <key>'.")
+        token = credentials.credentials.strip()
+        if not token:
+            raise _invalid("The Authorization header must be 'Bearer <key>'.")
+        return await run_in_threadpool(_owner_of, sessions_for(request), token)
+
+
+current_owner = _CurrentOwner(
+    scheme_name="APIKey",
+    description="An API key from `regula keys create`, sent as `Authorization: Bearer <key>`.",
+    auto_error=False,
+)
 OwnerDep = Annotated[str | None, Depends(current_owner)]
+
+
+# The same security scheme, only documenting (never checking): for dependencies that call
+# current_owner themselves after finding the key elsewhere.
+api_key_scheme = HTTPBearer(scheme_name="APIKey", auto_error=False)
+
+# Dependencies that resolve the caller's key by other means too (e.g. a query parameter), but
+# with current_owner's rules: their routes are documented as keyed like OwnerDep's.
+_KEYED: set[Any] = {current_owner}
+
+
+def keyed(dependency: Any) -> Any:
+    """Mark ``dependency`` as resolving the caller's key (for ``document_auth``)."""
+    _KEYED.add(dependency)
+    return dependency
+
+
+def _takes_key(dependant: Dependant) -> bool:
+    return any(d.call in _KEYED or _takes_key(d) for d in dependant.dependencies)
+
+
+def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)  # an included router (FastAPI 0.16x)
+        if included is not None:
+            yield from _api_routes(included.routes)
+
+
+def document_auth(app: FastAPI) -> None:
+    """Add the 401 answer to the OpenAPI description of every operation that takes a key."""
+    for route in _api_routes(app.routes):
+        if _takes_key(route.dependant):
+            for code, response in UNAUTHORIZED.items():
+                route.responses.setdefault(code, response)

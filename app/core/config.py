@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     # A running job whose heartbeat is older than this is considered orphaned at start-up.
     stale_after_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=2, ge=1)
-    model_cache_size: int = Field(default=64, ge=0)
+    # Loaded models kept for prediction, bounded by their arrays' bytes (0 disables the cache).
+    model_cache_mb: int = Field(default=512, ge=0, le=1_048_576)
+    # A predict body is parsed into Python objects (~10x its size): far below the upload limit.
+    max_predict_mb: int = Field(default=16, ge=1, le=4096)
     # Queued + running jobs one API key may have at once; beyond it POST /jobs answers 429.
     max_queued_per_key: int = Field(default=20, ge=1, le=100_000)
     quota_retry_after_seconds: int = Field(default=30, ge=1, le=3600)
@@ -73,6 +76,14 @@ class Settings(BaseSettings):
     @property
     def max_decoded_bytes(self) -> int:
         return self.max_decoded_mb * 1024 * 1024
+
+    @property
+    def max_predict_bytes(self) -> int:
+        return self.max_predict_mb * 1024 * 1024
+
+    @property
+    def model_cache_bytes(self) -> int:
+        return self.model_cache_mb * 1024 * 1024
 
 
 settings = Settings()

@@ -27,7 +27,7 @@ from app.core.db import get_sessionmaker
 from app.datasets.orm import Dataset
 from app.jobs import state
 from app.jobs.orm import Job
-from app.models.orm import Model
+from app.models import service as models_service
 
 log = logging.getLogger("regula.training")
 
@@ -301,22 +301,11 @@ class HistoryWriter:
         self._last_flush = time.monotonic()
 
 
-def _model_row(model: Any, weights: bytes) -> Callable[[Job], Model]:
-    def make(job: Job) -> Model:
-        return Model(
-            owner_id=job.owner_id,
-            job_id=job.id,
-            dataset_id=job.dataset_id,
-            task=model.task,
-            target=job.spec["target"],
-            feature_names=list(model.feature_names),
-            classes=model.classes,
-            spec=job.spec,
-            metrics=model.metrics,
-            weights=weights,
-        )
+def _store(model: engine.Model) -> Callable[[Session, Job], Any]:
+    def store(session: Session, job: Job) -> Any:
+        return models_service.create(session=session, job=job, model=model)
 
-    return make
+    return store
 
 
 def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
@@ -358,7 +347,7 @@ def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
                 job_id,
                 attempt,
                 cancelled=model.stopped == "cancelled",
-                make_model=_model_row(model, model.to_bytes()),
+                store_model=_store(model),
             )
     except state.LostClaim:
         log.warning("job %s: attempt %d lost its claim; leaving the row alone", job_id, attempt)

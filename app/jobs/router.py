@@ -4,11 +4,11 @@ import csv
 import io
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, Security, status
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from app.core.auth import OwnerDep, current_owner
+from app.core.auth import OwnerDep, api_key_scheme, current_owner, keyed
 from app.core.deps import SessionDep
 from app.core.errors import InvalidInput
 from app.core.routing import MAX_OFFSET, JSONBodyRoute
@@ -157,9 +157,10 @@ def job_history(
     return JobHistory(job_id=job_id, epochs=rows)
 
 
-def _owner_with_query_key(
+@keyed
+async def _owner_with_query_key(
     request: Request,
-    session: SessionDep,
+    _documented: Annotated[Any, Security(api_key_scheme)],
     api_key: Annotated[
         str | None,
         Query(
@@ -172,7 +173,7 @@ def _owner_with_query_key(
     if api_key is not None and "authorization" not in request.headers:
         headers = [*request.scope["headers"], (b"authorization", f"Bearer {api_key}".encode())]
         request = Request({**request.scope, "headers": headers})
-    return current_owner(request, session)
+    return await current_owner(request)
 
 
 def _last_event_id(header: str | None, query: int | None) -> int:

@@ -1,8 +1,8 @@
 """Request and response schemas of /jobs: the TrainingSpec, a job, its loss history.
 
-The enums come from the engine's registries, so the schema and the engine accept the same names.
-Numeric ranges mirror ``engine.normalize_spec``; the service still runs ``normalize_spec`` after
-pydantic, so the engine stays the one authority on what a spec means (and fills every default).
+The spec's fields, defaults, bounds and choices come from the engine's registry
+(``app.jobs.spec_schema``); the service still runs ``normalize_spec`` after pydantic, so the
+engine stays the one authority on what a spec means (and fills every default).
 """
 
 from datetime import UTC, datetime
@@ -10,16 +10,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-import engine
+from app.jobs.spec_schema import EngineSpec
 
-Task = Literal[engine.TASKS]  # type: ignore[valid-type]
-LossName = Literal[engine.LOSSES]  # type: ignore[valid-type]
-Activation = Literal[engine.ACTIVATIONS]  # type: ignore[valid-type]
-# "glorot" / "xavier" are accepted aliases of glorot_uniform (stored under the canonical name).
-Initializer = Literal[(*engine.INITIALIZERS, "glorot", "xavier")]  # type: ignore[valid-type]
-DropoutMode = Literal[engine.DROPOUT_MODES]  # type: ignore[valid-type]
-OptimizerName = Literal[engine.OPTIMIZERS]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# A column name longer than this cannot exist in a dataset (uploads cap names at 255 characters).
+MAX_NAME_CHARS = 255
+MAX_FEATURES = 100_000
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -28,73 +24,6 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
-
-
-class _Strict(BaseModel):
-    # Unknown fields are errors: a typo such as "l1_strength" must not silently train without L1.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Strict):
-    """Network shape: hidden layer widths (empty = a linear model), activation, initializer."""
-
-    hidden_layers: list[int] = Field(
-        default=[64, 32],
-        max_length=64,
-        description="Hidden layer widths; [] gives a linear model (Lasso, Ridge, logistic...).",
-    )
-    activation: Activation = "relu"
-    init: Initializer = "he"
-    leaky_slope: float = Field(default=0.01, ge=0.0, lt=1.0)
-
-
-class LossParams(_Strict):
-    """Loss hyperparameters."""
-
-    huber_delta: float = Field(default=1.0, gt=0.0)
-    hinge_margin: float = Field(default=1.0, gt=0.0)
-    eps: float = Field(default=1e-7, gt=0.0, lt=0.5, description="Probability clipping.")
-
-
-class Regularization(_Strict):
-    """Penalty ``l1 * sum|W| + l2 * sum(W^2) + group_l1 * sum_j ||W1[j, :]||_2`` (weights only)."""
-
-    l1: float = Field(default=0.0, ge=0.0)
-    l2: float = Field(default=0.0, ge=0.0)
-    group_l1: float = Field(default=0.0, ge=0.0)
-    l1_method: Literal["proximal", "subgradient"] = "proximal"
-
-
-class Dropout(_Strict):
-    """Dropout: rates are DROP probabilities in [0, 1)."""
-
-    input: float = Field(default=0.0, ge=0.0, lt=1.0)
-    hidden: float = Field(default=0.0, ge=0.0, lt=1.0)
-    mode: DropoutMode = "inverted"
-
-
-class Optimizer(_Strict):
-    """Optimizer and its hyperparameters; decay: ``lr_t = lr / (1 + decay * t)``."""
-
-    name: OptimizerName = "sgd"
-    learning_rate: float = Field(default=0.01, gt=0.0)
-    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    decay: float = Field(default=0.0, ge=0.0)
-    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
-    eps: float = Field(default=1e-8, gt=0.0)
-    rho: float = Field(default=0.9, ge=0.0, lt=1.0)
-
-
-class EarlyStopping(_Strict):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
-
-    monitor: Literal["val_loss", "loss"] | None = Field(
-        default=None, description="Default: val_loss with a validation split, else loss."
-    )
-    patience: int = Field(default=5, ge=1)
-    min_delta: float = Field(default=0.0, ge=0.0)
 
 
 # Matches app/examples/credit.csv (upload it first and paste its id): an L1 + L2 network whose
@@ -106,7 +35,7 @@ TRAINING_SPEC_EXAMPLE: dict[str, Any] = {
     "task": "classification",
     "model": {"hidden_layers": [16], "activation": "relu", "init": "he"},
     "loss": "softmax_cross_entropy",
-    "regularization": {"l1": 0.005, "l2": 0.0001, "group_l1": 0.02, "l1_method": "proximal"},
+    "regularization": {"l1": 0.005, "l2": 0.0001, "group_l1": 0.04, "l1_method": "proximal"},
     "dropout": {"input": 0.0, "hidden": 0.1, "mode": "inverted"},
     "optimizer": {"name": "adam", "learning_rate": 0.01, "decay": 1e-6},
     "epochs": 60,
@@ -120,7 +49,7 @@ TRAINING_SPEC_EXAMPLE: dict[str, Any] = {
 }
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(EngineSpec):  # type: ignore[misc,valid-type]
     """What to train: a dataset, its target and features, and the engine spec."""
 
     model_config = ConfigDict(
@@ -128,28 +57,15 @@ class TrainingSpec(_Strict):
     )
 
     dataset_id: str = Field(min_length=1, max_length=64, description="An uploaded dataset's id.")
-    target: str = Field(min_length=1, description="The column to predict.")
-    features: list[str] | None = Field(
-        default=None, min_length=1, description="Input columns; null = every column but the target."
+    target: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="The column to predict."
     )
-    task: Task | None = Field(default=None, description="Default: inferred from the loss.")
-    model: ModelSpec = ModelSpec()
-    loss: LossName | None = Field(
+    features: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] | None = Field(
         default=None,
-        description="Default: softmax_cross_entropy (classification) or mse (regression).",
+        min_length=1,
+        max_length=MAX_FEATURES,
+        description="Input columns; null = every column but the target.",
     )
-    loss_params: LossParams = LossParams()
-    regularization: Regularization = Regularization()
-    dropout: Dropout = Dropout()
-    optimizer: Optimizer = Optimizer()
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    validation_split: float = Field(default=0.0, ge=0.0, lt=1.0)
-    shuffle: bool = True
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    early_stopping: EarlyStopping | None = None
-    standardize: bool = True
-    dtype: Literal["float32", "float64"] = "float32"
 
     def engine_spec(self) -> dict[str, Any]:
         """The engine part of the spec: only what the caller set (the engine fills defaults)."""

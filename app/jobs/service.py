@@ -23,6 +23,7 @@ from app.jobs import state
 from app.jobs.executor import Executor
 from app.jobs.orm import EpochRecord, Job
 from app.jobs.schemas import TrainingSpec
+from app.models import prediction
 
 log = logging.getLogger("regula.jobs")
 
@@ -304,14 +305,16 @@ def _check_limits(
         )
     size = _footprint(normalized, dataset, features, target)
     layers_key = "hidden_layers" if normalized["model"].get("layers") is None else "layers"
-    model_mb = size.model / 2**20
-    if model_mb > settings.max_model_mb:
+    # One model must fit one database value and the prediction cache.
+    limit = min(settings.max_model_mb * 2**20, prediction.max_servable_bytes())
+    if size.model > limit:
         errors.append(
             _err(
                 ["model", layers_key],
-                f"model: this network has {size.parameters:,} parameters ({model_mb:,.0f} MB), "
-                f"over this service's limit of {settings.max_model_mb:,} MB per model "
-                "(REGULA_MAX_MODEL_MB): it could be neither stored nor served.",
+                f"model: this network has {size.parameters:,} parameters "
+                f"({size.model / 2**20:,.0f} MB), over this service's limit of "
+                f"{limit / 2**20:,.0f} MB per model (REGULA_MAX_MODEL_MB, and half of "
+                "REGULA_MODEL_CACHE_MB): it could be neither stored nor served.",
                 "model_too_large",
             )
         )

@@ -18,7 +18,7 @@ The executor (inline thread or Dask, ``app.jobs.executor``) only runs job bodies
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -174,11 +174,11 @@ def finish(
     attempt: int,
     *,
     cancelled: bool,
-    make_model: Any,
+    store_model: Callable[[Session, Job], Any],
 ) -> str:
     """running -> succeeded (or cancelled, keeping its model), with the model row, in ONE commit.
 
-    ``make_model(job)`` returns the Model row to add: a finished job always has its model.
+    ``store_model(session, job)`` adds the Model row: a finished job always has its model.
     """
     status = "cancelled" if cancelled else "succeeded"
     now = utcnow()
@@ -191,7 +191,7 @@ def finish(
             raise LostClaim(job_id)
         job = session.get(Job, job_id)
         assert job is not None
-        session.add(make_model(job))
+        store_model(session, job)
         session.commit()
     return status
 

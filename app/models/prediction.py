@@ -1,30 +1,51 @@
-"""Prediction: an LRU cache of loaded models, and the checks that turn JSON rows into engine input.
+"""Prediction: a cache of loaded models bounded in bytes; the adapter from JSON rows to the engine.
 
-A cache hit needs no database: each entry remembers its owner, so the owner check is a string
-comparison. Every bad value is reported with its place, ``["body", "rows", row, feature]`` (or
-``["body", "instances", row, index]``), before the engine sees anything; the engine's own
-``InputError`` (an unseen category, say) is mapped to the same shape.
+The cache holds each model's real arrays (weights and the buffers the network keeps), evicts the
+least recently used ones past ``REGULA_MODEL_CACHE_MB``, and loads a model once however many
+requests wait for it. A cache hit needs no database: each entry remembers its owner, so the owner
+check is a string comparison. A model deleted while its load was in flight is never cached nor
+answered from (a tombstone is checked after the load and again before the answer).
+
+Labels, probabilities and every value check (numbers, finiteness, categories) are the engine's
+(``engine.Model.predict_with_proba``); its ``InputError`` becomes ``loc = ["body", "rows", row,
+feature]``. The adapter below only refuses what JSON can say but the engine would take silently
+or could not hold: ``null`` and ``NaN`` (the engine imputes missing values; a request must say
+what it means), ``true``/``false`` (NumPy counts them as numbers), integers beyond float64, and
+non-strings for a categorical feature (the engine would ``str()`` them).
 """
 
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import engine
 from app.core.config import settings
-from app.core.db import get_sessionmaker
-from app.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from app.core.errors import InvalidInput, PayloadTooLarge
 from app.core.ownership import owned
-from app.models.orm import Model
-from engine.preprocess import classes_array
+from app.models.orm import Model, weights_checksum
+from app.models.service import MAX_ID_LENGTH, corrupt, not_found
 
-# More than this many bad values in one request: the rest are summarised, not listed.
+# More than this many bad values in one request: the rest are summarised in one last entry.
 MAX_REPORTED = 50
+# A row may carry this many keys beyond the model's features before it is refused whole.
+KEY_MARGIN = 16
+# Longest text of a user's value or key quoted in an error.
+MAX_QUOTED = 40
+MAX_MESSAGE = 300
+# At most this many feature names listed in one message.
+MAX_LISTED = 20
+# How far probabilities may stray from [0, 1] and from summing to 1 (float32 rounding).
+PROBABILITY_TOLERANCE = 1e-3
+# Deleted model ids remembered, for loads that were in flight when the model was deleted.
+MAX_TOMBSTONES = 10_000
 
 
 @dataclass(frozen=True)
@@ -36,20 +57,42 @@ class Loaded:
     model: engine.Model
     names: tuple[str, ...]
     numeric: tuple[bool, ...]  # per feature: numeric (True) or categorical (False)
-    name_set: frozenset[str]
-    labels: np.ndarray | None  # classes as an array, for decoding argmax indices
+    index: dict[str, int]  # feature name -> position
+    nbytes: int  # the model's arrays in memory (parameters and their gradient buffers)
+    n_weights: int  # parameters: the multiply-adds of a forward pass, per row
 
     @property
     def all_numeric(self) -> bool:
         return all(self.numeric)
 
 
+def model_nbytes(model: engine.Model) -> int:
+    """Bytes of a loaded model's arrays: parameters, gradient buffers, preprocessing."""
+    params, grads = model.network.parameters()
+    pre = model.preprocessor
+    arrays = [*params, *grads, pre.center, pre.scale, pre.fill]
+    return sum(int(a.nbytes) for a in arrays)
+
+
+def max_servable_bytes() -> int:
+    """The most bytes of weights (parameters x itemsize) a model may have to be served.
+
+    A loaded model holds each parameter twice (the weights and the network's gradient buffers),
+    and it must fit in the model cache (``REGULA_MODEL_CACHE_MB``): half the cache. A job whose
+    model would be larger is to be refused at submit.
+    """
+    return settings.model_cache_bytes // 2
+
+
 class ModelCache:
-    """A thread-safe LRU of loaded models, keyed by model id."""
+    """A thread-safe LRU of loaded models bounded in bytes, with one load per model at a time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: OrderedDict[str, Loaded] = OrderedDict()
+        self._bytes = 0
+        self._loading: dict[tuple[str, str | None], Future[Loaded]] = {}
+        self._deleted: OrderedDict[str, None] = OrderedDict()
 
     def get(self, model_id: str) -> Loaded | None:
         with self._lock:
@@ -58,23 +101,71 @@ class ModelCache:
                 self._items.move_to_end(model_id)
             return item
 
-    def put(self, item: Loaded) -> None:
-        capacity = settings.model_cache_size
-        if capacity <= 0:
-            return
-        with self._lock:
-            self._items[item.id] = item
-            self._items.move_to_end(item.id)
-            while len(self._items) > capacity:
-                self._items.popitem(last=False)
+    def _put(self, item: Loaded) -> None:
+        # Called with the lock held.
+        limit = settings.model_cache_bytes
+        if item.nbytes > limit:
+            return  # served, but never cached: it would evict everything else
+        old = self._items.pop(item.id, None)
+        if old is not None:
+            self._bytes -= old.nbytes
+        self._items[item.id] = item
+        self._bytes += item.nbytes
+        while self._bytes > limit:
+            _, evicted = self._items.popitem(last=False)
+            self._bytes -= evicted.nbytes
 
-    def pop(self, model_id: str) -> None:
+    def load(self, model_id: str, owner_id: str | None, loader: Callable[[], Loaded]) -> Loaded:
+        """The cached model, or ``loader()`` run once for all concurrent callers and cached."""
+        key = (model_id, owner_id)
         with self._lock:
-            self._items.pop(model_id, None)
+            item = self._items.get(model_id)
+            if item is not None:
+                self._items.move_to_end(model_id)
+                return item
+            future = self._loading.get(key)
+            leader = future is None
+            if future is None:
+                future = self._loading[key] = Future()
+        if not leader:
+            return future.result()
+        try:
+            item = loader()
+            with self._lock:
+                if model_id in self._deleted:  # deleted while we loaded: deletion wins
+                    raise not_found(model_id)
+                self._put(item)
+            future.set_result(item)
+            return item
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+
+    def evict(self, model_id: str) -> None:
+        """Forget a deleted model, and refuse to cache or answer from a load in flight."""
+        with self._lock:
+            item = self._items.pop(model_id, None)
+            if item is not None:
+                self._bytes -= item.nbytes
+            self._deleted[model_id] = None
+            while len(self._deleted) > MAX_TOMBSTONES:
+                self._deleted.popitem(last=False)
+
+    def is_deleted(self, model_id: str) -> bool:
+        return model_id in self._deleted
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes = 0
+            self._deleted.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._items)
@@ -84,57 +175,94 @@ cache = ModelCache()
 
 
 def evict(model_id: str) -> None:
-    """Forget a cached model (it was deleted)."""
-    cache.pop(model_id)
-
-
-def _not_found(model_id: str) -> NotFound:
-    return NotFound(f"Model {model_id!r} does not exist.", loc=["path", "model_id"])
+    """Forget a model that was just deleted."""
+    cache.evict(model_id)
 
 
 def cached(model_id: str, owner_id: str | None) -> Loaded | None:
     """The cached model if present and the caller's; NotFound if present and someone else's."""
     item = cache.get(model_id)
     if item is not None and item.owner_id != owner_id:
-        raise _not_found(model_id)
+        raise not_found(model_id)
     return item
 
 
-def load(model_id: str, owner_id: str | None) -> Loaded:
-    """Cache hit, or read the row, ``engine.load`` it and cache it (blocking: call off the loop)."""
-    item = cached(model_id, owner_id)
-    if item is not None:
-        return item
-    if len(model_id) > 64:  # ids are 32 hex digits; do not send absurd keys to the database
-        raise _not_found(model_id)
-    with get_sessionmaker(settings.database_url)() as session:
-        stmt = owned(select(Model.weights).where(Model.id == model_id), Model.owner_id, owner_id)
-        weights = session.scalar(stmt)
-    if weights is None:
-        raise _not_found(model_id)
-    model = engine.load(weights)
-    kinds = getattr(model.preprocessor, "kinds", None) or ["numeric"] * len(model.feature_names)
+def check_not_deleted(item: Loaded) -> None:
+    """NotFound if ``item``'s model was deleted since it was loaded (checked before answering)."""
+    if cache.is_deleted(item.id):
+        raise not_found(item.id)
+
+
+def _read(session: Session, model_id: str, owner_id: str | None) -> Loaded:
+    """Read the row, check its checksum and ``engine.load`` it (blocking)."""
+    stmt = owned(
+        select(Model.weights, Model.weights_sha256).where(Model.id == model_id),
+        Model.owner_id,
+        owner_id,
+    )
+    row = session.execute(stmt).first()
+    # The bytes are parsed below; the session's transaction (and SQLite snapshot) ends here.
+    session.rollback()
+    if row is None:
+        raise not_found(model_id)
+    weights, checksum = row
+    if weights_checksum(weights) != checksum:
+        raise corrupt(model_id)
+    try:
+        model = engine.load(weights)
+    except engine.ModelFormatError as exc:
+        raise corrupt(model_id) from exc
+    del weights, row
+    pre = model.preprocessor
     names = tuple(model.feature_names)
-    item = Loaded(
+    params, _ = model.network.parameters()
+    return Loaded(
         id=model_id,
         owner_id=owner_id,
         model=model,
         names=names,
-        numeric=tuple(kind == "numeric" for kind in kinds),
-        name_set=frozenset(names),
-        labels=None if model.classes is None else classes_array(model.classes),
+        numeric=tuple(kind == "numeric" for kind in pre.kinds),
+        index={name: j for j, name in enumerate(names)},
+        nbytes=model_nbytes(model),
+        n_weights=sum(int(p.size) for p in params),
     )
-    cache.put(item)
+
+
+def load(*, session: Session, model_id: str, owner_id: str | None) -> Loaded:
+    """The caller's model: from the cache, or read once and cached (blocking: off the loop)."""
+    item = cached(model_id, owner_id)
+    if item is not None:
+        return item
+    if len(model_id) > MAX_ID_LENGTH:
+        raise not_found(model_id)
+    item = cache.load(model_id, owner_id, lambda: _read(session, model_id, owner_id))
+    if item.owner_id != owner_id:
+        raise not_found(model_id)
     return item
 
 
-# --- request checks -------------------------------------------------------------------------------
+def cost(item: Loaded, n_rows: int) -> int:
+    """Multiply-adds of predicting ``n_rows`` rows: what decides between inline and a thread."""
+    return n_rows * item.n_weights
+
+
+# --- errors ---------------------------------------------------------------------------------------
 
 
 class PredictInvalid(InvalidInput):
-    """Bad prediction input; lists every bad value found (up to MAX_REPORTED)."""
+    """Bad prediction input; lists the bad values found (up to MAX_REPORTED, then a summary)."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: list[dict[str, Any]], key: str) -> None:
+        if len(errors) > MAX_REPORTED:
+            errors = [
+                *errors[:MAX_REPORTED],
+                {
+                    "loc": ["body", key],
+                    "msg": f"More problems in {key} are not listed: only the first "
+                    f"{MAX_REPORTED} are reported.",
+                    "type": "too_many_errors",
+                },
+            ]
         super().__init__(errors[0]["msg"], loc=errors[0]["loc"], code=errors[0]["type"])
         self.errors = errors
 
@@ -142,183 +270,161 @@ class PredictInvalid(InvalidInput):
         return self.errors
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _quote(value: Any) -> str:
+    text = repr(value if not isinstance(value, str) else value[: MAX_QUOTED + 1])
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
 
 
-def _check_value(value: Any, numeric: bool, where: str) -> tuple[str, str] | None:
-    """None if ``value`` fits the feature, else (code, sentence)."""
+def _key_loc(key: str) -> str:
+    return key if len(key) <= MAX_QUOTED else key[: MAX_QUOTED - 3] + "..."
+
+
+def _listing(names: tuple[str, ...]) -> str:
+    shown = ", ".join(_key_loc(n) for n in names[:MAX_LISTED])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
+
+
+def _short(msg: str) -> str:
+    return msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "..."
+
+
+# --- JSON -> engine input -------------------------------------------------------------------------
+
+_NUMBER = frozenset({float, int})
+# Up to this many values, checks run in Python: cheaper than NumPy's per-call overhead.
+SMALL = 64
+
+
+def _json_problem(value: Any, numeric: bool, where: str) -> tuple[str, str] | None:
+    """None if the engine may judge ``value``; else (code, sentence) for what JSON cannot mean."""
+    kind = type(value)
     if value is None:
         return "missing_value", f"{where} is null; every feature needs a value to predict."
     if numeric:
-        kind = type(value)
-        if kind is float:
-            if math.isfinite(value):
-                return None
-            return "non_finite", f"{where} is {value}; it must be a finite number."
-        if kind is int:  # JSON integers are unbounded; float() of a huge one overflows
+        if kind is float and value != value:
+            return "non_finite", f"{where} is NaN; it must be a finite number."
+        if kind is int:
             try:
                 float(value)
             except OverflowError:
                 return "non_finite", f"{where} is too large for a 64-bit float."
-            return None
-        # true/false included: JSON booleans are not numbers, even though Python's bool is an int.
-        return "not_numeric", f"{where} must be a number, got {_describe(value)}."
-    if isinstance(value, str):
+        elif kind is bool:
+            return "not_numeric", f"{where} must be a number, got {_quote(value)}."
+        return None  # numbers, and strings or objects the engine reports as not_numeric
+    if kind is str:
         return None
-    return "wrong_type", f"{where} must be a string (a training category), got {_describe(value)}."
+    return "wrong_type", f"{where} must be a string (a training category), got {_quote(value)}."
 
 
-def _batch_size_check(key: str, n: int) -> None:
-    if n == 0:
-        raise InvalidInput(
-            f"{key} is empty; send at least one row.", loc=["body", key], code="empty_batch"
-        )
-    if n > settings.max_predict_rows:
-        raise PayloadTooLarge(
-            f"{key} has {n} rows; this service predicts at most {settings.max_predict_rows} "
-            "rows per request.",
-            loc=["body", key],
-            code="too_many_rows",
-        )
-
-
-_REAL = frozenset({float, int})
-
-
-# Up to this many values, one Python sum tests them all for NaN / inf faster than NumPy can start.
-_SUM_TEST_MAX = 4096
-
-
-def _flat_matrix(flat: list[Any], n: int, width: int) -> np.ndarray | None:
-    """``flat`` (N * D values, row-major) as a (N, D) float64 matrix, or None when some value
-    needs a closer look (the slow path names it)."""
-    # Exact types: bool (an int subclass), str and None go to the slow path, which names them.
-    if not set(map(type, flat)) <= _REAL:
+def _matrix(flat: list[Any], n: int, width: int) -> np.ndarray | None:
+    """Plain JSON numbers as a (N, D) float64 matrix, or None when one needs a closer look."""
+    if not set(map(type, flat)) <= _NUMBER:  # exact types: bool, None and str look closer
         return None
     try:
-        # NaN or inf anywhere makes the sum NaN or inf. A finite sum that overflows only sends
-        # the batch to the slow path, which accepts it.
-        if len(flat) <= _SUM_TEST_MAX and not math.isfinite(sum(flat)):
-            return None
         matrix = np.array(flat, dtype=np.float64)
     except OverflowError:  # an integer beyond float64
         return None
-    if len(flat) > _SUM_TEST_MAX and not np.isfinite(matrix).all():
+    # NaN (the engine would impute it) is the one value unequal to itself; for a request's few
+    # values a Python pass is cheaper than starting a NumPy one.
+    if any(v != v for v in flat) if len(flat) <= SMALL else np.isnan(matrix).any():
         return None
     return matrix.reshape(n, width)
 
 
-def _fast_matrix(item: Loaded, values: list[list[Any]]) -> np.ndarray | None:
-    """All-numeric input as a (N, D) float64 matrix, or None when some value needs a closer look."""
-    width = len(item.names)
-    if any(len(v) != width for v in values):
-        return None
-    flat = values[0] if len(values) == 1 else [x for v in values for x in v]
-    return _flat_matrix(flat, len(values), width)
+def _column(values: list[Any], numeric: bool) -> np.ndarray:
+    if numeric and set(map(type, values)) <= _NUMBER:
+        return np.array(values, dtype=np.float64)
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # element-wise: a list value must stay one object
+        column[i] = value
+    return column
 
 
-def _matrix_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> np.ndarray | None:
-    names = item.names
-    try:
-        flat = [row[name] for row in rows for name in names]
-    except KeyError:
-        return None
-    if any(len(row) != len(names) for row in rows):
-        return None  # extra keys: reported by the slow path
-    return _flat_matrix(flat, len(rows), len(names))
-
-
-def _columns_from_rows(item: Loaded, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
+    """The batch as engine columns, after the JSON checks; PredictInvalid lists what fails them."""
+    names, numeric, index = item.names, item.numeric, item.index
+    width = len(names)
     errors: list[dict[str, Any]] = []
-    names, numeric, name_set = item.names, item.numeric, item.name_set
-    values: list[list[Any]] = [[] for _ in names]
-    for i, row in enumerate(rows):
-        if len(row) != len(names) or not name_set.issuperset(row):
-            for key in row:
-                if key not in name_set:
-                    errors.append(
-                        {
-                            "loc": ["body", "rows", i, key],
-                            "msg": f"rows[{i}]: {key!r} is not a feature of this model "
-                            f"(features: {', '.join(names)}).",
-                            "type": "unknown_feature",
-                        }
-                    )
-            for name in names:
-                if name not in row:
-                    errors.append(
-                        {
-                            "loc": ["body", "rows", i, name],
-                            "msg": f"rows[{i}]: feature {name!r} is missing.",
-                            "type": "missing_feature",
-                        }
-                    )
-            continue
-        for j, name in enumerate(names):
-            value = row[name]
-            problem = _check_value(value, numeric[j], f"rows[{i}].{name}")
-            if problem is None:
-                values[j].append(value)
-            else:
-                errors.append(
-                    {"loc": ["body", "rows", i, name], "msg": problem[1], "type": problem[0]}
-                )
-        if len(errors) >= MAX_REPORTED:
+    columns: list[list[Any]] = [[] for _ in names]
+    for i, entry in enumerate(batch):
+        if len(errors) > MAX_REPORTED:
             break
-    if errors:
-        raise PredictInvalid(errors[:MAX_REPORTED])
-    return _arrays(item, values)
-
-
-def _columns_from_instances(item: Loaded, instances: list[list[Any]]) -> dict[str, np.ndarray]:
-    errors: list[dict[str, Any]] = []
-    names, numeric = item.names, item.numeric
-    values: list[list[Any]] = [[] for _ in names]
-    for i, instance in enumerate(instances):
-        if len(instance) != len(names):
-            errors.append(
-                {
-                    "loc": ["body", "instances", i],
-                    "msg": f"instances[{i}] has {len(instance)} values but the model takes "
-                    f"{len(names)} features, in this order: {', '.join(names)}.",
-                    "type": "wrong_width",
-                }
-            )
-            continue
-        for j, value in enumerate(instance):
-            where = f"instances[{i}][{j}] (feature {names[j]!r})"
-            problem = _check_value(value, numeric[j], where)
-            if problem is None:
-                values[j].append(value)
-            else:
+        if key == "rows":
+            if len(entry) > width + KEY_MARGIN:
                 errors.append(
-                    {"loc": ["body", "instances", i, j], "msg": problem[1], "type": problem[0]}
+                    {
+                        "loc": ["body", "rows", i],
+                        "msg": f"rows[{i}] has {len(entry)} keys but the model has {width} "
+                        f"features: {_listing(names)}.",
+                        "type": "too_many_keys",
+                    }
                 )
-        if len(errors) >= MAX_REPORTED:
-            break
-    if errors:
-        raise PredictInvalid(errors[:MAX_REPORTED])
-    return _arrays(item, values)
-
-
-def _arrays(item: Loaded, values: list[list[Any]]) -> dict[str, np.ndarray]:
-    columns: dict[str, np.ndarray] = {}
-    for name, is_numeric, column in zip(item.names, item.numeric, values, strict=True):
-        if is_numeric:
-            columns[name] = np.asarray(column, dtype=np.float64)
+                continue
+            if len(entry) != width or any(k not in index for k in entry):
+                errors += [
+                    {
+                        "loc": ["body", "rows", i, _key_loc(k)],
+                        "msg": f"rows[{i}]: {_quote(k)} is not a feature of this model "
+                        f"(features: {_listing(names)}).",
+                        "type": "unknown_feature",
+                    }
+                    for k in entry
+                    if k not in index
+                ]
+                errors += [
+                    {
+                        "loc": ["body", "rows", i, name],
+                        "msg": f"rows[{i}]: feature {name!r} is missing.",
+                        "type": "missing_feature",
+                    }
+                    for name in names
+                    if name not in entry
+                ]
+                continue
+            values = [entry[name] for name in names]
         else:
-            array = np.empty(len(column), dtype=object)
-            array[:] = column
-            columns[name] = array
-    return columns
+            if len(entry) != width:
+                errors.append(
+                    {
+                        "loc": ["body", "instances", i],
+                        "msg": f"instances[{i}] has {len(entry)} values but the model takes "
+                        f"{width} features, in this order: {_listing(names)}.",
+                        "type": "wrong_width",
+                    }
+                )
+                continue
+            values = entry
+        for j, value in enumerate(values):
+            where = f"rows[{i}].{names[j]}" if key == "rows" else f"instances[{i}][{j}]"
+            problem = _json_problem(value, numeric[j], f"{where} (feature {names[j]!r})")
+            if problem is None:
+                columns[j].append(value)
+            else:
+                loc = ["body", key, i, names[j] if key == "rows" else j]
+                errors.append({"loc": loc, "msg": problem[1], "type": problem[0]})
+    if errors:
+        raise PredictInvalid(errors, key)
+    return {name: _column(columns[j], numeric[j]) for j, name in enumerate(names)}
 
 
-def predict(
-    item: Loaded, *, rows: list[dict[str, Any]] | None, instances: list[list[Any]] | None
-) -> dict[str, Any]:
-    """Predictions (+ probabilities for classifiers with a likelihood loss) for a batch."""
+def _engine_input(item: Loaded, key: str, batch: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
+    width = len(item.names)
+    if item.all_numeric and all(len(entry) == width for entry in batch):
+        try:
+            if key == "rows":
+                flat = [row[name] for row in batch for name in item.names]
+            else:
+                flat = batch[0] if len(batch) == 1 else [v for entry in batch for v in entry]
+        except KeyError:
+            flat = None
+        if flat is not None:
+            matrix = _matrix(flat, len(batch), width)
+            if matrix is not None:
+                return matrix
+    return _columns(item, key, batch)
+
+
+def _batch(rows: list[Any] | None, instances: list[Any] | None) -> tuple[str, list[Any]]:
     if rows is not None and instances is not None:
         raise InvalidInput(
             "Send either 'rows' or 'instances', not both.",
@@ -332,81 +438,155 @@ def predict(
             loc=["body", "rows"],
             code="rows_or_instances",
         )
-    key = "rows" if rows is not None else "instances"
-    X: np.ndarray | dict[str, np.ndarray] | None = None
-    if rows is not None:
-        _batch_size_check(key, len(rows))
-        if item.all_numeric:
-            X = _matrix_from_rows(item, rows)
-        if X is None:
-            X = _columns_from_rows(item, rows)
-    else:
-        assert instances is not None
-        _batch_size_check(key, len(instances))
-        if item.all_numeric:
-            X = _fast_matrix(item, instances)
-        if X is None:
-            X = _columns_from_instances(item, instances)
+    key, batch = ("rows", rows) if rows is not None else ("instances", instances)
+    assert batch is not None
+    if not batch:
+        raise InvalidInput(
+            f"{key} is empty; send at least one row.", loc=["body", key], code="empty_batch"
+        )
+    if len(batch) > settings.max_predict_rows:
+        raise PayloadTooLarge(
+            f"{key} has {len(batch)} rows; this service predicts at most "
+            f"{settings.max_predict_rows} rows per request.",
+            loc=["body", key],
+            code="too_many_rows",
+        )
+    return key, batch
+
+
+def batch_size(rows: list[Any] | None, instances: list[Any] | None) -> int:
+    """Rows in a request (0 when it sends neither or both: predict says why)."""
+    return len(rows if rows is not None else instances or ())
+
+
+def _non_finite_rows(key: str, values: np.ndarray) -> None:
+    """422 naming the rows whose output is not finite (inputs far outside the training range)."""
+    # One sum is NaN or inf if any term is; a finite sum that overflows only costs the test.
+    if values.size <= SMALL and math.isfinite(sum(values.ravel().tolist())):
+        return
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    bad = ~finite.reshape(len(values), -1).all(axis=1)
+    raise PredictInvalid(
+        [
+            {
+                "loc": ["body", key, int(row)],
+                "msg": f"{key}[{row}]: the model's output is not finite for this row; its "
+                "values are too far outside the training range.",
+                "type": "non_finite_output",
+            }
+            for row in np.flatnonzero(bad)[: MAX_REPORTED + 1]
+        ],
+        key,
+    )
+
+
+def _check_probabilities(item: Loaded, proba: np.ndarray) -> None:
+    """The last guard against a model whose stored description does not match its weights."""
+    tol = PROBABILITY_TOLERANCE
+    if proba.ndim != 2 or proba.shape[1] != len(item.model.classes or ()):
+        raise corrupt(item.id)
+    # Each of p >= 0, p <= 1 and sum(p) == 1 within tol (NaN fails every comparison).
+    if proba.size <= SMALL:
+        rows = proba.tolist()
+        if all(
+            min(row) >= -tol and max(row) <= 1 + tol and abs(sum(row) - 1.0) <= tol for row in rows
+        ):
+            return
+        raise corrupt(item.id)
+    low, high, total = proba.min(), proba.max(), proba.sum(axis=1)
+    if not (low >= -tol and high <= 1 + tol and (abs(total - 1.0) <= tol).all()):
+        raise corrupt(item.id)
+
+
+def _json_array(values: np.ndarray) -> Any:
+    # orjson writes numeric C-contiguous arrays itself; strings (object arrays) go as lists.
+    if values.dtype == object:
+        return values.tolist()
+    return np.ascontiguousarray(values)
+
+
+def predict(
+    item: Loaded, *, rows: list[dict[str, Any]] | None, instances: list[list[Any]] | None
+) -> dict[str, Any]:
+    """Predictions (+ probabilities for classifiers with a likelihood loss) for a batch.
+
+    Values are NumPy arrays where they are numbers (for an orjson response), lists otherwise.
+    """
+    key, batch = _batch(rows, instances)
+    X = _engine_input(item, key, batch)
     try:
-        # One forward pass for labels and probabilities alike (predict + predict_proba would
-        # encode the rows and run the network twice).
-        out = item.model.decision_function(X)
+        labels, proba = item.model.predict_with_proba(X)
     except engine.InputError as exc:
         loc: list[str | int] = ["body", key]
         if exc.row is not None:
             loc.append(exc.row)
-            if exc.column is not None:
-                loc.append(exc.column if key == "rows" else item.names.index(exc.column))
-        raise InvalidInput(exc.msg, loc=loc, code=exc.code) from exc
-    # One whole-array test for the usual all-finite case; only a failure pays for the rows. (Not
-    # a NumPy sum: inf - inf would warn. A Python sum of a few values does not, and is cheaper
-    # than np.isfinite for one row; a finite sum that overflows only costs the per-row test.)
-    if out.size <= _SUM_TEST_MAX:
-        finite = math.isfinite(sum(out.ravel().tolist()))
-    else:
-        finite = bool(np.isfinite(out).all())
-    bad = None if finite else ~np.isfinite(out).all(axis=1)
-    if bad is not None and bad.any():
-        # Finite inputs far outside the training range can overflow the network (float32); a
-        # NaN is not JSON and would be a silent wrong answer.
-        raise PredictInvalid(
-            [
-                {
-                    "loc": ["body", key, int(row)],
-                    "msg": f"{key}[{row}]: the model's output is not finite for this row; its "
-                    "values are too far outside the training range.",
-                    "type": "non_finite_output",
-                }
-                for row in np.flatnonzero(bad)[:MAX_REPORTED]
-            ]
-        )
-    predictions, probabilities = _decide(item, out)
+            if exc.column is not None and exc.column in item.index:
+                loc.append(exc.column if key == "rows" else item.index[exc.column])
+        raise InvalidInput(_short(exc.msg), loc=loc, code=exc.code) from exc
+    if proba is not None:
+        _non_finite_rows(key, proba)
+        _check_probabilities(item, proba)
+    elif labels.dtype.kind == "f":
+        _non_finite_rows(key, labels)
     return {
-        "predictions": predictions,
-        "probabilities": probabilities,
+        "predictions": _json_array(labels),
+        "probabilities": None if proba is None else _json_array(proba),
         "classes": item.model.classes,
     }
-
-
-def _decide(item: Loaded, out: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
-    """Labels and probabilities from the network output, by ``engine.Model.predict``'s rules.
-
-    Regression: the value. Binary cross-entropy: ``p >= 0.5 -> classes[1]``, probabilities
-    ``[1 - p, p]``. Softmax: argmax, the softmax rows. Hinge: argmax of the scores, no
-    probabilities (they are not calibrated).
-    """
-    model = item.model
-    if model.task == "regression":
-        return out[:, 0].tolist(), None
-    assert item.labels is not None
-    if model.spec["loss"] == "binary_cross_entropy":
-        p = out[:, 0]
-        labels = item.labels[(p >= 0.5).astype(np.intp)]
-        return labels.tolist(), np.stack([1.0 - p, p], axis=1).tolist()
-    labels = item.labels[out.argmax(axis=1)]
-    return labels.tolist(), (out.tolist() if model.has_proba else None)
 
 
 def sparsity(item: Loaded, tolerance: float) -> dict[str, Any]:
     """The engine's sparsity statistics of a loaded model."""
     return engine.sparsity(item.model, tolerance=tolerance)
+
+
+# The weights endpoint's size limit (values in one response).
+MAX_WEIGHT_VALUES = 250_000
+
+
+def layer_weights(item: Loaded, layer: int) -> dict[str, Any]:
+    """One dense layer's ``W (D, M)``, with the encoded feature names of its rows (first layer)."""
+    dense = item.model.network.dense_layers
+    if not 0 <= layer < len(dense):
+        raise InvalidInput(
+            f"layer must be between 0 and {len(dense) - 1}: the model has {len(dense)} dense "
+            "layers.",
+            loc=["query", "layer"],
+            code="unknown_layer",
+        )
+    W = dense[layer].params["W"]
+    if W.size > MAX_WEIGHT_VALUES:
+        raise InvalidInput(
+            f"layer {layer} has {W.size:,} weights ({W.shape[0]} x {W.shape[1]}), more than the "
+            f"{MAX_WEIGHT_VALUES:,} one response carries; see /sparsity for its statistics.",
+            loc=["query", "layer"],
+            code="layer_too_large",
+        )
+    name = getattr(dense[layer], "name", None) or f"dense{layer}"
+    return {
+        "layer": name,
+        "shape": [int(W.shape[0]), int(W.shape[1])],
+        "values": np.ascontiguousarray(W, dtype=np.float64),
+        "row_names": list(item.model.preprocessor.encoded_names) if layer == 0 else None,
+    }
+
+
+__all__ = [
+    "Loaded",
+    "ModelCache",
+    "PredictInvalid",
+    "batch_size",
+    "cache",
+    "cached",
+    "check_not_deleted",
+    "cost",
+    "evict",
+    "layer_weights",
+    "load",
+    "max_servable_bytes",
+    "model_nbytes",
+    "predict",
+    "sparsity",
+]

@@ -1,28 +1,23 @@
-"""/models endpoints: read, delete, predict, sparsity statistics, export."""
+"""/models endpoints: read, delete, predict, sparsity statistics, weights, export."""
 
-import json
-import json.encoder
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
-from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
 
-from app.core.auth import OwnerDep, current_owner
+from app.core.auth import OwnerDep, sessions_for
 from app.core.config import settings
-from app.core.db import get_sessionmaker
 from app.core.deps import SessionDep
 from app.core.errors import PayloadTooLarge
 from app.core.routing import MAX_OFFSET, JSONBodyRoute
 from app.models import prediction, service
 from app.models.schemas import (
     PREDICT_EXAMPLES,
+    LayerWeights,
     ModelRead,
     PredictRequest,
     PredictResponse,
@@ -31,51 +26,25 @@ from app.models.schemas import (
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=JSONBodyRoute)
 
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (or not yours)."}}
-# Batches up to this size are predicted on the event loop: they take microseconds, and a hop to
-# the thread pool would cost more than the work. Larger ones go to the pool.
-INLINE_ROWS = 256
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such model (or not yours)."}}
+# Everything that reads the stored weights.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    500: {"description": "The model's stored weights are corrupt (`model_corrupt`)."},
+}
+# A batch whose forward pass takes fewer multiply-adds than this is predicted on the event loop
+# (microseconds; a hop to the thread pool would cost more). Anything larger goes to the pool, so
+# a big model never holds the loop.
+INLINE_COST = 1_000_000
+# Bodies up to this size are parsed on the event loop; larger ones in the thread pool.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
-# One encoder for every response: json.dumps with non-default separators builds a new one per
-# call, and JSONEncoder.encode still builds a C encoder per call. The C encoder built once writes
-# the same text (no circular-reference markers: results are fresh lists). Arguments: markers,
-# default, string encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
-_JSON = json.JSONEncoder(separators=(",", ":"))
-_C_ENCODE = (
-    None
-    if json.encoder.c_make_encoder is None
-    else json.encoder.c_make_encoder(
-        None,
-        _JSON.default,
-        json.encoder.encode_basestring_ascii,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        True,
-    )
-)
+class NumpyJSONResponse(JSONResponse):
+    """``application/json`` written by orjson, NumPy arrays included (no ``tolist`` round trip)."""
 
-
-def _encode(value: Any) -> str:
-    """``json.dumps(value, separators=(",", ":"))``, the same text."""
-    if _C_ENCODE is None:  # pragma: no cover - CPython has the C encoder
-        return _JSON.encode(value)
-    return "".join(_C_ENCODE(value, 0))
-
-
-def _owner_from_db(request: Request) -> str | None:
-    with get_sessionmaker(settings.database_url)() as session:
-        return current_owner(request, session)
-
-
-async def _owner(request: Request) -> str | None:
-    # No SessionDep here: without a key (and auth off) a cached prediction touches no database.
-    if not settings.auth_required and "authorization" not in request.headers:
-        return None
-    return await run_in_threadpool(_owner_from_db, request)
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 NOT_AN_OBJECT = {
@@ -93,162 +62,74 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and "json" in media)
 
 
-def _parse_predict_body(raw: bytes, content_type: str | None) -> PredictRequest:
-    """Parse and validate the body in one pass with pydantic's JSON parser.
+def _parse(raw: bytes) -> PredictRequest:
+    """Validate the body with pydantic's JSON parser; errors in FastAPI's codes and locs.
 
-    Faster than FastAPI's json.loads + validate, and bad UTF-8 or absurd nesting become
-    ``json_invalid`` instead of a generic 400. Other errors keep FastAPI's codes and locs.
+    Bad UTF-8 or absurd nesting become ``json_invalid`` instead of a generic 400.
     """
-    if not raw:
-        raise RequestValidationError(
-            [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
-        )
-    if not _is_json(content_type):
-        raise RequestValidationError([NOT_AN_OBJECT])
     try:
         return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         errors = []
-        for error in exc.errors(include_url=False, include_input=False):
+        for error in exc.errors(include_url=False, include_input=False)[: prediction.MAX_REPORTED]:
             if error["type"] == "model_type":  # valid JSON, but not an object
                 errors.append(NOT_AN_OBJECT)
                 continue
-            errors.append(
-                {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
-            )
+            # A key of the user's may be megabytes long: locs and messages are shortened.
+            loc = ["body", *(p if isinstance(p, int) else str(p)[:40] for p in error["loc"])]
+            errors.append({"loc": loc, "msg": error["msg"][:300], "type": error["type"]})
         raise RequestValidationError(errors) from exc
 
 
 def _too_large() -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"The request body is larger than this service's limit of {settings.max_upload_mb} MB "
-        "(REGULA_MAX_UPLOAD_MB); send fewer rows per request.",
+        f"The request body is larger than the {settings.max_predict_mb} MB a prediction may "
+        "send (REGULA_MAX_PREDICT_MB); send fewer rows per request.",
         loc=["body"],
     )
 
 
-async def _read_body(request: Request) -> bytes:
-    """``request.body()`` without its async generator: the usual body is one message.
-
-    Capped at the upload limit, so a stranger cannot make the JSON parser hold gigabytes.
-    """
-    limit = settings.max_upload_bytes
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes: by Content-Length before reading, and
+    while reading a body sent without one (chunked)."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _too_large()
+    if length is not None and length.isdigit():
+        if int(length) > limit:
+            raise _too_large()
+        return await request.body()  # the server never hands over more than Content-Length
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large()
-            if not message.get("more_body", False):
-                body = b"".join((*chunks, chunk)) if chunks else chunk
-                request._body = body  # as request.body() caches it
-                return body
-            chunks.append(chunk)
-        elif message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-class _JSONBody(Response):
-    """A 200 ``application/json`` response of ready bytes, with Response's exact headers."""
-
-    def __init__(self, body: bytes) -> None:
-        self.status_code = 200
-        self.background = None
-        self.body = body
-        self.raw_headers = [
-            (b"content-length", str(len(body)).encode("latin-1")),
-            (b"content-type", b"application/json"),
-        ]
-
-
-async def predict(model_id: str, request: Request) -> Response:
-    """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class."""
-    # The key first: a stranger must not get the server to read, let alone parse, a body.
-    owner = await _owner(request)
-    body = _parse_predict_body(await _read_body(request), request.headers.get("content-type"))
-    item = prediction.cached(model_id, owner)
-    if item is None:
-        item = await run_in_threadpool(prediction.load, model_id, owner)
-    n = len(body.rows if body.rows is not None else body.instances or ())
-    if n <= INLINE_ROWS:
-        result = prediction.predict(item, rows=body.rows, instances=body.instances)
-    else:
-        result = await run_in_threadpool(
-            prediction.predict, item, rows=body.rows, instances=body.instances
-        )
-    # Serialized by hand: the result is plain lists already, and skipping the response-model
-    # round trip matters for single-row latency.
-    return _JSONBody(_encode(result).encode())
+async def read_predict_body(request: Request) -> PredictRequest:
+    """The predict body: capped at REGULA_MAX_PREDICT_MB, validated by ``PredictRequest`` (off
+    the event loop when large). Called once the key is checked, so a stranger gets the server to
+    read nothing."""
+    raw = await _read_capped(request, settings.max_predict_bytes)
+    if not raw:
+        missing = {"loc": ["body"], "msg": "Field required", "type": "missing"}
+        raise RequestValidationError([missing])
+    if not _is_json(request.headers.get("content-type")):
+        raise RequestValidationError([NOT_AN_OBJECT])
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return _parse(raw)
+    return await run_in_threadpool(_parse, raw)
 
 
-class PredictRoute(APIRoute):
-    """The hot path's route: ``predict`` reads its own body and has no dependencies, so requests
-    skip FastAPI's parameter machinery. The route still documents itself from the signature and
-    ``openapi_extra``; ``model_id`` is an opaque string, so there is nothing to convert."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        async def handler(request: Request) -> Response:
-            return await predict(request.path_params["model_id"], request)
-
-        return handler
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # A POST runs ``predict`` straight away: without dependencies there is nothing for
-        # request_response's two exit stacks to close, and its exception wrapper would only
-        # repeat the app's ExceptionMiddleware (same handlers). Other methods get FastAPI's 405.
-        if scope["method"] != "POST":
-            await super().handle(scope, receive, send)
-            return
-        await _serve_predict(scope, receive, send)
-
-
-async def _serve_predict(scope: Scope, receive: Receive, send: Send) -> None:
-    response = await predict(scope["path_params"]["model_id"], Request(scope, receive, send))
-    await response(scope, receive, send)
-
-
-class PredictFirst(Route):
-    """``POST /models/{model_id}/predict`` matched before anything else (see app.main).
-
-    The app's router would otherwise walk the included routers and their per-inclusion route
-    contexts, matching the path twice, for every request. Only POST matches here; every other
-    method falls through to the documented route (and its 405). Hidden from the schema: the
-    ``PredictRoute`` below documents the same operation.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            f"{router.prefix}/{{model_id}}/predict",
-            endpoint=predict,
-            methods=["POST"],
-            include_in_schema=False,
-        )
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return Match.NONE, {}
-        return super().matches(scope)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _serve_predict(scope, receive, send)
-
-
-router.add_api_route(
+@router.post(
     "/{model_id}/predict",
-    predict,
-    methods=["POST"],
-    route_class_override=PredictRoute,
     response_model=PredictResponse,
+    response_class=NumpyJSONResponse,
     summary="Predict rows",
     responses={
         **ERRORS,
-        413: {"description": "Too many rows in one request."},
+        413: {"description": "Too many rows, or too many bytes, in one request."},
         422: {"description": "A bad row or value; its place is in loc."},
     },
     openapi_extra={
@@ -263,6 +144,31 @@ router.add_api_route(
         }
     },
 )
+async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
+    """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class.
+
+    The hot path: one dependency (the key), the body read here once the key is checked, and a
+    database session (from get_db) only on a cache miss.
+    """
+    body = await read_predict_body(request)
+    item = prediction.cached(model_id, owner)
+    if item is None:
+        sessions = sessions_for(request)
+
+        def load() -> prediction.Loaded:
+            with sessions() as session:
+                return prediction.load(session=session, model_id=model_id, owner_id=owner)
+
+        item = await run_in_threadpool(load)
+    n = prediction.batch_size(body.rows, body.instances)
+    if prediction.cost(item, n) < INLINE_COST:
+        result = prediction.predict(item, rows=body.rows, instances=body.instances)
+    else:
+        result = await run_in_threadpool(
+            prediction.predict, item, rows=body.rows, instances=body.instances
+        )
+    prediction.check_not_deleted(item)
+    return NumpyJSONResponse(result)
 
 
 @router.get("", response_model=list[ModelRead], summary="List models, newest first")
@@ -277,7 +183,7 @@ def list_models(
     return [ModelRead.model_validate(service.read(model)) for model in found]
 
 
-@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=ERRORS)
+@router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=NOT_FOUND)
 def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
     """Spec, metrics, feature names and classes of one model."""
     model = service.get(session=session, model_id=model_id, owner_id=owner)
@@ -288,7 +194,7 @@ def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a model",
-    responses=ERRORS,
+    responses=NOT_FOUND,
 )
 def delete_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
     """Delete a model; its job and history stay."""
@@ -304,6 +210,7 @@ def delete_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Respons
 )
 def model_sparsity(
     model_id: str,
+    session: SessionDep,
     owner: OwnerDep,
     tolerance: Annotated[
         float,
@@ -311,8 +218,31 @@ def model_sparsity(
     ] = 0.0,
 ) -> dict[str, Any]:
     """Exact zeros per layer, dropped and selected features, feature importance, dead units."""
-    item = prediction.load(model_id, owner)
+    item = prediction.load(session=session, model_id=model_id, owner_id=owner)
     return prediction.sparsity(item, tolerance)
+
+
+@router.get(
+    "/{model_id}/weights",
+    response_model=LayerWeights,
+    response_class=NumpyJSONResponse,
+    summary="Get one layer's weight matrix",
+    responses={
+        **ERRORS,
+        422: {"description": "No such layer, or a layer too large for one response."},
+    },
+)
+def model_weights(
+    model_id: str,
+    session: SessionDep,
+    owner: OwnerDep,
+    layer: Annotated[
+        int, Query(ge=0, le=10_000, description="Dense layer index, 0 = the input layer.")
+    ] = 0,
+) -> Response:
+    """One dense layer's weights ``W (D, M)`` (for a heatmap), rows named for the input layer."""
+    item = prediction.load(session=session, model_id=model_id, owner_id=owner)
+    return NumpyJSONResponse(prediction.layer_weights(item, layer))
 
 
 @router.get(

@@ -82,6 +82,19 @@ class PredictResponse(BaseModel):
     classes: list[Any] | None
 
 
+class LayerWeights(BaseModel):
+    """One dense layer's weight matrix ``W (D, M)``: ``values[i][j]`` links input ``i`` to unit
+    ``j``."""
+
+    layer: str = Field(description="The layer's name, as in /sparsity.")
+    shape: list[int] = Field(description="[D, M]: inputs x units.")
+    values: list[list[float]]
+    row_names: list[str] | None = Field(
+        description="Input layer: the encoded feature of each row (one-hot columns as "
+        "'name=category'); null for deeper layers."
+    )
+
+
 class Histogram(BaseModel):
     """Histogram of a layer's weights: ``counts[i]`` weights in ``[edges[i], edges[i + 1])``."""
 

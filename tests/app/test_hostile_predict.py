@@ -104,7 +104,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mp.setattr(settings, "executor", "inline")
         mp.setattr(settings, "auth_required", False)
         mp.setattr(settings, "max_predict_rows", MAX_PREDICT_ROWS)
-        mp.setattr(settings, "max_upload_mb", 1)  # also the cap on a predict body
+        mp.setattr(settings, "max_upload_mb", 1)
+        mp.setattr(settings, "max_predict_mb", 1)
         app = create_app()
 
         def _get_db() -> Iterator[Session]:

@@ -48,7 +48,9 @@ def test_a_thousand_classes_on_a_wide_layer_is_refused_under_a_small_memory_limi
     # The old estimate assumed two outputs for every classifier: 1000 classes x [100000] passed
     # a 100 MB limit and then peaked at 2.2 GB.
     monkeypatch.setattr(settings, "max_job_memory_mb", 100)
-    monkeypatch.setattr(settings, "max_model_mb", 1000)  # the memory check is the one at stake
+    # The memory check is the one at stake here, not the model's size.
+    monkeypatch.setattr(settings, "max_model_mb", 1000)
+    monkeypatch.setattr(settings, "model_cache_mb", 4000)
     target = {"dtype": "number", "min": 0.0, "max": 999.0, "distinct": 1000}
     dataset_id = _numeric_dataset(session, rows=2000, columns=10, target=target)
     spec = spec_for(dataset_id, model={"hidden_layers": [100_000]}, batch_size=32)

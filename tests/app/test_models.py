@@ -1,5 +1,6 @@
 """Models: read, list, delete, predict (labels in the dataset's values), sparsity, export, cache."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -8,6 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import engine
+from app.core.db import get_db
 from app.models import prediction
 from app.models.orm import Model
 from tests.app.test_jobs import classification_csv, train, upload
@@ -146,29 +148,36 @@ def test_predict_batch_over_the_limit_is_413(
     assert client.post(f"/models/{model_id}/predict", json={"rows": ROWS[:2]}).status_code == 200
 
 
-def test_cached_prediction_does_not_touch_the_database(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class _NoDatabase:
+    """A stand-in session: any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a cached prediction used the database session ({name})")
+
+
+def test_cached_prediction_does_not_touch_the_database(client: TestClient) -> None:
     model_id = _model(client, epochs=1)
     first = client.post(f"/models/{model_id}/predict", json={"rows": ROWS})
     assert first.status_code == 200
 
-    def no_database(*_args: Any) -> Any:
-        raise AssertionError("a cached prediction opened a database session")
+    def no_database() -> Iterator[Any]:
+        yield _NoDatabase()
 
-    monkeypatch.setattr(prediction, "get_sessionmaker", no_database)
+    client.app.dependency_overrides[get_db] = no_database
     again = client.post(f"/models/{model_id}/predict", json={"rows": ROWS})
     assert again.status_code == 200 and again.json() == first.json()
 
 
-def test_model_cache_is_bounded_lru(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prediction.settings, "model_cache_size", 2)
+def test_cache_counts_the_loaded_models_real_array_bytes(client: TestClient) -> None:
     prediction.cache.clear()
-    ids = [_model(client, epochs=1) for _ in range(3)]
-    for model_id in ids:
-        client.post(f"/models/{model_id}/predict", json={"rows": ROWS[:1]})
-    assert len(prediction.cache) == 2
-    assert prediction.cache.get(ids[0]) is None and prediction.cache.get(ids[2]) is not None
+    model_id = _model(client, epochs=1)
+    assert client.post(f"/models/{model_id}/predict", json={"rows": ROWS}).status_code == 200
+    item = prediction.cache.get(model_id)
+    params, grads = item.model.network.parameters()
+    pre = item.model.preprocessor
+    expected = sum(a.nbytes for a in [*params, *grads, pre.center, pre.scale, pre.fill])
+    assert item.nbytes == expected and prediction.cache.nbytes == expected
+    assert item.n_weights == sum(p.size for p in params)
 
 
 def test_delete_model_then_it_is_gone_everywhere(client: TestClient, session: Session) -> None:

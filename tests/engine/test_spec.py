@@ -116,7 +116,7 @@ FULL = {
     },
     "validation_split": 0.1,
     "augmentation": {"rotation_range": 10, "horizontal_flip": True},
-    "search": {"param": "l1", "num": 10, "folds": 3, "select": "1se"},
+    "search": {"param": "regularization.l1", "num": 10, "folds": 3, "select": "1se"},
     "early_stopping": True,
 }
 
@@ -140,7 +140,7 @@ def test_new_sections_normalize_idempotently_and_json_able():
     assert once["augmentation"]["rotation_range"] == 10.0
     assert once["augmentation"]["vertical_flip"] is False
     assert once["search"] == {
-        "param": "l1",
+        "param": "regularization.l1",
         "values": None,
         "num": 10,
         "min_ratio": 1e-3,
