@@ -261,7 +261,7 @@ def test_group_l1_switches_off_whole_filters_of_the_first_conv_layer():
     spec = {
         **TUTORIAL_SPEC,
         "model": {"layers": wide, "init": "glorot_uniform"},
-        "regularization": {"group_l1": 0.02},
+        "regularization": {"group_l1": 0.03},
         "epochs": 12,
     }
     model = engine.fit(spec, X, y)
