@@ -37,6 +37,7 @@ SECTIONS = {
     "serving": "3. Prediction service",
     "ingest": "4. Ingest (CSV upload)",
     "jobs": "5. Jobs",
+    "cnn": "6. Image CNN training",
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -7,7 +7,10 @@ Public API (everything the service may use)::
     spec = engine.normalize_spec(spec_dict)          # defaults + validation, or SpecError
     typed = engine.parse_spec(spec_dict)             # the same as frozen objects (engine.spec.Spec)
     fields = engine.spec_registry()                  # every field: type, default, bounds, choices
-    model = engine.fit(spec_dict, X, y, callbacks=[cb])
+    model = engine.fit(spec_dict, X, y, callbacks=[cb])   # X: a table or images (N, C, H, W)
+    warm = engine.fit(spec_dict, X, y, warm_start=model)  # start from model's weights
+    train_idx, val_idx = engine.split(spec_dict, X, y)  # the rows fit trains / validates on
+    shapes = engine.layer_shapes(spec_dict, (1, 28, 28))  # hidden layers' shapes, or SpecError
     model.predict(X); model.predict_proba(X); model.history; model.metrics; model.classes
     data = model.to_bytes(); model2 = engine.load(data)
     stats = engine.sparsity(model, tolerance=0.0)
@@ -19,7 +22,7 @@ schemas; ``HISTORY_KEYS`` names the fields of a history record.
 """
 
 from engine.errors import InputError, ModelFormatError, SpecError, TrainingTimeout
-from engine.model import Model, fit
+from engine.model import Model, fit, split
 from engine.path import PathCancelled, PathResult, combine, final_spec, path, path_fold, path_grid
 from engine.serialize import load
 from engine.sparsity import sparsity
@@ -38,6 +41,7 @@ from engine.spec import (
     Spec,
     check_classes,
     default_spec,
+    layer_shapes,
     normalize_spec,
 )
 from engine.spec import parse as parse_spec
@@ -70,6 +74,7 @@ __all__ = [
     "default_spec",
     "final_spec",
     "fit",
+    "layer_shapes",
     "load",
     "normalize_spec",
     "parse_spec",
@@ -78,4 +83,5 @@ __all__ = [
     "path_grid",
     "sparsity",
     "spec_registry",
+    "split",
 ]

@@ -34,9 +34,12 @@ time must apply ``standardize`` (never the random transform); ``state()`` gives 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from engine.errors import InputError
 
 FILL_MODES: tuple[str, ...] = ("nearest",)
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "nearest")
@@ -186,6 +189,12 @@ class ImageAugmenter:
         grid = source_grid(params, H, W, dtype=np.float32 if x.dtype == np.float32 else np.float64)
         return sample(x, grid, self.interpolation)
 
+    def random_transform(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The random geometric transform of one batch only (``x`` itself when none is on)."""
+        if not self.transforms:
+            return x
+        return self.apply_transform(x, self.random_params(x.shape[0], *x.shape[2:], rng))
+
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One training batch: random transform (if any), then featurewise standardization."""
         if self.transforms:
@@ -264,3 +273,165 @@ def sample(x: np.ndarray, grid: np.ndarray, interpolation: str = "bilinear") -> 
     bottom = v10 + (v11 - v10) * fc
     out = top + (bottom - top) * fr
     return out.reshape(N, C, H, W)
+
+
+# --- image input ------------------------------------------------------------------------------
+
+
+def as_images(X: Any, feature_names: Sequence[str] | None = None) -> tuple[str, np.ndarray] | None:
+    """``(column name, images)`` when ``X`` holds images, else ``None`` (a table).
+
+    Images are an array ``(N, C, H, W)`` or ``(N, H, W)`` (one channel), or a mapping with one
+    such column (``{"x": images}``; with ``feature_names`` the one name listed). The array is not
+    copied (a memory map stays one). The name defaults to ``feature_names[0]`` or ``"x"``.
+    """
+    if isinstance(X, Mapping):
+        names = list(feature_names) if feature_names is not None else list(X)
+        if len(names) != 1 or names[0] not in X:
+            return None
+        value = X[names[0]]
+        if not isinstance(value, np.ndarray) or value.ndim not in (3, 4):
+            return None
+        return str(names[0]), value
+    if isinstance(X, np.ndarray) and X.ndim in (3, 4):
+        name = str(feature_names[0]) if feature_names else "x"
+        return name, X
+    return None
+
+
+class ImagePreprocessor:
+    """Encoding of image inputs: ``x (N, C, H, W)`` -> float ``(N, C, H, W)`` the network reads.
+
+    ``z = x * scale`` (``scale = 1 / 255`` for ``uint8`` pixels unless featurewise statistics are
+    used, else 1), then the featurewise standardization of the spec's ``augmentation``
+    (``ImageAugmenter.standardize``, per-channel ``mean`` / ``std`` fitted on the training split
+    of ``z``). No per-pixel standardization. ``(N, H, W)`` input gets ``C = 1``.
+
+    It plays the part of ``engine.preprocess.Preprocessor`` for a model: ``feature_names`` (the
+    one image column), ``groups`` (every pixel in that one feature), ``n_features_out``
+    (``C * H * W``), ``transform``, ``to_state`` / ``from_state``.
+    """
+
+    kind = "images"
+
+    def __init__(
+        self,
+        name: str,
+        input_shape: Sequence[int],
+        scale: float,
+        augmenter: ImageAugmenter | None = None,
+    ) -> None:
+        self.feature_names = [str(name)]
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.scale = float(scale)
+        self.augmenter = augmenter if augmenter is not None and augmenter.needs_fit else None
+
+    @property
+    def n_features_out(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def groups(self) -> list[tuple[int, int]]:
+        return [(0, self.n_features_out)]
+
+    @classmethod
+    def fit_transform(
+        cls,
+        name: str,
+        x: np.ndarray,
+        *,
+        rows: np.ndarray | None,
+        augmenter: ImageAugmenter | None,
+        dtype: Any,
+    ) -> tuple[ImagePreprocessor, np.ndarray]:
+        """Fit on the images ``rows`` (all when ``None``) and encode every image."""
+        x4 = _nchw(x, None, name)
+        stats = augmenter is not None and augmenter.needs_fit
+        scale = 1.0 / 255.0 if x4.dtype == np.uint8 and not stats else 1.0
+        pre = cls(name, x4.shape[1:], scale, augmenter)
+        z = pre._scaled(x4, dtype)
+        if pre.augmenter is not None:
+            pre.augmenter.fit(z if rows is None else z[rows])
+            z = pre.augmenter.standardize(z).astype(dtype, copy=False)
+        return pre, z
+
+    def _scaled(self, x4: np.ndarray, dtype: Any) -> np.ndarray:
+        if x4.dtype.kind not in "uif":
+            raise InputError(
+                f"Image column {self.feature_names[0]!r} holds {x4.dtype} values, not pixels.",
+                "not_numeric",
+                column=self.feature_names[0],
+            )
+        z = np.asarray(x4, dtype=dtype)
+        if z is x4 or np.shares_memory(z, x4):
+            z = z.copy()
+        if self.scale != 1.0:
+            z *= self.scale
+        if x4.dtype.kind == "f" and not np.isfinite(z).all():
+            bad = int(np.flatnonzero(~np.isfinite(z).reshape(len(z), -1).all(axis=1))[0])
+            raise InputError(
+                f"Image {bad} holds NaN or infinite pixels.",
+                "non_finite",
+                column=self.feature_names[0],
+                row=bad,
+            )
+        return z
+
+    def transform(self, X: Any, *, dtype: Any = np.float64, unknown: str = "error") -> np.ndarray:
+        """Encode images ``(N, C, H, W)`` / ``(N, H, W)`` (or ``{name: images}``) of the fitted
+        shape; ``InputError`` ``shape_mismatch`` otherwise."""
+        found = as_images(X, self.feature_names) if isinstance(X, Mapping) else None
+        name = self.feature_names[0]
+        if isinstance(X, Mapping) and found is None:
+            raise InputError(
+                f"Images are expected under column {name!r}, as an array (N, C, H, W).",
+                "missing_column",
+                column=name,
+            )
+        x = found[1] if found is not None else np.asarray(X)
+        z = self._scaled(_nchw(x, self.input_shape, name), dtype)
+        if self.augmenter is not None:
+            z = self.augmenter.standardize(z).astype(dtype, copy=False)
+        return z
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(meta, arrays)``: the column, shape, scale, the featurewise flags and statistics."""
+        aug = self.augmenter
+        meta = {
+            "kind": self.kind,
+            "feature_names": self.feature_names,
+            "input_shape": list(self.input_shape),
+            "scale": self.scale,
+            "featurewise_center": bool(aug and aug.featurewise_center),
+            "featurewise_std_normalization": bool(aug and aug.featurewise_std_normalization),
+        }
+        return meta, (aug.state() if aug is not None else {})
+
+    @classmethod
+    def from_state(
+        cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+    ) -> ImagePreprocessor:
+        """Inverse of :meth:`to_state`."""
+        aug = None
+        if meta["featurewise_center"] or meta["featurewise_std_normalization"]:
+            aug = ImageAugmenter(
+                featurewise_center=meta["featurewise_center"],
+                featurewise_std_normalization=meta["featurewise_std_normalization"],
+            )
+            aug.mean, aug.std = arrays["mean"], arrays["std"]
+        return cls(meta["feature_names"][0], meta["input_shape"], meta["scale"], aug)
+
+
+def _nchw(x: np.ndarray, shape: tuple[int, ...] | None, name: str) -> np.ndarray:
+    """``x`` as ``(N, C, H, W)`` (a view), checked against ``shape`` ``(C, H, W)`` if given."""
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
+        want = "(N, C, H, W)" if shape is None else f"(N, {', '.join(map(str, shape))})"
+        raise InputError(
+            f"Image column {name!r}: expected images of shape {want}, got an array of shape "
+            f"{tuple(x.shape)}.",
+            "shape_mismatch",
+            column=name,
+        )
+    return x

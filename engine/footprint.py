@@ -5,13 +5,20 @@ the engine's own accounting, so they follow the network the engine would build. 
 array the fit really allocates (``N`` rows, ``D`` encoded inputs, ``B`` batch rows, ``P``
 parameters, widths ``M_l``, ``s`` the itemsize of the spec's dtype)::
 
-    data        N * F * 8                 the table the caller loaded (float64 columns)
+    data        N * F * 8                 the table the caller loaded (float64 columns); 0 for
+                                          images (a memory map: the page cache holds them)
     encoded     2 * N * D * s             encoded inputs, and the train/validation split's copy
     parameters  P * s * (3 + k)           weights, gradients, the best epoch's copy, k optimizer
                                           buffers (adam 2, momentum/adagrad/rmsprop 1, adadelta 2)
     activations 3 * B * sum_l M_l * s     each layer's output, its gradient and a dropout mask
-    evaluation  2 * V * max_l M_l * s     the validation pass, one layer's input and output at once
-    model       P * s                     the serialized weights
+    evaluation  2 * V' * max_l M_l * s    the validation pass, one layer's input and output at once
+                                          (V' = V rows; images go in chunks of at most 512)
+    model       P * s                     the serialized weights (and batch-norm statistics)
+
+``M_l`` is the size of one sample's output of hidden layer ``l`` (``engine.spec.layer_shapes``:
+a conv layer's ``F * Ho * Wo`` activations, a pooling layer's, a dense layer's width) plus the
+output layer's ``K``; ``P`` counts Dense ``D * M + M``, Conv2D ``F * C * kh * kw + F`` and
+batch-norm ``2 * C`` parameters.
 
 Deviations: temporaries of single operations (a matmul's result before it is added in place)
 are not counted; they are at most one activation or one weight matrix at a time.
@@ -19,7 +26,7 @@ are not counted; they are at most one activation or one weight matrix at a time.
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +67,38 @@ def widths(spec: Mapping[str, Any], n_inputs: int, n_outputs: int) -> list[int]:
     return [n_inputs, *(int(m) for m in hidden), n_outputs]
 
 
+def _layers(
+    spec: Mapping[str, Any], n_inputs: int, n_outputs: int, input_shape: tuple[int, ...] | None
+) -> tuple[int, int, list[int]]:
+    """``(parameters, buffers, per-sample output sizes)`` of every layer, output layer last."""
+    from engine.spec import layer_shapes
+
+    shapes = layer_shapes(spec, tuple(input_shape) if input_shape else (int(n_inputs),))
+    params = buffers = 0
+    sizes: list[int] = []
+    for step in shapes:
+        out = math.prod(step.out_shape)
+        if step.kind == "dense":
+            params += step.in_shape[0] * out + out
+        elif step.kind == "conv2d":
+            kh, kw = step.layer.get("kernel_size")  # type: ignore[union-attr]
+            F = step.out_shape[0]
+            params += F * step.in_shape[0] * kh * kw + F
+        elif step.kind == "batch_norm":
+            params += 2 * step.in_shape[0]
+            buffers += 2 * step.in_shape[0]
+        if step.kind not in ("flatten", "dropout"):
+            sizes.append(out)
+    last = math.prod(shapes[-1].out_shape) if shapes else math.prod(input_shape or (n_inputs,))
+    params += last * n_outputs + n_outputs
+    sizes.append(int(n_outputs))
+    return params, buffers, sizes
+
+
+# Images per chunk of the validation pass (engine.trainer.EVAL_CHUNK).
+_EVAL_CHUNK = 512
+
+
 def footprint(
     spec: Mapping[str, Any],
     *,
@@ -67,6 +106,7 @@ def footprint(
     n_columns: int,
     n_inputs: int,
     n_outputs: int,
+    input_shape: tuple[int, ...] | None = None,
 ) -> Footprint:
     """The memory a fit of ``spec`` on ``n_rows`` rows will hold.
 
@@ -77,23 +117,32 @@ def footprint(
     n_rows, n_columns : int
         Rows and raw feature columns of the training table.
     n_inputs : int
-        Encoded input width ``D`` (a string column counts one input per category).
+        Encoded input width ``D`` (a string column counts one input per category; an image
+        ``C * H * W``).
     n_outputs : int
         Output units: 1 for regression and binary cross-entropy, else the number of classes.
+    input_shape : (C, H, W), optional
+        One image, for an image dataset.
+
+    Raises
+    ------
+    SpecError
+        A layer that does not fit its input (``engine.spec.layer_shapes``).
     """
-    dims = widths(spec, n_inputs, n_outputs)
-    parameters = sum(a * b + b for a, b in itertools.pairwise(dims))
+    parameters, buffers, sizes = _layers(spec, n_inputs, n_outputs, input_shape)
     itemsize = 8 if spec.get("dtype") == "float64" else 4
     optimizer = spec.get("optimizer", {}).get("name", "sgd")
     copies = 3 + OPTIMIZER_BUFFERS.get(optimizer, 2)
     batch = min(int(spec.get("batch_size") or n_rows), n_rows)
     val_rows = int(n_rows * float(spec.get("validation_split") or 0.0))
+    if input_shape:
+        val_rows = min(val_rows, _EVAL_CHUNK)
     return Footprint(
         parameters=parameters,
-        model=parameters * itemsize,
-        data=n_rows * n_columns * 8,
+        model=(parameters + buffers) * itemsize,
+        data=0 if input_shape else n_rows * n_columns * 8,
         encoded=2 * n_rows * n_inputs * itemsize,
-        weights=parameters * itemsize * copies,
-        activations=3 * batch * sum(dims[1:]) * itemsize,
-        evaluation=2 * val_rows * max(dims[1:]) * itemsize,
+        weights=parameters * itemsize * copies + buffers * itemsize * 2,
+        activations=3 * batch * sum(sizes) * itemsize,
+        evaluation=2 * val_rows * max(sizes) * itemsize,
     )

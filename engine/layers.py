@@ -163,16 +163,38 @@ class Sigmoid(Layer):
 
 
 class Tanh(Layer):
-    """``out = tanh(x)``; ``dx = dout * (1 - out^2)``."""
+    """``out = tanh(x)``; ``dx = dout * (1 - out^2)``.
+
+    ``inplace=True`` writes ``out`` over ``x`` (the network sets it when ``x`` is a fresh
+    Dense / Conv2D output nobody else keeps). Backward allocates nothing: ``dx`` is computed into
+    ``dout`` as ``dout - dout * out * out`` with one scratch array reused from batch to batch.
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self._tmp: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        out = np.tanh(x)
+        out = np.tanh(x, out=x if self.inplace else None)
         self.cache = out
         return out
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x, out=x if self.inplace else None)
+
     def backward(self, dout: np.ndarray) -> np.ndarray:
         out = self.cache
-        return dout * (1.0 - out * out)
+        tmp = self._tmp
+        if tmp is None or tmp.shape != out.shape or tmp.dtype != out.dtype:
+            tmp = self._tmp = np.empty_like(out)
+        np.multiply(out, out, out=tmp)
+        tmp *= dout
+        # dout is the next layer's gradient, read by no one after this: overwrite it.
+        if dout.flags.writeable and dout.dtype == out.dtype:
+            np.subtract(dout, tmp, out=dout)
+            return dout
+        return dout - tmp
 
 
 class ReLU(Layer):
@@ -324,12 +346,12 @@ def make_activation(
 ) -> Layer:
     """Build the activation layer ``name`` for ``M`` units (PReLU slopes start at 0.25).
 
-    ``inplace`` is honoured by the layers that support it (ReLU).
+    ``inplace`` is honoured by the layers that support it (ReLU, Tanh).
     """
     if name == "sigmoid":
         return Sigmoid()
     if name == "tanh":
-        return Tanh()
+        return Tanh(inplace=inplace)
     if name == "relu":
         return ReLU(inplace=inplace)
     if name == "leaky_relu":

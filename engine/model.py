@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.augment import ImageAugmenter, ImagePreprocessor, as_images
 from engine.errors import InputError, SpecError
 from engine.network import Network
 from engine.preprocess import (
@@ -28,7 +29,7 @@ from engine.sparsity import sparsity
 from engine.spec import Spec, check_classes, parse
 from engine.trainer import train
 
-__all__ = ["HINGE_LOSSES", "MAX_CLASSES", "Callback", "Model", "fit"]
+__all__ = ["HINGE_LOSSES", "MAX_CLASSES", "Callback", "Model", "fit", "split"]
 
 Callback = Callable[[dict[str, Any]], bool | None]
 # Hinge losses train margins, not likelihoods: their scores are not calibrated probabilities.
@@ -37,6 +38,8 @@ _METRIC_NAMES = {"classification": "accuracy", "regression": "r2"}
 # A continuous target sent to a classifier by mistake would otherwise build an (N, C) softmax
 # with one class per distinct value.
 MAX_CLASSES = 1000
+# Second word of the augmentation generator's seed, default_rng([seed, AUGMENT_STREAM]).
+AUGMENT_STREAM = 0xA06
 
 
 class Model:
@@ -65,9 +68,11 @@ class Model:
         ``keep``, ``stopped``, ``n_train``, ``n_val``, ``seconds``.
     stopped : {"completed", "early_stopping", "cancelled"}
     network : engine.network.Network
-    preprocessor : engine.preprocess.Preprocessor
+    preprocessor : engine.preprocess.Preprocessor or engine.augment.ImagePreprocessor
     n_inputs, n_outputs : int
-        Width of the encoded input ``F`` and of the network output.
+        Width of the encoded input ``F`` (``C * H * W`` for images) and of the network output.
+    input_shape : (C, H, W) or None
+        One input image of an image model; ``None`` for a table model.
     """
 
     def __init__(
@@ -75,7 +80,7 @@ class Model:
         *,
         spec: Spec | Mapping[str, Any],
         network: Network,
-        preprocessor: Preprocessor,
+        preprocessor: Preprocessor | ImagePreprocessor,
         classes: list[Any] | None,
         history: list[dict[str, Any]],
         metrics: dict[str, Any],
@@ -96,6 +101,11 @@ class Model:
         self.n_outputs = n_outputs
         self._dtype = np.dtype(self.config.dtype)
         self._classes_arr = None if classes is None else classes_array(classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """``(C, H, W)`` of an image model's input, else ``None``."""
+        return self.network.input_shape
 
     @property
     def feature_names(self) -> list[str]:
@@ -123,8 +133,11 @@ class Model:
 
         Parameters
         ----------
-        X : mapping of str to array-like, or array-like (N, D)
-            Every feature in ``feature_names`` (extra mapping keys are ignored).
+        X : mapping of str to array-like, or array-like (N, D), or images (N, C, H, W)
+            Every feature in ``feature_names`` (extra mapping keys are ignored). An image model
+            takes raw images of its ``input_shape`` (``(N, H, W)`` for one channel), encoded as
+            at training (scaling, featurewise statistics); ``InputError`` ``shape_mismatch``
+            for another size.
 
         Returns
         -------
@@ -234,6 +247,92 @@ def _split(
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def _targets(typed: Spec, y: Any, n: int) -> tuple[list[Any], np.ndarray | None, np.ndarray]:
+    """``(classes, y_idx, y_reg)``: encoded labels (classification) or the float target, checked
+    against the ``n`` rows of ``X`` and the task's rules."""
+    classes: list[Any] = []
+    y_idx: np.ndarray | None = None
+    y_reg = np.empty(0)
+    if typed.task == "classification":
+        classes, y_idx = encode_labels(y)
+    else:
+        y_reg = regression_target(y)
+    n_y = len(y_idx) if y_idx is not None else len(y_reg)
+    if n_y != n:
+        raise InputError(f"X has {n} rows but y has {n_y}.", "length_mismatch")
+    if n < 2:
+        raise InputError(f"Training needs at least 2 rows, got {n}.", "too_few_rows")
+
+    if typed.task == "classification":
+        if len(classes) < 2:
+            raise InputError(
+                f"The target has a single class ({classes[0]!r}); a classifier needs at least two.",
+                "one_class",
+            )
+        if len(classes) > MAX_CLASSES:
+            raise InputError(
+                f"The target has {len(classes)} distinct values, more than the {MAX_CLASSES} "
+                "classes a classifier supports; for a numeric target use task 'regression'.",
+                "too_many_classes",
+            )
+        check_classes(typed, len(classes))
+    elif float(y_reg.max()) == float(y_reg.min()):
+        raise InputError(
+            f"The target is constant ({y_reg[0]:g}); there is nothing to learn.", "constant_target"
+        )
+    return classes, y_idx, y_reg
+
+
+def _n_rows(X: Any, feature_names: Sequence[str] | None) -> int:
+    images = as_images(X, feature_names)
+    return len(images[1]) if images is not None else read_table(X, feature_names).n_rows
+
+
+def split(
+    spec: Spec | Mapping[str, Any] | None,
+    X: Any,
+    y: Any,
+    *,
+    feature_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)``: the rows ``fit(spec, X, y)`` trains and validates on.
+
+    Drawn exactly as ``fit`` draws them (``default_rng(seed)``, ``validation_split``, stratified
+    by class for classification; both sorted; ``val_idx`` empty without a validation split), so a
+    caller (a regularization path, a report) can score the same held-out rows.
+
+    Raises
+    ------
+    SpecError, InputError
+        As :func:`fit` for the spec and the target.
+    """
+    typed = parse(spec)
+    n = _n_rows(X, feature_names)
+    _, y_idx, _ = _targets(typed, y, n)
+    rng = np.random.default_rng(typed.seed)
+    return _split(n, typed.validation_split, rng, y_idx)
+
+
+def _check_warm(warm: Model, typed: Spec, classes: list[Any], images: bool) -> None:
+    """A warm start needs the same kind of input, task and (classification) classes."""
+    if not isinstance(warm, Model):
+        raise TypeError(f"warm_start must be an engine.Model, got {type(warm).__name__}")
+    if warm.task != typed.task or isinstance(warm.preprocessor, ImagePreprocessor) != images:
+        raise SpecError(
+            ("task",),
+            f"warm_start: the warm model is a {warm.task} model on "
+            f"{'images' if isinstance(warm.preprocessor, ImagePreprocessor) else 'a table'}; "
+            "it cannot start this fit.",
+            "warm_start_mismatch",
+        )
+    if typed.task == "classification" and list(warm.classes or []) != list(classes):
+        raise InputError(
+            f"warm_start: the target's classes {classes[:10]!r} differ from the warm model's "
+            f"{list(warm.classes or [])[:10]!r}.",
+            "warm_start_mismatch",
+        )
+
+
 def _metric_summary(
     history: list[dict[str, Any]], best_epoch: int, weights_epoch: int, stopped: str, task: str
 ) -> dict[str, Any]:
@@ -262,6 +361,7 @@ def fit(
     feature_names: Sequence[str] | None = None,
     callbacks: Iterable[Callable[[dict[str, Any]], bool | None]] = (),
     max_seconds: float | None = None,
+    warm_start: Model | None = None,
 ) -> Model:
     """Train a model from raw data.
 
@@ -269,9 +369,13 @@ def fit(
     ----------
     spec : mapping or None
         A (partial) training spec; see :func:`engine.spec.normalize_spec`.
-    X : mapping of str to array-like (N,), or array-like (N, D)
+    X : mapping of str to array-like (N,), or array-like (N, D), or images
         Numeric columns (NaN = missing, imputed with the training mean) and/or string columns
-        (``None`` = missing, encoded as all-zero one-hot).
+        (``None`` = missing, encoded as all-zero one-hot). Images: an array ``(N, C, H, W)`` or
+        ``(N, H, W)`` (or a mapping with that one column), encoded by
+        ``engine.augment.ImagePreprocessor`` (uint8 scaled by 1/255, the augmentation's
+        featurewise statistics; no per-pixel standardization); ``spec["augmentation"]`` then
+        transforms each training batch (seeded from ``spec["seed"]``).
     y : array-like (N,)
         Labels (classification: numbers, bools or strings) or float targets (regression).
     feature_names : sequence of str, optional
@@ -283,6 +387,13 @@ def fit(
     max_seconds : float, optional
         Wall-time limit of the whole fit, checked before every mini-batch, so one long epoch
         cannot overrun it.
+    warm_start : Model, optional
+        Start from this model's weights (and batch-norm statistics) instead of a fresh
+        initialisation. Its fitted preprocessing is reused, not refitted, so the weights mean the
+        same thing on the new rows; the spec must build the same network (``SpecError``
+        ``warm_start_mismatch`` otherwise) and a classifier's target the same classes
+        (``InputError`` ``warm_start_mismatch``). The split, shuffling and dropout draws are the
+        same as without it. For regularization paths.
 
     Returns
     -------
@@ -306,39 +417,19 @@ def fit(
     typed = parse(spec)
     task = typed.task
     dtype = np.dtype(typed.dtype)
-    table = read_table(X, feature_names)
-    n = table.n_rows
-
-    classes: list[Any] = []
-    y_idx: np.ndarray | None = None
-    y_reg = np.empty(0)
-    if task == "classification":
-        classes, y_idx = encode_labels(y)
-    else:
-        y_reg = regression_target(y)
-    n_y = len(y_idx) if y_idx is not None else len(y_reg)
-    if n_y != n:
-        raise InputError(f"X has {n} rows but y has {n_y}.", "length_mismatch")
-    if n < 2:
-        raise InputError(f"Training needs at least 2 rows, got {n}.", "too_few_rows")
-
-    if task == "classification":
-        if len(classes) < 2:
-            raise InputError(
-                f"The target has a single class ({classes[0]!r}); a classifier needs at least two.",
-                "one_class",
-            )
-        if len(classes) > MAX_CLASSES:
-            raise InputError(
-                f"The target has {len(classes)} distinct values, more than the {MAX_CLASSES} "
-                "classes a classifier supports; for a numeric target use task 'regression'.",
-                "too_many_classes",
-            )
-        check_classes(typed, len(classes))
-    elif float(y_reg.max()) == float(y_reg.min()):
-        raise InputError(
-            f"The target is constant ({y_reg[0]:g}); there is nothing to learn.", "constant_target"
+    images = as_images(X, feature_names)
+    table = None if images is not None else read_table(X, feature_names)
+    n = len(images[1]) if images is not None else table.n_rows  # type: ignore[union-attr]
+    if images is None and typed.augmentation is not None:
+        raise SpecError(
+            ("augmentation",),
+            "augmentation transforms images; this data is a table (use images (N, C, H, W)).",
+            "needs_images",
         )
+
+    classes, y_idx, y_reg = _targets(typed, y, n)
+    if warm_start is not None:
+        _check_warm(warm_start, typed, classes, images is not None)
 
     rng = np.random.default_rng(typed.seed)
     train_rows, val_rows = _split(n, typed.validation_split, rng, y_idx)
@@ -351,11 +442,29 @@ def fit(
     has_val = len(val_rows) > 0
     # Without a validation split the training rows are all rows: no index copies.
     fit_rows = train_rows if has_val else None
-    # Z is only read from here on, so it may be the caller's array when the encoding is the
-    # identity (standardize off, nothing missing, X already in the spec's dtype).
-    preprocessor, Z = Preprocessor.fit_transform(
-        table, rows=fit_rows, standardize=typed.standardize, dtype=dtype
-    )
+    augmenter = None
+    input_shape: tuple[int, ...] | None = None
+    preprocessor: Any
+    if warm_start is not None:
+        # The warm model's fitted preprocessing: its weights mean the same thing on these rows.
+        preprocessor = warm_start.preprocessor
+        Z = preprocessor.transform(X if images is None else images[1], dtype=dtype)
+    elif images is not None:
+        if typed.augmentation is not None:
+            augmenter = ImageAugmenter(**typed.augmentation.to_dict())
+        preprocessor, Z = ImagePreprocessor.fit_transform(
+            images[0], images[1], rows=fit_rows, augmenter=augmenter, dtype=dtype
+        )
+    else:
+        # Z is only read from here on, so it may be the caller's array when the encoding is the
+        # identity (standardize off, nothing missing, X already in the spec's dtype).
+        preprocessor, Z = Preprocessor.fit_transform(
+            table, rows=fit_rows, standardize=typed.standardize, dtype=dtype
+        )
+    if images is not None:
+        input_shape = tuple(preprocessor.input_shape)
+        if typed.augmentation is not None and augmenter is None:
+            augmenter = ImageAugmenter(**typed.augmentation.to_dict())
     if preprocessor.n_features_out == 0:
         raise InputError(
             "No usable feature: every column is categorical with no value in the training split.",
@@ -375,8 +484,25 @@ def fit(
         n_outputs = len(classes)
 
     network = Network.build(
-        typed, preprocessor.n_features_out, n_outputs, rng=rng, output_bias=output_bias
+        typed,
+        preprocessor.n_features_out,
+        n_outputs,
+        rng=rng,
+        output_bias=output_bias,
+        input_shape=input_shape,
     )
+    if warm_start is not None:
+        try:
+            network.set_weights(warm_start.network.get_weights())
+        except (KeyError, ValueError) as exc:
+            raise SpecError(
+                ("model",),
+                f"warm_start: the warm model's network differs from this spec's ({exc}).",
+                "warm_start_mismatch",
+            ) from exc
+    # Augmentation has its own generator (from the seed), so turning it on changes no other draw.
+    augment = augmenter.random_transform if augmenter is not None and augmenter.transforms else None
+    augment_rng = np.random.default_rng([typed.seed, AUGMENT_STREAM])
     try:
         result = train(
             network,
@@ -388,6 +514,8 @@ def fit(
             callbacks=tuple(callbacks),
             rng=rng,
             deadline=deadline,
+            augment=augment,
+            augment_rng=augment_rng,
         )
     except FloatingPointError as exc:
         # A NaN/inf loss is nearly always a step size too large for the data's scale.

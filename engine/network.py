@@ -4,10 +4,14 @@ Layout for ``hidden_layers = [M_1, ..., M_H]`` (``D`` inputs, ``K`` outputs)::
 
     [Dropout(input)] -> Dense0 (D, M_1) -> act -> [Dropout(hidden)] -> ... -> DenseH (M_H, K)
 
-``model.layers`` gives the same network as a list: each ``dense`` entry is a hidden Dense block
-(Dense -> activation, its own ``activation``/``init`` or the model's), each ``dropout`` entry an
-extra Dropout at its place (inverted, or standard under ``dropout.mode == "standard"``); the output
-Dense comes from the loss as above. Other layer types validate in the spec but are not built yet.
+``model.layers`` gives the network as a list (Keras Sequential style, shapes from
+``engine.spec.layer_shapes``): each ``dense`` entry is a hidden Dense block (Dense -> activation,
+its own ``activation``/``init`` or the model's), each ``conv2d`` a Conv2D block (Conv2D ->
+activation), ``maxpool2d`` / ``avgpool2d`` / ``flatten`` / ``batch_norm`` the layers of
+``engine.conv``, each ``dropout`` entry an extra Dropout at its place (inverted, or standard under
+``dropout.mode == "standard"``). ``dropout.hidden`` follows every hidden activation (dense or
+conv). A Dense reading an image gets a Flatten first, so does the output Dense, which comes from
+the loss as above. Image networks take ``x (N, C, H, W)``.
 
 Dropout layers exist only for the ``inverted``/``standard`` modes with a positive rate; in
 ``dropconnect`` mode the Dense layers mask their own weights instead (input rate on ``dense0``,
@@ -24,12 +28,13 @@ applies it at predict time. ``K`` is 1 for regression and binary cross-entropy, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from engine.errors import SpecError
+from engine.conv import AvgPool2D, BatchNorm, Conv2D, Flatten, MaxPool2D, make_conv2d
 from engine.initializers import init_weights
 from engine.layers import (
     SIGN_ONLY_ACTIVATIONS,
@@ -41,7 +46,7 @@ from engine.layers import (
     sigmoid,
 )
 from engine.losses import softmax
-from engine.spec import BUILDABLE_LAYERS, Spec, parse
+from engine.spec import Spec, layer_shapes, parse
 
 
 class Network:
@@ -61,17 +66,33 @@ class Network:
         self.layers = layers
         self.loss = loss
         self.dtype = np.dtype(dtype)
+        self.input_shape: tuple[int, ...] | None = None  # (C, H, W) for an image network
         self.dense_layers: list[Dense] = [la for la in layers if isinstance(la, Dense)]
+        self.conv_layers: list[Conv2D] = [la for la in layers if isinstance(la, Conv2D)]
         # (name, layer, key) for every parameter, in a stable order: the optimizer's index order.
         self.param_refs: list[tuple[str, Layer, str]] = []
-        d = p = 0
+        # (name, layer, key) of the non-learned state a saved model keeps (batch-norm statistics).
+        self.buffer_refs: list[tuple[str, Layer, str]] = []
+        # (name, layer) of the penalised kernels (Dense and Conv2D ``W``), in network order.
+        self.kernel_refs: list[tuple[str, Layer]] = []
+        counts = {"dense": 0, "conv": 0, "prelu": 0, "batch_norm": 0}
         for layer in layers:
-            if isinstance(layer, Dense):
-                self.param_refs += [(f"dense{d}.W", layer, "W"), (f"dense{d}.b", layer, "b")]
-                d += 1
+            if isinstance(layer, Dense | Conv2D):
+                kind = "dense" if isinstance(layer, Dense) else "conv"
+                name = f"{kind}{counts[kind]}"
+                self.param_refs += [(f"{name}.W", layer, "W"), (f"{name}.b", layer, "b")]
+                self.kernel_refs.append((name, layer))
             elif isinstance(layer, PReLU):
-                self.param_refs.append((f"prelu{p}.alpha", layer, "alpha"))
-                p += 1
+                kind = "prelu"
+                self.param_refs.append((f"prelu{counts[kind]}.alpha", layer, "alpha"))
+            elif isinstance(layer, BatchNorm):
+                kind = "batch_norm"
+                name = f"{kind}{counts[kind]}"
+                self.param_refs += [(f"{name}.{k}", layer, k) for k in ("gamma", "beta")]
+                self.buffer_refs += [(f"{name}.{k}", layer, k) for k in layer.buffers]
+            else:
+                continue
+            counts[kind] += 1
         # Predict time: no caches, no masks, and no call at all for the layers that are the
         # identity then (inverted dropout, linear activation). Parameters are updated in place,
         # so the bound methods stay valid.
@@ -86,6 +107,7 @@ class Network:
         *,
         rng: np.random.Generator,
         output_bias: np.ndarray | float | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> Network:
         """Create a freshly initialised network.
 
@@ -95,79 +117,111 @@ class Network:
             The spec (a mapping is parsed with ``engine.spec.parse``); reads ``model``,
             ``dropout``, ``loss`` and ``dtype``.
         n_inputs, n_outputs : int
-            ``D`` (encoded input columns) and ``K`` (1, or the number of classes).
+            ``D`` (encoded input columns, ``C * H * W`` for images) and ``K`` (1, or the number
+            of classes).
         rng : numpy.random.Generator
             Draws the initial weights, layer by layer.
         output_bias : ndarray (K,) or float, optional
             Initial bias of the last layer (the regression target mean); zeros otherwise.
+        input_shape : (C, H, W), optional
+            One input image; ``None`` for rows of ``D`` features.
 
         Raises
         ------
         SpecError
-            ``not_supported`` for a ``model.layers`` entry the network cannot build yet.
+            A layer that does not fit its input (see :func:`layer_shapes`), DropConnect with
+            conv layers, PReLU after a conv layer.
         """
         spec = parse(spec)
         dtype = np.dtype(spec.dtype)
         model, dropout = spec.model, spec.dropout
         mode = dropout.mode
-        # Hidden blocks: (units, activation, init, dropout rate of explicit dropout layers after it)
-        blocks: list[tuple[int, str, str]] = []
-        extra_dropout: dict[int, list[float]] = {}  # block index (-1 = input) -> rates
-        if model.layers is None:
-            blocks = [(units, model.activation, model.init) for units in model.hidden_layers or ()]
-        else:
-            for i, layer in enumerate(model.layers):
-                if layer.type not in BUILDABLE_LAYERS:
-                    raise SpecError(
-                        ("model", "layers", i, "type"),
-                        f"model.layers.{i}: {layer.type!r} layers are not supported yet; "
-                        f"use {' or '.join(BUILDABLE_LAYERS)}.",
-                        "not_supported",
-                    )
-                if layer.type == "dense":
-                    blocks.append(
-                        (
-                            layer.get("units"),
-                            layer.get("activation") or model.activation,
-                            layer.get("init") or model.init,
-                        )
-                    )
-                elif layer.get("rate") > 0:
-                    extra_dropout.setdefault(len(blocks) - 1, []).append(layer.get("rate"))
+        shape: tuple[int, ...] = tuple(input_shape) if input_shape else (int(n_inputs),)
+        plan = layer_shapes(spec, shape)
         # Explicit dropout layers drop activations: DropConnect mode applies to dropout.* only.
         layer_mode = "inverted" if mode == "dropconnect" else mode
         p_in, p_hid = dropout.input, dropout.hidden
 
-        sizes = [int(n_inputs), *(b[0] for b in blocks), int(n_outputs)]
         layers: list[Layer] = []
         if p_in > 0.0 and mode != "dropconnect":
             layers.append(Dropout(p_in, mode))
-        layers += [Dropout(rate, layer_mode) for rate in extra_dropout.get(-1, [])]
-        for k in range(len(sizes) - 1):
-            D, M = sizes[k], sizes[k + 1]
-            init = blocks[k][2] if k < len(blocks) else model.init
+        n_dense = 0
+        has_params = False  # a layer before the current one has parameters (needs dx)
+
+        def dense(D: int, M: int, init: str) -> Dense:
+            nonlocal n_dense, has_params
+            dc = 0.0
+            if mode == "dropconnect":
+                dc = p_in if n_dense == 0 else p_hid
             W = init_weights(init, D, M, rng=rng, dtype=dtype)
-            b = np.zeros(M, dtype=dtype)
-            dc = (p_in if k == 0 else p_hid) if mode == "dropconnect" else 0.0
-            layers.append(Dense(W, b, dropconnect=dc, need_dx=k > 0))
-            if k < len(blocks):
-                activation = blocks[k][1]
-                # In place: the Dense output is a fresh array that no layer keeps.
+            layer = Dense(W, np.zeros(M, dtype=dtype), dropconnect=dc, need_dx=has_params)
+            n_dense += 1
+            has_params = True
+            return layer
+
+        inplace_ok = False  # an explicit dropout may work in place (after a sign-only activation)
+
+        def activation(name: str, units: int) -> None:
+            nonlocal inplace_ok
+            # In place: the Dense / Conv2D output is a fresh array that no layer keeps.
+            layers.append(
+                make_activation(
+                    name, units, dtype=dtype, leaky_slope=model.leaky_slope, inplace=True
+                )
+            )
+            inplace = name in SIGN_ONLY_ACTIVATIONS
+            if p_hid > 0.0 and mode != "dropconnect":
+                layers.append(Dropout(p_hid, mode, inplace=inplace))
+            inplace_ok = inplace
+
+        for step in plan:
+            kind, layer, in_shape = step.kind, step.layer, step.in_shape
+            inplace_ok = inplace_ok and kind == "dropout"
+            if kind == "flatten":
+                layers.append(Flatten())
+            elif kind == "dense":
+                layers.append(dense(in_shape[0], step.out_shape[0], step.init))
+                activation(step.activation, step.out_shape[0])
+            elif kind == "conv2d":
+                conv = make_conv2d(
+                    in_shape[0],
+                    layer.get("filters"),
+                    layer.get("kernel_size"),
+                    strides=layer.get("strides"),
+                    padding=layer.get("padding"),
+                    init=step.init,
+                    rng=rng,
+                    dtype=dtype,
+                    need_dx=has_params,
+                )
+                has_params = True
+                layers.append(conv)
+                activation(step.activation, step.out_shape[0])
+            elif kind in ("maxpool2d", "avgpool2d"):
+                pool = MaxPool2D if kind == "maxpool2d" else AvgPool2D
+                layers.append(pool(layer.get("pool_size"), layer.get("strides")))
+            elif kind == "batch_norm":
                 layers.append(
-                    make_activation(
-                        activation, M, dtype=dtype, leaky_slope=model.leaky_slope, inplace=True
+                    BatchNorm(
+                        in_shape[0],
+                        momentum=layer.get("momentum"),
+                        eps=layer.get("eps"),
+                        dtype=dtype,
                     )
                 )
-                inplace = activation in SIGN_ONLY_ACTIVATIONS
-                if p_hid > 0.0 and mode != "dropconnect":
-                    layers.append(Dropout(p_hid, mode, inplace=inplace))
-                layers += [
-                    Dropout(rate, layer_mode, inplace=inplace) for rate in extra_dropout.get(k, [])
-                ]
+                has_params = True
+            elif kind == "dropout" and layer.get("rate") > 0:
+                layers.append(Dropout(layer.get("rate"), layer_mode, inplace=inplace_ok))
+        last = plan[-1].out_shape if plan else shape
+        if len(last) != 1:
+            layers.append(Flatten())
+        D = math.prod(last)
+        layers.append(dense(D, int(n_outputs), model.init))
         if output_bias is not None:
             out_b = layers[-1].params["b"]
             out_b[...] = np.asarray(output_bias, dtype=dtype).reshape(out_b.shape)
         net = cls(layers, spec.loss, dtype)
+        net.input_shape = tuple(input_shape) if input_shape else None
         net.set_rng(rng)
         return net
 
@@ -222,8 +276,14 @@ class Network:
     # ------------------------------------------------------------------ parameters
     @property
     def weights(self) -> list[np.ndarray]:
-        """The Dense weight matrices (the penalised parameters), input layer first."""
-        return [d.params["W"] for d in self.dense_layers]
+        """The penalised kernels, input side first: Dense ``W (D, M)`` and Conv2D
+        ``W (F, C, kh, kw)`` (never biases, PReLU slopes or batch-norm parameters)."""
+        return [layer.params["W"] for _, layer in self.kernel_refs]
+
+    @property
+    def kernel_names(self) -> list[str]:
+        """Names of :attr:`weights` (``conv0``, ``dense0``, ...)."""
+        return [name for name, _ in self.kernel_refs]
 
     def parameters(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """``(params, grads)``: live arrays in ``param_refs`` order (the optimizer's indices)."""
@@ -231,16 +291,23 @@ class Network:
         grads = [layer.grads[key] for _, layer, key in self.param_refs]
         return params, grads
 
+    def _array(self, layer: Layer, key: str) -> np.ndarray:
+        return layer.params[key] if key in layer.params else layer.buffers[key]  # type: ignore[attr-defined]
+
     def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies of all parameters by name (``dense0.W``, ``dense0.b``, ``prelu0.alpha``)."""
-        return {name: layer.params[key].copy() for name, layer, key in self.param_refs}
+        """Copies of all parameters and buffers by name (``dense0.W``, ``conv0.b``,
+        ``prelu0.alpha``, ``batch_norm0.gamma``, ``batch_norm0.running_mean``)."""
+        return {
+            name: self._array(layer, key).copy()
+            for name, layer, key in self.param_refs + self.buffer_refs
+        }
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """Overwrite every parameter in place from ``weights`` (same names and shapes)."""
-        for name, layer, key in self.param_refs:
+        """Overwrite every parameter and buffer in place from ``weights`` (same names, shapes)."""
+        for name, layer, key in self.param_refs + self.buffer_refs:
             if name not in weights:
                 raise KeyError(f"missing weight {name!r}")
-            target = layer.params[key]
+            target = self._array(layer, key)
             value = np.asarray(weights[name])
             if value.shape != target.shape:
                 raise ValueError(
@@ -249,7 +316,8 @@ class Network:
             np.copyto(target, value, casting="same_kind")
 
     def zero_fraction(self) -> float:
-        """Fraction of Dense weights (not biases) that are exactly 0.0."""
-        total = sum(W.size for W in self.weights)
-        zeros = sum(W.size - np.count_nonzero(W) for W in self.weights)
+        """Fraction of kernel weights (Dense and Conv2D ``W``, not biases) that are exactly 0.0."""
+        weights = self.weights
+        total = sum(W.size for W in weights)
+        zeros = sum(W.size - np.count_nonzero(W) for W in weights)
         return zeros / total if total else 0.0

@@ -75,6 +75,7 @@ import numpy as np
 
 from engine.errors import InputError, SpecError, TrainingTimeout
 from engine.losses import make_loss
+from engine.model import split
 from engine.preprocess import (
     Preprocessor,
     Table,
@@ -277,17 +278,8 @@ def _prepare(spec: dict, X: Any, y: Any, feature_names: Sequence[str] | None) ->
         raise InputError(f"X has {n} rows but y has {n_y}.", "length_mismatch")
     if n < 2:
         raise InputError(f"A path needs at least 2 rows, got {n}.", "too_few_rows")
-    train_rows, val_rows = _fit_split(spec, n, y_idx)
+    train_rows, val_rows = split(spec, X, y, feature_names=feature_names)
     return _Data(table, n, task, y_reg, classes, y_idx, train_rows, val_rows)
-
-
-def _fit_split(spec: dict, n: int, y_idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The rows ``engine.fit`` trains on and validates on, drawn exactly as ``fit`` draws them."""
-    # engine.model owns the split; engine.fit seeds default_rng(seed) and splits first.
-    from engine.model import _split
-
-    rng = np.random.default_rng(spec["seed"])
-    return _split(n, spec["validation_split"], rng, y_idx)
 
 
 def fold_rows(n: int, folds: int, *, shuffle: bool, seed: int) -> list[np.ndarray]:

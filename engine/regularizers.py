@@ -7,8 +7,17 @@ never PReLU slopes). With Dense weights ``W_1 (D, M_1), ..., W_L`` (``W_1`` the 
 
 (Keras convention: no 1/2 in front of the L2 term, so its gradient is ``2 * l2 * W``).
 
-``group_l1`` is the group lasso with one group per input feature, i.e. per row of the first layer's
-weights: a row set to zero switches that feature off entirely.
+Kernels of any rank are penalised alike: Dense ``W (D, M)`` and Conv2D ``W (F, C, kh, kw)`` (the
+L1 and L2 terms sum over every entry). ``group_l1`` is the group lasso on the FIRST kernel only,
+one group per row of its matrix view ``W_1.reshape(W_1.shape[0], -1)``:
+
+- a Dense first layer ``(D, M)``: one group per input feature (row ``j``); a zero row switches
+  feature ``j`` off entirely;
+- a Conv2D first layer ``(F, C, kh, kw)`` viewed as ``(F, C * kh * kw)``: one group per FILTER
+  (all its weights on every input channel); a zero group switches that filter off entirely (its
+  output channel is the bias alone).
+
+Below, ``W_1[j]`` is row ``j`` of that view.
 
 :class:`Regularizer` is what both training loops call: ``add_gradient`` adds the gradient of the
 terms treated as smooth (``2 l2 W``; with ``l1_method == "subgradient"`` also ``l1 sign(W)`` and
@@ -36,8 +45,15 @@ __all__ = [
     "group_prox",
     "penalty",
     "penalty_value",
+    "rows",
     "soft_threshold",
 ]
+
+
+def rows(W: np.ndarray) -> np.ndarray:
+    """The matrix view ``(W.shape[0], -1)`` whose rows are the groups of ``group_l1`` (a view of
+    ``W``, which must be C-contiguous, so in-place updates reach ``W``)."""
+    return W if W.ndim == 2 else W.reshape(W.shape[0], -1)
 
 
 def penalty_value(
@@ -46,6 +62,7 @@ def penalty_value(
     """``R(W)``, accumulated in float64."""
     value = 0.0
     for i, W in enumerate(weights):
+        W = rows(W)
         if l1:
             value += l1 * float(np.abs(W).sum(dtype=np.float64))
         if l2:
@@ -253,6 +270,7 @@ class Regularizer:
             return
         sub = not self.proximal
         for k, (W, dW) in enumerate(zip(weights, grads, strict=True)):
+            W, dW = rows(W), rows(dW)
             tmp = self._buffer(self._scratch, k, W)
             if self.l2:
                 np.multiply(W, 2.0 * self.l2, out=tmp)
@@ -275,6 +293,10 @@ class Regularizer:
         """
         if not self.proximal:
             return
+        # Element-wise and row-wise terms both act on the matrix view (a view: W is updated).
+        W = rows(W)
+        if not np.isscalar(step):
+            step = rows(step)  # type: ignore[arg-type]
         if self.l1:
             scratch = self._buffer(self._scratch, k, W)
             if np.isscalar(step):

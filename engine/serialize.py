@@ -7,8 +7,11 @@ Archive members:
   ``stopped``, the preprocessing metadata (feature names, kinds, categories) and the ``weights``
   names.
 - ``w/<name>``: every array of ``Network.get_weights()``, in its own dtype (so predictions are
-  bit-identical).
-- ``pre/<name>``: the float64 preprocessing arrays (``center``, ``scale``, ``fill``).
+  bit-identical): parameters and the batch-norm running statistics
+  (``batch_norm<k>.running_mean`` / ``running_var``).
+- ``pre/<name>``: the preprocessing arrays: a table's float64 ``center``, ``scale``, ``fill``;
+  an image model's featurewise ``mean`` / ``std`` (its meta has ``kind: "images"``, the input
+  shape and pixel scale; the model meta has ``input_shape``).
 
 ``load`` opens the archive with ``np.load(allow_pickle=False)``, rebuilds the network from the saved
 spec and sizes, then sets the weights. Anything that is not such an archive raises
@@ -54,6 +57,7 @@ def model_to_bytes(model: Model) -> bytes:
         "stopped": model.stopped,
         "preprocess": pre_meta,
         "weights": list(weights),
+        "input_shape": None if model.input_shape is None else list(model.input_shape),
     }
     # NaN in history is kept (Python's json writes NaN): the blob is only read back by load.
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
@@ -93,6 +97,7 @@ def load(data: bytes) -> Model:
     ModelFormatError
         Corrupt or truncated bytes, a non-Regula archive, or an unsupported format version.
     """
+    from engine.augment import ImagePreprocessor
     from engine.model import Model
     from engine.network import Network
     from engine.preprocess import Preprocessor
@@ -101,11 +106,18 @@ def load(data: bytes) -> Model:
     try:
         weights = {name: arrays[_W + name] for name in meta["weights"]}
         pre_arrays = {k[len(_PRE) :]: v for k, v in arrays.items() if k.startswith(_PRE)}
-        preprocessor = Preprocessor.from_state(meta["preprocess"], pre_arrays)
+        images = meta["preprocess"].get("kind") == ImagePreprocessor.kind
+        pre_class = ImagePreprocessor if images else Preprocessor
+        preprocessor = pre_class.from_state(meta["preprocess"], pre_arrays)
         spec = meta["spec"]
+        shape = meta.get("input_shape")
         # The seed only feeds the initial weights, which set_weights overwrites.
         network = Network.build(
-            spec, meta["n_inputs"], meta["n_outputs"], rng=np.random.default_rng(0)
+            spec,
+            meta["n_inputs"],
+            meta["n_outputs"],
+            rng=np.random.default_rng(0),
+            input_shape=None if shape is None else tuple(shape),
         )
         network.set_weights(weights)
         return Model(
@@ -119,7 +131,7 @@ def load(data: bytes) -> Model:
             n_inputs=meta["n_inputs"],
             n_outputs=meta["n_outputs"],
         )
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ModelFormatError(
             f"Regula model archive is incomplete or inconsistent: {exc!r}."
         ) from exc

@@ -16,6 +16,9 @@ Definitions, with ``zero(w) := |w| <= tolerance`` (exact ``w == 0`` when ``toler
   the input.
 - ``zeros``, ``zero_weights`` and ``zero_fraction`` always count EXACT zeros (what L1's proximal
   step produces); ``near_zero`` uses the tolerance.
+- Conv2D kernels ``W (F, C, kh, kw)`` (:func:`conv_stats`): filter ``f`` is *off* iff all of
+  ``W[f]`` is zero; input channel ``c`` is *dead* iff ``W[:, c]`` is zero (no filter reads it);
+  output channel ``f`` is a dead unit iff it is off or the next layer reads nothing of it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,71 @@ HISTOGRAM_BINS = 20
 
 def _zero_mask(W: np.ndarray, tolerance: float) -> np.ndarray:
     return W == 0 if tolerance <= 0 else np.abs(W) <= tolerance
+
+
+def _common(name: str, W: np.ndarray, is_zero: np.ndarray) -> dict[str, Any]:
+    """The fields every layer entry has (``W`` float64 of any rank)."""
+    size = int(W.size)
+    zeros = int(np.count_nonzero(W == 0))
+    absW = np.abs(W)
+    max_abs = float(absW.max()) if size else 0.0
+    # Symmetric range so 0 sits on a bin edge and the histogram reads the same for +w and -w.
+    half = max_abs if max_abs > 0 else 1.0
+    counts, edges = np.histogram(W, bins=HISTOGRAM_BINS, range=(-half, half))
+    return {
+        "name": name,
+        "shape": [int(v) for v in W.shape],
+        "zeros": zeros,
+        "zero_fraction": zeros / size if size else 0.0,
+        "near_zero": int(np.count_nonzero(is_zero)),
+        "l1_norm": float(absW.sum()),
+        "l2_norm": float(np.sqrt(np.square(W).sum())),
+        "max_abs": max_abs,
+        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+    }
+
+
+def conv_stats(
+    kernels: list[np.ndarray], names: list[str], tolerance: float, next_reads: np.ndarray | None
+) -> list[dict[str, Any]]:
+    """Layer entries of consecutive Conv2D kernels ``W_k (F, C, kh, kw)``.
+
+    Besides the common fields (``shape`` is 4-D): per filter ``filter_l1_norms`` /
+    ``filter_l2_norms`` (over ``C * kh * kw`` weights); ``filters_off`` /
+    ``filter_indices_off``: filters whose weights are all zero (switched off, what ``group_l1``
+    on a first conv layer produces: the channel is its bias alone); ``dead_channels`` /
+    ``dead_channel_indices``: input channels no filter reads (``W[:, c]`` all zero);
+    ``dead_units`` / ``dead_unit_indices``: output channels that are off or that the next layer
+    does not read (``next_reads[f]`` False; for the last conv layer, from the first Dense rows
+    of that channel).
+    """
+    out = []
+    for k, (name, W) in enumerate(zip(names, kernels, strict=True)):
+        W = np.asarray(W, dtype=np.float64)
+        is_zero = _zero_mask(W, tolerance)
+        entry = _common(name, W, is_zero)
+        off = is_zero.all(axis=(1, 2, 3))
+        dead_in = is_zero.all(axis=(0, 2, 3))
+        dead = off.copy()
+        if k + 1 < len(kernels):
+            dead |= _zero_mask(np.asarray(kernels[k + 1]), tolerance).all(axis=(0, 2, 3))
+        elif next_reads is not None:
+            dead |= ~next_reads
+        flat = W.reshape(W.shape[0], -1)
+        entry.update(
+            {
+                "dead_units": int(dead.sum()),
+                "dead_unit_indices": [int(i) for i in np.flatnonzero(dead)],
+                "filters_off": int(off.sum()),
+                "filter_indices_off": [int(i) for i in np.flatnonzero(off)],
+                "filter_l1_norms": [float(v) for v in np.abs(flat).sum(axis=1)],
+                "filter_l2_norms": [float(v) for v in np.sqrt(np.square(flat).sum(axis=1))],
+                "dead_channels": int(dead_in.sum()),
+                "dead_channel_indices": [int(i) for i in np.flatnonzero(dead_in)],
+            }
+        )
+        out.append(entry)
+    return out
 
 
 def weight_stats(
@@ -79,37 +147,16 @@ def weight_stats(
     total = zeros_total = 0
     for k, (name, W, is_zero) in enumerate(zip(layer_names, weights, zero_masks, strict=True)):
         W = np.asarray(W, dtype=np.float64)
-        size = int(W.size)
-        zeros = int(np.count_nonzero(W == 0))
-        total += size
-        zeros_total += zeros
-        absW = np.abs(W)
-        max_abs = float(absW.max()) if size else 0.0
-        # Symmetric range so 0 sits on a bin edge and the histogram reads the same for +w and -w.
-        half = max_abs if max_abs > 0 else 1.0
-        counts, edges = np.histogram(W, bins=HISTOGRAM_BINS, range=(-half, half))
-        dead = is_zero.all(axis=0) if size else np.ones(W.shape[1], dtype=bool)
+        entry = _common(name, W, is_zero)
+        total += entry["shape"][0] * entry["shape"][1]
+        zeros_total += entry["zeros"]
+        dead = is_zero.all(axis=0) if W.size else np.ones(W.shape[1], dtype=bool)
         if k + 1 < len(weights):
             dead = dead | zero_masks[k + 1].all(axis=1)
         dead_idx = np.flatnonzero(dead)
-        layers.append(
-            {
-                "name": name,
-                "shape": [int(W.shape[0]), int(W.shape[1])],
-                "zeros": zeros,
-                "zero_fraction": zeros / size if size else 0.0,
-                "near_zero": int(np.count_nonzero(is_zero)),
-                "l1_norm": float(absW.sum()),
-                "l2_norm": float(np.sqrt(np.square(W).sum())),
-                "max_abs": max_abs,
-                "dead_units": int(dead_idx.size),
-                "dead_unit_indices": [int(i) for i in dead_idx],
-                "histogram": {
-                    "edges": [float(e) for e in edges],
-                    "counts": [int(c) for c in counts],
-                },
-            }
-        )
+        entry["dead_units"] = int(dead_idx.size)
+        entry["dead_unit_indices"] = [int(i) for i in dead_idx]
+        layers.append(entry)
 
     W1 = np.asarray(weights[0], dtype=np.float64)
     importance: dict[str, float] = {}
@@ -146,14 +193,52 @@ def sparsity(model: Model, tolerance: float = 0.0) -> dict[str, Any]:
     Returns
     -------
     dict
-        See :func:`weight_stats`.
+        See :func:`weight_stats`. A CNN lists its Conv2D kernels first (entries of
+        :func:`conv_stats`); its one raw feature, the image column, is dropped only when the
+        whole first kernel is zero; ``total_weights`` / ``zero_weights`` count every kernel.
     """
-    dense = model.network.dense_layers
+    net = model.network
+    dense = net.dense_layers
     names = [getattr(layer, "name", None) or f"dense{k}" for k, layer in enumerate(dense)]
-    return weight_stats(
-        [layer.params["W"] for layer in dense],
-        groups=model.preprocessor.groups,
+    dense_w = [layer.params["W"] for layer in dense]
+    if not getattr(net, "conv_layers", ()):
+        return weight_stats(
+            dense_w,
+            groups=model.preprocessor.groups,
+            feature_names=model.feature_names,
+            tolerance=tolerance,
+            layer_names=names,
+        )
+    # The Dense part sees the flattened last conv output: one group, summarised per channel.
+    stats = weight_stats(
+        dense_w,
+        groups=[(0, dense_w[0].shape[0])],
         feature_names=model.feature_names,
         tolerance=tolerance,
         layer_names=names,
     )
+    kernels = [c.params["W"] for c in net.conv_layers]
+    F = kernels[-1].shape[0]
+    W1 = np.asarray(dense_w[0])
+    next_reads = None
+    if W1.shape[0] % F == 0:
+        # Flatten is channel-major: rows [f * P, (f + 1) * P) of the first Dense read channel f.
+        next_reads = ~_zero_mask(W1.reshape(F, -1), tolerance).all(axis=1)
+    conv = conv_stats(kernels, [f"conv{k}" for k in range(len(kernels))], tolerance, next_reads)
+    first = np.asarray(kernels[0], dtype=np.float64)
+    name = model.feature_names[0]
+    dropped = bool(_zero_mask(first, tolerance).all())
+    total = stats["total_weights"] + sum(int(W.size) for W in kernels)
+    zeros = stats["zero_weights"] + sum(e["zeros"] for e in conv)
+    stats.update(
+        {
+            "total_weights": total,
+            "zero_weights": zeros,
+            "zero_fraction": zeros / total if total else 0.0,
+            "selected_features": [] if dropped else [name],
+            "dropped_features": [name] if dropped else [],
+            "feature_importance": {name: float(np.sqrt(np.square(first).sum()))},
+            "layers": conv + stats["layers"],
+        }
+    )
+    return stats

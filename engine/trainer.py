@@ -13,7 +13,8 @@ does steps 2 and 4):
 3. optimizer step;
 4. proximal step (default ``l1_method == "proximal"``) in the optimizer's metric: ``W <-
    soft_threshold(W, s * l1)`` with ``s`` the per-coordinate step the optimizer just took, then for
-   ``group_l1`` the exact row-wise group prox of the first layer's weights in the metric
+   ``group_l1`` the exact group prox of the first kernel (rows of a Dense, whole filters of a
+   Conv2D, see ``engine.regularizers``) in the metric
    ``diag(1 / s)`` (``regularizers.group_prox``). These produce EXACT zeros, and full-batch
    training stops at the penalised objective's KKT points.
 
@@ -90,6 +91,11 @@ class TrainResult:
 
 
 Callback = Callable[[dict], bool | None]
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# Batch-level progress calls (``on_batch``) come at most this often.
+BATCH_PROGRESS_SECONDS = 0.5
+# Images per chunk of a predict-mode pass over the validation split.
+EVAL_CHUNK = 512
 LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 
 
@@ -140,8 +146,13 @@ Validation = tuple[np.ndarray, np.ndarray, LossFn, _Metric]
 def _evaluate(
     network: Network, X: np.ndarray, Y: np.ndarray, loss_fn: LossFn, metric: _Metric
 ) -> tuple[float, float]:
-    """Full predict-mode pass: (mean data loss, metric)."""
-    scores = network.forward(X, training=False)
+    """Full predict-mode pass: (mean data loss, metric). Images go through in chunks of
+    ``EVAL_CHUNK`` (their conv activations are large); the scores ``(N, K)`` are joined."""
+    if X.ndim > 2 and len(X) > EVAL_CHUNK:
+        parts = [network.forward(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)]
+        scores = np.concatenate(parts)
+    else:
+        scores = network.forward(X, training=False)
     value, _ = loss_fn(scores, Y)
     metric.reset()
     metric.add(scores, Y)
@@ -154,6 +165,26 @@ def _check_finite(value: float, epoch: int) -> None:
             f"training diverged at epoch {epoch}: the loss is {value}; "
             "lower the learning rate or standardize the inputs"
         )
+
+
+class _BatchProgress:
+    """Calls ``cb.on_batch({"epoch", "batch", "batches"})`` of the callbacks that have it, at most
+    every ``BATCH_PROGRESS_SECONDS`` (one clock read per batch otherwise)."""
+
+    def __init__(self, callbacks: Sequence[Callback]) -> None:
+        self.hooks = [cb.on_batch for cb in callbacks if callable(getattr(cb, "on_batch", None))]
+        self.last = time.monotonic()
+
+    def tick(self, epoch: int, batch: int, batches: int) -> None:
+        if not self.hooks or batch == 0:
+            return
+        now = time.monotonic()
+        if now - self.last < BATCH_PROGRESS_SECONDS:
+            return
+        self.last = now
+        info = {"epoch": int(epoch), "batch": int(batch), "batches": int(batches)}
+        for hook in self.hooks:
+            hook(info)
 
 
 class _Stopper:
@@ -263,8 +294,10 @@ def train(
     callbacks: Sequence[Callback] = (),
     rng: np.random.Generator,
     deadline: float | None = None,
+    augment: Augment | None = None,
+    augment_rng: np.random.Generator | None = None,
 ) -> TrainResult:
-    """Train ``network`` in place on ``X (N, D)``, ``Y (N,)``.
+    """Train ``network`` in place on ``X (N, D)`` (or images ``(N, C, H, W)``), ``Y (N,)``.
 
     Parameters
     ----------
@@ -281,10 +314,18 @@ def train(
         Validation split.
     callbacks : sequence of callables
         ``cb(record) -> bool | None`` after every epoch; a truthy return stops ("cancelled").
+        A callback with an ``on_batch(info)`` method also gets ``{"epoch", "batch", "batches"}``
+        (``batch`` = batches done in this epoch) at most every ``BATCH_PROGRESS_SECONDS`` while
+        an epoch runs (mini-batch optimizers), so a long epoch shows progress.
     rng : numpy.random.Generator
         Shuffling and dropout masks.
     deadline : float, optional
         A ``time.monotonic()`` value; checked before every mini-batch (FISTA: every iteration).
+    augment : callable, optional
+        ``augment(xb, augment_rng) -> xb'``, applied to each training batch only (never to the
+        validation split); e.g. ``engine.augment.ImageAugmenter.random_transform``.
+    augment_rng : numpy.random.Generator, optional
+        The augmentation's own generator (default ``rng``).
 
     Returns
     -------
@@ -309,7 +350,17 @@ def train(
             history, stopped = _train_fista(network, X, Y, spec, opt, validation, stopper, deadline)
         else:
             history, stopped = _train_minibatch(
-                network, X, Y, spec, opt, validation, stopper, rng, deadline
+                network,
+                X,
+                Y,
+                spec,
+                opt,
+                validation,
+                stopper,
+                rng,
+                deadline,
+                augment,
+                augment_rng if augment_rng is not None else rng,
             )
     return stopper.finish(history, stopped)
 
@@ -330,16 +381,19 @@ def _train_minibatch(
     stopper: _Stopper,
     rng: np.random.Generator,
     deadline: float | None,
+    augment: Augment | None = None,
+    augment_rng: np.random.Generator | None = None,
 ) -> tuple[list[dict], str]:
     loss_fn = make_loss(spec.loss, spec.loss_params.to_dict())
+    progress = _BatchProgress(stopper.callbacks)
     reg = _regularizer(spec)
     N = X.shape[0]
     bs = max(1, min(spec.batch_size, N))
 
     params, grads = network.parameters()
-    # Optimizer indices of the Dense weight matrices (the penalised parameters), input layer first.
-    names = [name for name, _, _ in network.param_refs]
-    w_idx = [i for i, name in enumerate(names) if name.endswith(".W") and name.startswith("dense")]
+    # Optimizer indices of the penalised kernels (Dense and Conv2D ``W``), input side first.
+    kernels = {f"{name}.W" for name in network.kernel_names}
+    w_idx = [i for i, (name, _, _) in enumerate(network.param_refs) if name in kernels]
     Ws = [params[i] for i in w_idx]
     dWs = [grads[i] for i in w_idx]
 
@@ -348,14 +402,16 @@ def _train_minibatch(
         y_buf = np.empty((bs, *Y.shape[1:]), dtype=Y.dtype)
     metric = _Metric(spec.loss, Y)
     history: list[dict] = []
+    batches = -(-N // bs)
 
     for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
         perm = rng.permutation(N) if spec.shuffle else None
         total = 0.0
         metric.reset()
-        for start in range(0, N, bs):
+        for b, start in enumerate(range(0, N, bs)):
             _check_deadline(deadline, epoch)
+            progress.tick(epoch, b, batches)
             if perm is None:
                 xb = X[start : start + bs]
                 yb = Y[start : start + bs]
@@ -366,6 +422,8 @@ def _train_minibatch(
                 idx = perm[start : start + bs]
                 xb = X.take(idx, axis=0, out=x_buf[: len(idx)], mode="clip")
                 yb = Y.take(idx, axis=0, out=y_buf[: len(idx)], mode="clip")
+            if augment is not None:
+                xb = augment(xb, augment_rng)
             scores = network.forward(xb, training=True)
             value, dscores = loss_fn(scores, yb)
             total += value * xb.shape[0]

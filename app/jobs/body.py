@@ -174,12 +174,32 @@ def _load(sessions: sessionmaker[Session], job_id: str) -> tuple[Job, Dataset]:
     return job, dataset
 
 
+def _read_images(
+    job: Job, dataset: Dataset, data_dir: Path
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """An image dataset as ``{image column: x (N, C, H, W) memory map}`` and its labels."""
+    from app.datasets import service as datasets
+
+    spec = job.spec
+    try:
+        x, y = datasets.load_images(dataset, data_dir)
+    except FileNotFoundError as exc:
+        raise JobFailed(
+            "The dataset was deleted before the job could train on it.", "dataset_deleted"
+        ) from exc
+    if spec["task"] == "classification":
+        y = _labels(y)
+    return {spec["features"][0]: x}, y
+
+
 def _read_table(
     job: Job, dataset: Dataset, data_dir: Path
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     from app.datasets import service as datasets
 
     spec = job.spec
+    if dataset.kind == "images":
+        return _read_images(job, dataset, data_dir)
     try:
         table = datasets.load_table(
             dataset, data_dir=data_dir, columns=[spec["target"], *spec["features"]]
@@ -250,6 +270,25 @@ class HistoryWriter:
         if time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
         return self._cancel
+
+    def on_batch(self, info: dict[str, Any]) -> None:
+        """The trainer's in-epoch progress (``{"epoch", "batch", "batches"}``, at most every
+        ~0.5 s): stores ``Job.progress`` so a long image epoch shows movement, at most once per
+        ``flush_seconds``, together with any pending epoch rows."""
+        if time.monotonic() - self._last_flush < max(self._flush_seconds, 0.5):
+            return
+        done = int(info["epoch"]) - 1 + int(info["batch"]) / max(int(info["batches"]), 1)
+        progress = min(done / self._epochs, 1.0) if self._epochs else 0.0
+        rows, self._pending = self._pending, []
+        self._cancel = state.record_epochs(
+            self._sessions,
+            self._job_id,
+            self._attempt,
+            rows,
+            epochs=self._epochs,
+            progress=progress,
+        )
+        self._last_flush = time.monotonic()
 
     def flush(self) -> None:
         """Write the pending rows now (also called once training has ended)."""

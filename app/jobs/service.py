@@ -7,6 +7,7 @@ queued (the spec against the engine's rules, the dataset and the service's limit
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from sqlalchemy import select
@@ -70,6 +71,68 @@ def _n_classes(column: dict[str, Any]) -> int | None:
     return None if distinct is None else int(distinct)
 
 
+def _image_column(dataset: Dataset) -> dict[str, Any] | None:
+    """The pixel column of an image dataset (dtype "image"), else None."""
+    if dataset.kind != "images":
+        return None
+    return next((c for c in dataset.columns if c.get("dtype") == "image"), None)
+
+
+def _check_image_columns(
+    spec_in: TrainingSpec, dataset: Dataset, image: dict[str, Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """An image dataset trains on its one image column; the target is its label column."""
+    errors: list[dict[str, Any]] = []
+    name = image["name"]
+    labels = [c["name"] for c in dataset.columns if c["name"] != name]
+    if spec_in.target == name or spec_in.target not in labels:
+        errors.append(
+            _err(
+                ["target"],
+                f"target: dataset {dataset.name!r} holds images; its target is the label column "
+                f"{labels[0] if labels else 'y'!r}, not {spec_in.target!r}.",
+                "unknown_column" if spec_in.target != name else "target_is_image",
+            )
+        )
+    if spec_in.features is not None and list(spec_in.features) != [name]:
+        errors.append(
+            _err(
+                ["features"],
+                f"features: dataset {dataset.name!r} holds images; a model reads its image "
+                f"column, so features must be [{name!r}] or null.",
+                "image_features",
+            )
+        )
+    return [name], errors
+
+
+def _check_shapes(
+    normalized: dict[str, Any], dataset: Dataset, features: list[str]
+) -> list[dict[str, Any]]:
+    """The network's layers against the input: image shape (C, H, W) or the encoded width."""
+    image = _image_column(dataset)
+    if image is not None:
+        shape = tuple(int(v) for v in image.get("shape") or ())
+    else:
+        if normalized.get("augmentation") is not None:
+            return [
+                _err(
+                    ["augmentation"],
+                    f"augmentation: it transforms images, but dataset {dataset.name!r} is a "
+                    "table; set augmentation to null.",
+                    "needs_images",
+                )
+            ]
+        shape = (_n_inputs(dataset, features),)
+    if not shape:
+        return []
+    try:
+        engine.layer_shapes(normalized, shape)
+    except engine.SpecError as exc:
+        return [_err(list(exc.loc), exc.msg, exc.code)]
+    return []
+
+
 def _check_columns(
     spec_in: TrainingSpec, normalized: dict[str, Any], dataset: Dataset
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -77,7 +140,12 @@ def _check_columns(
     columns = {c["name"]: c for c in dataset.columns}
     errors: list[dict[str, Any]] = []
     target = spec_in.target
-    if spec_in.features is None:
+    image = _image_column(dataset)
+    if image is not None:
+        features, errors = _check_image_columns(spec_in, dataset, image)
+        if errors:
+            return features, errors
+    elif spec_in.features is None:
         features = [name for name in columns if name != target]
         if not features:
             errors.append(
@@ -185,11 +253,9 @@ def _footprint(
 ) -> engine.footprint.Footprint:
     """What this job will hold in memory and store, from the spec and the column summaries."""
     columns = {c["name"]: c for c in dataset.columns}
-    n_inputs = sum(
-        (columns[name].get("distinct") or 1) if columns[name]["dtype"] == "string" else 1
-        for name in features
-        if name in columns
-    )
+    image = _image_column(dataset)
+    input_shape = None if image is None else tuple(int(v) for v in image.get("shape") or ())
+    n_inputs = _n_inputs(dataset, features)
     n_outputs = 1
     if normalized["task"] == "classification" and normalized["loss"] != "binary_cross_entropy":
         n_outputs = _n_classes(columns.get(target, {})) or 2
@@ -199,7 +265,25 @@ def _footprint(
         n_columns=len(features),
         n_inputs=n_inputs,
         n_outputs=n_outputs,
+        input_shape=input_shape or None,
     )
+
+
+def _n_inputs(dataset: Dataset, features: list[str]) -> int:
+    """Encoded input width: a string column counts its categories, an image its pixels."""
+    columns = {c["name"]: c for c in dataset.columns}
+    total = 0
+    for name in features:
+        column = columns.get(name)
+        if column is None:
+            continue
+        if column["dtype"] == "image":
+            total += math.prod(int(v) for v in column.get("shape") or (1,))
+        elif column["dtype"] == "string":
+            total += column.get("distinct") or 1
+        else:
+            total += 1
+    return total
 
 
 def _check_limits(
@@ -220,12 +304,13 @@ def _check_limits(
             )
         )
     size = _footprint(normalized, dataset, features, target)
+    layers_key = "hidden_layers" if normalized["model"].get("layers") is None else "layers"
     # One model must fit one database value and the prediction cache.
     limit = min(settings.max_model_mb * 2**20, prediction.max_servable_bytes())
     if size.model > limit:
         errors.append(
             _err(
-                ["model", "hidden_layers"],
+                ["model", layers_key],
                 f"model: this network has {size.parameters:,} parameters "
                 f"({size.model / 2**20:,.0f} MB), over this service's limit of "
                 f"{limit / 2**20:,.0f} MB per model (REGULA_MAX_MODEL_MB, and half of "
@@ -237,7 +322,7 @@ def _check_limits(
     if needed_mb > settings.max_job_memory_mb:
         errors.append(
             _err(
-                ["model", "hidden_layers"],
+                ["model", layers_key],
                 f"model: this job needs about {needed_mb:,.0f} MB of memory (the data and its "
                 f"encoding, weights with their gradients and optimizer state, activations and "
                 f"the validation pass), over this service's limit of "
@@ -286,7 +371,10 @@ def validate(
         raise SpecInvalid([_err(list(exc.loc), exc.msg, exc.code)]) from exc
     dataset = _dataset_for_spec(session=session, dataset_id=spec_in.dataset_id, owner_id=owner_id)
     features, errors = _check_columns(spec_in, normalized, dataset)
-    errors += _check_limits(normalized, dataset, features, spec_in.target)
+    shape_errors = _check_shapes(normalized, dataset, features)
+    errors += shape_errors
+    if not shape_errors:  # the footprint needs a network that can be built
+        errors += _check_limits(normalized, dataset, features, spec_in.target)
     if errors:
         raise SpecInvalid(errors)
     stored = {"dataset_id": dataset.id, "target": spec_in.target, "features": features}

@@ -440,9 +440,9 @@ def test_model_layers_dropout_entry_is_a_dropout_layer():
     np.testing.assert_array_equal(restored.predict(X), model.predict(X))
 
 
-def test_model_layers_not_built_yet_raise_a_spec_error():
+def test_conv_layers_on_a_table_raise_a_spec_error():
     X, y = _table()
     layers = [{"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "flatten"}]
     with pytest.raises(SpecError) as info:
         engine.fit(_spec(model={"layers": layers}), X, y)
-    assert (info.value.loc, info.value.code) == (("model", "layers", 0, "type"), "not_supported")
+    assert (info.value.loc, info.value.code) == (("model", "layers", 0), "needs_images")
