@@ -17,6 +17,7 @@ from app.health import router as health
 from app.jobs import router as jobs
 from app.models import plots_router
 from app.models import router as models
+from app.serving import mlflow, oip
 
 log = logging.getLogger("regula")
 
@@ -29,6 +30,10 @@ OPENAPI_TAGS = [
     {"name": "jobs", "description": "Train: submit a spec, follow its history and events, cancel."},
     {"name": "models", "description": "Predict, sparsity (what L1 switched off), export, plots."},
     {"name": "health", "description": "Liveness and readiness."},
+    {
+        "name": "inference protocol v2",
+        "description": "KServe / Triton's Open Inference Protocol (REST), binary tensors included.",
+    },
 ]
 
 
@@ -71,7 +76,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (models, plots_router, datasets, jobs, health):
+    for module in (models, mlflow, plots_router, datasets, jobs, health, oip):
         app.include_router(module.router)
     document_auth(app)
     web.mount(app)
