@@ -20,11 +20,15 @@ import orjson
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.core.auth import sessions_for
 from app.core.errors import InvalidInput, RegulaError, UnsupportedMediaType
 from app.models import prediction
+from app.models.orm import Model
 from app.models.router import INLINE_COST
+from app.models.service import MAX_ID_LENGTH, not_found
 from app.serving.schemas import DTYPES, NUMERIC_DTYPES, InferRequest, RequestInput
 
 log = logging.getLogger("regula")
@@ -98,6 +102,17 @@ def _bad(msg: str, *loc: str | int, code: str = "invalid_request") -> InvalidInp
 
 def _is_classifier(item: prediction.Loaded) -> bool:
     return item.model.classes is not None
+
+
+def load_any(*, session: Session, model_id: str) -> prediction.Loaded:
+    """A model by id whoever owns it (``regula serve-model``: the operator reads the database)."""
+    if len(model_id) > MAX_ID_LENGTH:
+        raise not_found(model_id)
+    found = session.execute(select(Model.owner_id).where(Model.id == model_id)).first()
+    session.rollback()
+    if found is None:
+        raise not_found(model_id)
+    return prediction.load(session=session, model_id=model_id, owner_id=found[0])
 
 
 # --- Open Inference Protocol v2 -----------------------------------------------------------------
