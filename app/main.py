@@ -12,6 +12,8 @@ from app.core.auth import document_auth
 from app.core.config import settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
+from app.core.metrics import MetricsMiddleware
+from app.core.metrics import router as metrics
 from app.datasets import router as datasets
 from app.health import router as health
 from app.jobs import router as jobs
@@ -78,6 +80,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in (models, mlflow, plots_router, datasets, jobs, health, oip):
         app.include_router(module.router)
+    app.include_router(metrics)
+    app.add_middleware(MetricsMiddleware)
     document_auth(app)
     web.mount(app)
     return app

@@ -120,12 +120,16 @@ class ModelCache:
         self._bytes = 0
         self._loading: dict[tuple[str, str | None], Future[Loaded]] = {}
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        # Lookups answered from the cache, and loads that had to read the model (GET /metrics).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, model_id: str) -> Loaded | None:
         with self._lock:
             item = self._items.get(model_id)
             if item is not None:
                 self._items.move_to_end(model_id)
+                self.hits += 1
             return item
 
     def _put(self, item: Loaded) -> None:
@@ -149,7 +153,9 @@ class ModelCache:
             item = self._items.get(model_id)
             if item is not None:
                 self._items.move_to_end(model_id)
+                self.hits += 1
                 return item
+            self.misses += 1
             future = self._loading.get(key)
             leader = future is None
             if future is None:
