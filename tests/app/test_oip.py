@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 import engine
 from app.core.auth import create_key
 from app.models import prediction
+from engine.prune import required_features
 from tests.app.test_models_cache import store
 from tests.app.test_pruned_serving import CREDIT_DROPPED, credit_model, credit_rows, numeric_model
 
@@ -36,7 +37,7 @@ def _column_tensors(model: engine.Model, rows: list[dict[str, Any]]) -> list[dic
     """One JSON [N, 1] tensor per required feature."""
     tensors = []
     pre = model.preprocessor
-    for name in engine.prune.required_features(model):
+    for name in required_features(model):
         kind = pre.kinds[pre.feature_names.index(name)]
         tensors.append(
             {
@@ -103,7 +104,7 @@ def test_model_metadata_lists_required_inputs_and_outputs(
     model_id, model = credit
     meta = client.get(f"/v2/models/{model_id}").json()
     assert meta["name"] == model_id and meta["platform"] == "regula"
-    required = engine.prune.required_features(model)
+    required = required_features(model)
     assert [i["name"] for i in meta["inputs"]] == required
     types = {i["name"]: i["datatype"] for i in meta["inputs"]}
     assert types["employment"] == "BYTES" and types["income"] == "FP64"

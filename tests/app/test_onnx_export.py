@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 import engine
 from app.models import prediction
+from engine.prune import required_features
 from tests.app.test_models_cache import store
 from tests.app.test_pruned_serving import CREDIT_DROPPED, credit_model, credit_rows, numeric_model
 
@@ -69,7 +70,7 @@ def test_onnx_of_a_string_column_model_matches_predict(
     model = credit_model()
     model_id = store(session, model)
     inputs = _compare(client, model_id, credit_rows(60))
-    assert inputs == engine.prune.required_features(model)
+    assert inputs == required_features(model)
     assert not set(CREDIT_DROPPED) & set(inputs)
     meta = {
         p.key: p.value

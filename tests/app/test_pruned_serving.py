@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 import engine
 from app.models import prediction
+from engine.prune import required_features
 from tests.app.test_models_cache import store
 
 CREDIT = Path(__file__).resolve().parents[2] / "app" / "examples" / "credit.csv"
@@ -93,7 +94,7 @@ def test_get_model_lists_the_required_features(
     body = client.get(f"/models/{model_id}").json()
     assert body["feature_names"] == model.feature_names
     assert body["required_features"] == [n for n in model.feature_names if n not in CREDIT_DROPPED]
-    assert body["required_features"] == engine.prune.required_features(model)
+    assert body["required_features"] == required_features(model)
 
 
 def test_rows_without_the_dropped_features_predict_as_the_full_model(
@@ -178,7 +179,7 @@ def test_the_cache_predicts_with_the_pruned_copy_and_counts_both(
     )
     item = prediction.cache.get(model_id)
     assert item is not None and item.full is not None
-    assert item.model.feature_names == engine.prune.required_features(model)
+    assert item.model.feature_names == required_features(model)
     assert item.nbytes == prediction.model_nbytes(item.model) + prediction.model_nbytes(item.full)
     assert item.n_weights < sum(p.size for p in model.network.parameters()[0])
 
@@ -192,7 +193,7 @@ def test_a_model_with_nothing_to_prune_is_held_once(session: Session) -> None:
 def test_all_numeric_pruned_rows_take_the_matrix_path(session: Session) -> None:
     model = numeric_model()
     item = prediction.loaded("m", None, model)
-    required = engine.prune.required_features(model)
+    required = required_features(model)
     assert len(required) == 10 and item.required == tuple(required)
     rng = np.random.default_rng(0)
     rows = [
