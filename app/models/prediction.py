@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -74,21 +75,21 @@ class Loaded:
     full: engine.Model | None = None  # the trained model, when ``model`` is its pruned copy
     used: tuple[int, ...] | None = None  # positions of the features ``model`` reads (None: all)
 
-    @property
+    @cached_property
     def trained(self) -> engine.Model:
         """The model as trained (all features): for sparsity, weights and export."""
         return self.model if self.full is None else self.full
 
-    @property
+    @cached_property
     def positions(self) -> tuple[int, ...]:
         return tuple(range(len(self.names))) if self.used is None else self.used
 
-    @property
+    @cached_property
     def required(self) -> tuple[str, ...]:
         """The features a prediction reads, in the trained model's order."""
         return tuple(self.names[j] for j in self.positions)
 
-    @property
+    @cached_property
     def all_numeric(self) -> bool:
         return all(self.numeric[j] for j in self.positions)
 

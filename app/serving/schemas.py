@@ -52,7 +52,7 @@ class RequestInput(BaseModel):
     """One input tensor: ``data`` in JSON (flat or nested, row-major), or its bytes after the
     JSON header (``parameters.binary_data_size``)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     name: str = Field(max_length=1000)
     shape: list[int] = Field(max_length=8)
@@ -64,7 +64,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     """An output to return; ``parameters.binary_data`` asks for it in binary form."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     name: str = Field(max_length=1000)
     parameters: dict[str, Any] | None = None
@@ -74,7 +74,7 @@ class InferRequest(BaseModel):
     """``POST /v2/models/{id}/infer``. ``parameters.binary_data_output`` asks for every output in
     binary form."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     id: str | None = Field(default=None, max_length=1000)
     parameters: dict[str, Any] | None = None

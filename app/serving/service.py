@@ -10,8 +10,8 @@ datatypes and byte sizes (OIP v2), the JSON keys and CSV text of MLflow's format
 import csv
 import io
 import logging
-import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,9 +189,9 @@ class Decoded:
     instances: list[list[Any]] | None
 
 
-def _flatten(data: Any, where: str) -> list[Any]:
+def _flatten(data: Any, where: Callable[[], str]) -> list[Any]:
     if not isinstance(data, list):
-        raise _bad(f"{where}: 'data' must be a list of values (flat or nested).", "data")
+        raise _bad(f"{where()}: 'data' must be a list of values (flat or nested).", "data")
     if not any(isinstance(v, list) for v in data):
         return data
     flat: list[Any] = []
@@ -225,36 +225,48 @@ def _bytes_elements(chunk: memoryview, count: int, where: str) -> list[Any]:
     return out
 
 
-def _values(
-    inp: RequestInput, binary: memoryview, offset: int, where: str
-) -> tuple[list[Any], int]:
+DATATYPES = frozenset(DTYPES) | {"BYTES"}
+
+
+def _where(inp: RequestInput, k: int) -> str:
+    return f"input {_quote(inp.name)} (inputs[{k}])"
+
+
+def _values(inp: RequestInput, binary: memoryview, offset: int, k: int) -> tuple[list[Any], int]:
     """The tensor's elements as Python values (row-major), and the offset after its bytes."""
-    if inp.datatype != "BYTES" and inp.datatype not in DTYPES:
-        raise _bad(f"{where}: unknown datatype {_quote(inp.datatype)}.", "inputs")
-    if any(d < 0 for d in inp.shape):
-        raise _bad(f"{where}: shape {inp.shape} has a negative dimension.", "inputs")
-    count = math.prod(inp.shape)
-    size = (inp.parameters or {}).get("binary_data_size")
+    datatype = inp.datatype
+    if datatype not in DATATYPES:
+        raise _bad(f"{_where(inp, k)}: unknown datatype {_quote(datatype)}.", "inputs")
+    count = 1
+    for d in inp.shape:
+        if d < 0:
+            raise _bad(f"{_where(inp, k)}: shape {inp.shape} has a negative dimension.", "inputs")
+        count *= d
+    params = inp.parameters
+    size = None if params is None else params.get("binary_data_size")
     if size is None:
-        if inp.data is None:
-            raise _bad(f"{where} has neither 'data' nor parameters.binary_data_size.", "inputs")
-        values = _flatten(inp.data, where)
-        if len(values) != count:
+        data = inp.data
+        if type(data) is not list or any(type(v) is list for v in data):
+            data = _flatten(data, lambda: _where(inp, k))
+        if len(data) != count:
             raise _bad(
-                f"{where}: 'data' holds {len(values)} values but shape {inp.shape} needs {count}.",
+                f"{_where(inp, k)}: 'data' holds {len(data)} values, shape {inp.shape} needs "
+                f"{count}.",
                 "inputs",
             )
-        return values, offset
+        return data, offset
     if type(size) is not int or size < 0 or offset + size > len(binary):
-        raise _bad(f"{where}: binary_data_size {size!r} runs past the end of the body.", "inputs")
+        raise _bad(
+            f"{_where(inp, k)}: binary_data_size {size!r} runs past the end of the body.", "inputs"
+        )
     chunk = binary[offset : offset + size]
-    if inp.datatype == "BYTES":
-        return _bytes_elements(chunk, count, where), offset + size
-    dtype = np.dtype(DTYPES[inp.datatype])
+    if datatype == "BYTES":
+        return _bytes_elements(chunk, count, _where(inp, k)), offset + size
+    dtype = np.dtype(DTYPES[datatype])
     if size != count * dtype.itemsize:
         raise _bad(
-            f"{where}: {size} bytes of binary data, but shape {inp.shape} of "
-            f"{inp.datatype} is {count * dtype.itemsize}.",
+            f"{_where(inp, k)}: {size} bytes of binary data, but shape {inp.shape} of "
+            f"{datatype} is {count * dtype.itemsize}.",
             "inputs",
         )
     return np.frombuffer(chunk, dtype=dtype).tolist(), offset + size
@@ -272,6 +284,10 @@ def _text(values: list[Any], where: str) -> list[Any]:
     return out
 
 
+def _input(name: str) -> str:
+    return f"input {_quote(name)}"
+
+
 def _feature_tensors(
     item: prediction.Loaded, request: InferRequest, values: list[list[Any]]
 ) -> list[dict[str, Any]]:
@@ -279,35 +295,38 @@ def _feature_tensors(
     seen: dict[str, int] = {}
     n: int | None = None
     for k, inp in enumerate(request.inputs):
-        where = f"input {_quote(inp.name)}"
         j = item.index.get(inp.name)
         if j is None:
             raise _bad(
-                f"{where} is not a feature of this model; send one tensor per feature of "
-                "GET /v2/models/{id} (or one 'input' [N, features] tensor).",
+                f"{_input(inp.name)} is not a feature of this model; send one tensor per "
+                "feature of GET /v2/models/{id} (or one 'input' [N, features] tensor).",
                 "inputs",
                 k,
             )
         if inp.name in seen:
-            raise _bad(f"{where} is sent twice.", "inputs", k)
+            raise _bad(f"{_input(inp.name)} is sent twice.", "inputs", k)
         seen[inp.name] = k
         if len(inp.shape) not in (1, 2) or (len(inp.shape) == 2 and inp.shape[1] != 1):
-            raise _bad(f"{where}: shape {inp.shape} must be [N] or [N, 1].", "inputs", k)
+            raise _bad(f"{_input(inp.name)}: shape {inp.shape} must be [N] or [N, 1].", "inputs", k)
         if n is None:
             n = inp.shape[0]
         elif inp.shape[0] != n:
-            raise _bad(f"{where} has {inp.shape[0]} rows but the first input has {n}.", "inputs", k)
+            raise _bad(
+                f"{_input(inp.name)} has {inp.shape[0]} rows but the first input has {n}.",
+                "inputs",
+                k,
+            )
         if item.numeric[j] and inp.datatype not in NUMERIC_DTYPES:
             raise _bad(
-                f"{where}: feature {_quote(inp.name)} is numeric; its datatype must be "
+                f"{_input(inp.name)}: feature {_quote(inp.name)} is numeric; its datatype must be "
                 f"FP32, FP64 or an integer type, got {_quote(inp.datatype)}.",
                 "inputs",
                 k,
             )
         if not item.numeric[j] and inp.datatype != "BYTES":
             raise _bad(
-                f"{where}: feature {_quote(inp.name)} is categorical; its datatype must be "
-                f"BYTES, got {_quote(inp.datatype)}.",
+                f"{_input(inp.name)}: feature {_quote(inp.name)} is categorical; its datatype "
+                f"must be BYTES, got {_quote(inp.datatype)}.",
                 "inputs",
                 k,
             )
@@ -369,7 +388,7 @@ def decode_infer(item: prediction.Loaded, raw: bytes, header_length: str | None)
         raise _bad(f"{where}: {first['msg'][:200]}.") from None
     values, offset = [], 0
     for k, inp in enumerate(request.inputs):
-        column, offset = _values(inp, binary, offset, f"input {_quote(inp.name)} (inputs[{k}])")
+        column, offset = _values(inp, binary, offset, k)
         values.append(column)
     if offset != len(binary):
         raise _bad(
