@@ -424,8 +424,9 @@ def encode_infer(
     predictions = result["predictions"]
     n = len(predictions)
     arrays: dict[str, tuple[str, list[int], Any]] = {}
-    if _is_classifier(item):
-        datatype = _label_datatype(item.model.classes)
+    classes = item.model.classes
+    if classes is not None:
+        datatype = _label_datatype(classes)
         labels = (
             predictions if datatype == "BYTES" else np.asarray(predictions, dtype=DTYPES[datatype])
         )
