@@ -62,6 +62,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+MLFLOW_PORT = 5000  # the default port of `mlflow models serve`
+
+
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    """Serve one stored model with MLflow's scoring protocol (/invocations, /ping, /version)."""
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.core.db import get_sessionmaker
+    from app.core.errors import RegulaError
+
+    if args.database_url:
+        settings.database_url = args.database_url
+    host = args.host or settings.host
+    from app.serving.mlflow import create_model_app
+    from app.serving.service import load_any
+
+    try:
+        with get_sessionmaker(settings.database_url)() as session:
+            item = load_any(session=session, model_id=args.model_id)
+    except RegulaError as exc:
+        print(f"regula serve-model: {exc.msg}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(
+            f"regula serve-model: cannot read the database ({exc.__class__.__name__}); is "
+            "--database-url right and migrated (`regula migrate`)?",
+            file=sys.stderr,
+        )
+        return 2
+    from app.core import logs
+
+    logs.configure()
+    print(
+        f"serving model {item.id} ({len(item.required)} of {len(item.names)} features read) at "
+        f"http://{host}:{args.port}/invocations",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_model_app(item),
+        host=host,
+        port=args.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def add_serve_model_command(commands: Any) -> None:
+    """``regula serve-model MODEL_ID``: ``mlflow models serve`` for one Regula model."""
+    serve_model = commands.add_parser(
+        "serve-model",
+        help="serve one model with MLflow's scoring protocol (like `mlflow models serve`)",
+        description="Loads MODEL_ID from the database and answers POST /invocations "
+        "(dataframe_split, dataframe_records, instances, inputs or text/csv), GET /ping, "
+        "/health and /version. No API key is asked: whoever reaches the port may score the "
+        "model. Exit status 2 if the model is missing or unreadable.",
+    )
+    serve_model.add_argument("model_id", metavar="MODEL_ID", help="the model's id")
+    serve_model.add_argument(
+        "--port", type=int, default=MLFLOW_PORT, help=f"bind port (default {MLFLOW_PORT})"
+    )
+    serve_model.add_argument("--host", help=f"bind address (default {settings.host})")
+    serve_model.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")
+    serve_model.set_defaults(func=cmd_serve_model)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database schema to the newest revision."""
     if args.database_url:
@@ -428,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")
     serve.add_argument("--data-dir", help="folder for dataset files (default REGULA_DATA_DIR)")
     serve.set_defaults(func=cmd_serve)
+    add_serve_model_command(commands)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.add_argument("--database-url", help="SQLAlchemy URL (default REGULA_DATABASE_URL)")

@@ -12,12 +12,15 @@ from app.core.auth import document_auth
 from app.core.config import settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
+from app.core.metrics import MetricsMiddleware
+from app.core.metrics import router as metrics
 from app.datasets import router as datasets
 from app.health import router as health
 from app.jobs import router as jobs
 from app.models import plots_router
 from app.models import router as models
 from app.paths import router as paths
+from app.serving import mlflow, oip
 
 log = logging.getLogger("regula")
 
@@ -30,6 +33,10 @@ OPENAPI_TAGS = [
     {"name": "jobs", "description": "Train: submit a spec, follow its history and events, cancel."},
     {"name": "models", "description": "Predict, sparsity (what L1 switched off), export, plots."},
     {"name": "health", "description": "Liveness and readiness."},
+    {
+        "name": "inference protocol v2",
+        "description": "KServe / Triton's Open Inference Protocol (REST), binary tensors included.",
+    },
 ]
 
 
@@ -72,8 +79,10 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (models, plots_router, datasets, jobs, paths, health):
+    for module in (models, mlflow, plots_router, datasets, jobs, paths, health, oip):
         app.include_router(module.router)
+    app.include_router(metrics)
+    app.add_middleware(MetricsMiddleware)
     document_auth(app)
     web.mount(app)
     return app

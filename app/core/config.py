@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     quota_retry_after_seconds: int = Field(default=30, ge=1, le=3600)
 
     auth_required: bool = False
+    # GET /metrics needs "Authorization: Bearer <this>" when set; no key at all when unset.
+    metrics_token: str | None = None
     log_level: str = "info"
 
     @field_validator("executor")

@@ -6,6 +6,10 @@ requests wait for it. A cache hit needs no database: each entry remembers its ow
 check is a string comparison. A model deleted while its load was in flight is never cached nor
 answered from (a tombstone is checked after the load and again before the answer).
 
+Predictions come from the pruned copy of the model (``engine.prune.prune``): a feature whose
+first-layer weights are all zero is not read, so a row may leave it out, and its value (an unseen
+category included) is ignored. The trained model stays alongside for sparsity, weights and export.
+
 Labels, probabilities and every value check (numbers, finiteness, categories) are the engine's
 (``engine.Model.predict_with_proba``); its ``InputError`` becomes ``loc = ["body", "rows", row,
 feature]``. The adapter below only refuses what JSON can say but the engine would take silently
@@ -20,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,7 +36,8 @@ from app.core.config import settings
 from app.core.errors import InvalidInput, PayloadTooLarge
 from app.core.ownership import owned
 from app.models.orm import Model, weights_checksum
-from app.models.service import MAX_ID_LENGTH, corrupt, not_found
+from app.models.service import MAX_ID_LENGTH, ModelCorrupt, corrupt, not_found
+from engine.prune import prune
 
 # More than this many bad values in one request: the rest are summarised in one last entry.
 MAX_REPORTED = 50
@@ -50,7 +56,13 @@ MAX_TOMBSTONES = 10_000
 
 @dataclass(frozen=True)
 class Loaded:
-    """A cached, ready-to-predict model."""
+    """A cached, ready-to-predict model.
+
+    ``model`` predicts: the pruned copy of the trained model (the trained model itself when
+    pruning removes nothing). ``names``, ``numeric`` and ``index`` describe the trained model's
+    features (what a request may send, and the order of ``instances``); ``used`` lists the
+    positions in ``names`` of the features ``model`` reads.
+    """
 
     id: str
     owner_id: str | None
@@ -58,12 +70,28 @@ class Loaded:
     names: tuple[str, ...]
     numeric: tuple[bool, ...]  # per feature: numeric (True) or categorical (False)
     index: dict[str, int]  # feature name -> position
-    nbytes: int  # the model's arrays in memory (parameters and their gradient buffers)
-    n_weights: int  # parameters: the multiply-adds of a forward pass, per row
+    nbytes: int  # the models' arrays in memory (parameters and their gradient buffers)
+    n_weights: int  # parameters of ``model``: the multiply-adds of a forward pass, per row
+    full: engine.Model | None = None  # the trained model, when ``model`` is its pruned copy
+    used: tuple[int, ...] | None = None  # positions of the features ``model`` reads (None: all)
 
-    @property
+    @cached_property
+    def trained(self) -> engine.Model:
+        """The model as trained (all features): for sparsity, weights and export."""
+        return self.model if self.full is None else self.full
+
+    @cached_property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(range(len(self.names))) if self.used is None else self.used
+
+    @cached_property
+    def required(self) -> tuple[str, ...]:
+        """The features a prediction reads, in the trained model's order."""
+        return tuple(self.names[j] for j in self.positions)
+
+    @cached_property
     def all_numeric(self) -> bool:
-        return all(self.numeric)
+        return all(self.numeric[j] for j in self.positions)
 
 
 def model_nbytes(model: engine.Model) -> int:
@@ -93,12 +121,16 @@ class ModelCache:
         self._bytes = 0
         self._loading: dict[tuple[str, str | None], Future[Loaded]] = {}
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        # Lookups answered from the cache, and loads that had to read the model (GET /metrics).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, model_id: str) -> Loaded | None:
         with self._lock:
             item = self._items.get(model_id)
             if item is not None:
                 self._items.move_to_end(model_id)
+                self.hits += 1
             return item
 
     def _put(self, item: Loaded) -> None:
@@ -122,7 +154,9 @@ class ModelCache:
             item = self._items.get(model_id)
             if item is not None:
                 self._items.move_to_end(model_id)
+                self.hits += 1
                 return item
+            self.misses += 1
             future = self._loading.get(key)
             leader = future is None
             if future is None:
@@ -209,22 +243,38 @@ def _read(session: Session, model_id: str, owner_id: str | None) -> Loaded:
     if weights_checksum(weights) != checksum:
         raise corrupt(model_id)
     try:
-        model = engine.load(weights)
+        trained = engine.load(weights)
     except engine.ModelFormatError as exc:
         raise corrupt(model_id) from exc
     del weights, row
-    pre = model.preprocessor
-    names = tuple(model.feature_names)
+    return loaded(model_id, owner_id, trained)
+
+
+def _n_weights(model: engine.Model) -> int:
     params, _ = model.network.parameters()
+    return sum(int(p.size) for p in params)
+
+
+def loaded(model_id: str, owner_id: str | None, trained: engine.Model) -> Loaded:
+    """The cache entry of a trained model: its pruned copy predicts (module docstring)."""
+    names = tuple(trained.feature_names)
+    index = {name: j for j, name in enumerate(names)}
+    model = prune(trained)
+    full: engine.Model | None = trained
+    if _n_weights(model) == _n_weights(trained) and model.feature_names == trained.feature_names:
+        model, full = trained, None  # nothing to prune: one copy, predictions exactly as trained
+    nbytes = model_nbytes(model) + (0 if full is None else model_nbytes(full))
     return Loaded(
         id=model_id,
         owner_id=owner_id,
         model=model,
         names=names,
-        numeric=tuple(kind == "numeric" for kind in pre.kinds),
-        index={name: j for j, name in enumerate(names)},
-        nbytes=model_nbytes(model),
-        n_weights=sum(int(p.size) for p in params),
+        numeric=tuple(kind == "numeric" for kind in trained.preprocessor.kinds),
+        index=index,
+        nbytes=nbytes,
+        n_weights=_n_weights(model),
+        full=full,
+        used=None if full is None else tuple(index[name] for name in model.feature_names),
     )
 
 
@@ -239,6 +289,16 @@ def load(*, session: Session, model_id: str, owner_id: str | None) -> Loaded:
     if item.owner_id != owner_id:
         raise not_found(model_id)
     return item
+
+
+def required_features(*, session: Session, model_id: str, owner_id: str | None) -> list[str] | None:
+    """The features a prediction of the caller's model reads; None if its weights are corrupt
+    (the model's description stays readable)."""
+    try:
+        item = load(session=session, model_id=model_id, owner_id=owner_id)
+    except ModelCorrupt:
+        return None
+    return list(item.required)
 
 
 def cost(item: Loaded, n_rows: int) -> int:
@@ -341,11 +401,15 @@ def _column(values: list[Any], numeric: bool) -> np.ndarray:
 
 
 def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
-    """The batch as engine columns, after the JSON checks; PredictInvalid lists what fails them."""
+    """The batch as engine columns, after the JSON checks; PredictInvalid lists what fails them.
+
+    Only the features the model reads are checked and passed on; a row may omit the others.
+    """
     names, numeric, index = item.names, item.numeric, item.index
+    used, required = item.positions, item.required
     width = len(names)
     errors: list[dict[str, Any]] = []
-    columns: list[list[Any]] = [[] for _ in names]
+    columns: list[list[Any]] = [[] for _ in used]
     for i, entry in enumerate(batch):
         if len(errors) > MAX_REPORTED:
             break
@@ -360,7 +424,10 @@ def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
                     }
                 )
                 continue
-            if len(entry) != width or any(k not in index for k in entry):
+            # With as many keys as features and none unknown, every feature is there.
+            if any(k not in index for k in entry) or (
+                len(entry) != width and any(name not in entry for name in required)
+            ):
                 errors += [
                     {
                         "loc": ["body", "rows", i, _key_loc(k)],
@@ -377,11 +444,11 @@ def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
                         "msg": f"rows[{i}]: feature {name!r} is missing.",
                         "type": "missing_feature",
                     }
-                    for name in names
+                    for name in required
                     if name not in entry
                 ]
                 continue
-            values = [entry[name] for name in names]
+            values = [entry[name] for name in required]
         else:
             if len(entry) != width:
                 errors.append(
@@ -393,32 +460,45 @@ def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
                     }
                 )
                 continue
-            values = entry
-        for j, value in enumerate(values):
+            values = entry if item.used is None else [entry[j] for j in used]
+        for k, (j, value) in enumerate(zip(used, values, strict=True)):
             where = f"rows[{i}].{names[j]}" if key == "rows" else f"instances[{i}][{j}]"
             problem = _json_problem(value, numeric[j], f"{where} (feature {names[j]!r})")
             if problem is None:
-                columns[j].append(value)
+                columns[k].append(value)
             else:
                 loc = ["body", key, i, names[j] if key == "rows" else j]
                 errors.append({"loc": loc, "msg": problem[1], "type": problem[0]})
     if errors:
         raise PredictInvalid(errors, key)
-    return {name: _column(columns[j], numeric[j]) for j, name in enumerate(names)}
+    return {names[j]: _column(columns[k], numeric[j]) for k, j in enumerate(used)}
 
 
 def _engine_input(item: Loaded, key: str, batch: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
-    width = len(item.names)
-    if item.all_numeric and all(len(entry) == width for entry in batch):
+    """A float64 matrix of the used features when every value is a plain number, else columns."""
+    if item.all_numeric:
+        width, required = len(item.names), item.required
+        flat: list[Any] | None = None
         try:
             if key == "rows":
-                flat = [row[name] for row in batch for name in item.names]
-            else:
-                flat = batch[0] if len(batch) == 1 else [v for entry in batch for v in entry]
+                known = item.index.keys()
+                if (
+                    all(len(row) == width for row in batch)
+                    if item.used is None
+                    else all(row.keys() <= known for row in batch)
+                ):
+                    flat = [row[name] for row in batch for name in required]
+            elif all(len(entry) == width for entry in batch):
+                if item.used is not None:
+                    flat = [entry[j] for entry in batch for j in item.used]
+                elif len(batch) == 1:
+                    flat = batch[0]
+                else:
+                    flat = [v for entry in batch for v in entry]
         except KeyError:
             flat = None
         if flat is not None:
-            matrix = _matrix(flat, len(batch), width)
+            matrix = _matrix(flat, len(batch), len(required))
             if matrix is not None:
                 return matrix
     return _columns(item, key, batch)
@@ -537,9 +617,23 @@ def predict(
     }
 
 
+def to_onnx(item: Loaded) -> bytes:
+    """The pruned ONNX graph of a loaded model (``engine.onnx_export``); 422 if it cannot be."""
+    from engine.onnx_export import to_onnx as export
+
+    try:
+        return export(item.trained, pruned=True, name=f"regula-{item.id}")
+    except (ValueError, NotImplementedError) as exc:
+        raise InvalidInput(
+            f"This model cannot be exported to ONNX: {_short(str(exc))}",
+            loc=["query", "format"],
+            code="onnx_unsupported",
+        ) from exc
+
+
 def sparsity(item: Loaded, tolerance: float) -> dict[str, Any]:
     """The engine's sparsity statistics of a loaded model."""
-    return engine.sparsity(item.model, tolerance=tolerance)
+    return engine.sparsity(item.trained, tolerance=tolerance)
 
 
 # The weights endpoint's size limit (values in one response).
@@ -548,7 +642,7 @@ MAX_WEIGHT_VALUES = 250_000
 
 def layer_weights(item: Loaded, layer: int) -> dict[str, Any]:
     """One dense layer's ``W (D, M)``, with the encoded feature names of its rows (first layer)."""
-    dense = item.model.network.dense_layers
+    dense = item.trained.network.dense_layers
     if not 0 <= layer < len(dense):
         raise InvalidInput(
             f"layer must be between 0 and {len(dense) - 1}: the model has {len(dense)} dense "
@@ -569,7 +663,7 @@ def layer_weights(item: Loaded, layer: int) -> dict[str, Any]:
         "layer": name,
         "shape": [int(W.shape[0]), int(W.shape[1])],
         "values": np.ascontiguousarray(W, dtype=np.float64),
-        "row_names": list(item.model.preprocessor.encoded_names) if layer == 0 else None,
+        "row_names": list(item.trained.preprocessor.encoded_names) if layer == 0 else None,
     }
 
 
@@ -585,8 +679,11 @@ __all__ = [
     "evict",
     "layer_weights",
     "load",
+    "loaded",
     "max_servable_bytes",
     "model_nbytes",
     "predict",
+    "required_features",
     "sparsity",
+    "to_onnx",
 ]

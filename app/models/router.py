@@ -1,6 +1,6 @@
 """/models endpoints: read, delete, predict, sparsity statistics, weights, export."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response, status
@@ -185,9 +185,10 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelRead, summary="Get a model", responses=NOT_FOUND)
 def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
-    """Spec, metrics, feature names and classes of one model."""
+    """Spec, metrics, feature names, the features a prediction reads, and classes of one model."""
     model = service.get(session=session, model_id=model_id, owner_id=owner)
-    return ModelRead.model_validate(service.read(model))
+    required = prediction.required_features(session=session, model_id=model_id, owner_id=owner)
+    return ModelRead.model_validate({**service.read(model), "required_features": required})
 
 
 @router.delete(
@@ -247,21 +248,35 @@ def model_weights(
 
 @router.get(
     "/{model_id}/export",
-    summary="Download the model (npz)",
+    summary="Download the model (npz or ONNX)",
     response_class=Response,
     responses={
         **ERRORS,
         200: {
             "content": {"application/octet-stream": {}},
-            "description": "The npz bytes; load them with engine.load(data).",
+            "description": "npz: the bytes engine.load(data) reads. onnx: an ONNX model with "
+            "one [N, 1] input per required feature (float for numbers, string for "
+            "categories), outputs `label` and `probabilities` (or `scores`, or `variable` "
+            "for regression).",
         },
     },
 )
-def export_model(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
-    """The model's weights, preprocessing and spec as npz bytes, loadable by engine.load."""
-    weights = service.get_weights(session=session, model_id=model_id, owner_id=owner)
+def export_model(
+    model_id: str,
+    session: SessionDep,
+    owner: OwnerDep,
+    format: Annotated[
+        Literal["npz", "onnx"], Query(description="npz (engine.load) or onnx (ONNX Runtime).")
+    ] = "npz",
+) -> Response:
+    """The model as npz bytes (weights, preprocessing, spec) or as a pruned ONNX graph."""
+    if format == "onnx":
+        item = prediction.load(session=session, model_id=model_id, owner_id=owner)
+        content = prediction.to_onnx(item)
+    else:
+        content = service.get_weights(session=session, model_id=model_id, owner_id=owner)
     return Response(
-        content=weights,
+        content=content,
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="model-{model_id}.npz"'},
+        headers={"Content-Disposition": f'attachment; filename="model-{model_id}.{format}"'},
     )

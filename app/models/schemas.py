@@ -19,6 +19,12 @@ class ModelRead(BaseModel):
     target: str
     loss: str
     feature_names: list[str] = Field(description="Raw input columns, in order (for 'instances').")
+    required_features: list[str] | None = Field(
+        default=None,
+        description="The features a prediction reads (the others' first-layer weights are all "
+        "zero): rows may leave the rest out, and their values are ignored. Given by "
+        "GET /models/{id}; null in lists.",
+    )
     classes: list[Any] | None = Field(description="Class labels (classification), else null.")
     spec: dict[str, Any]
     metrics: dict[str, Any]

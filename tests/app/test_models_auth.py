@@ -42,10 +42,18 @@ def test_every_keyed_operation_documents_the_key_and_its_401(client: TestClient)
     for name, operation in keyed.items():
         assert operation["security"] == [{"APIKey": []}], name
         assert "401" in operation["responses"], name
-    # The probes take no key and promise no 401.
-    for name in ("GET /healthz", "GET /readyz"):
+    # The probes (ours and the inference protocol's) take no key and promise no 401.
+    probes = {
+        "GET /healthz",
+        "GET /readyz",
+        "GET /v2",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
+    }
+    for name in probes:
         assert name not in keyed and "401" not in operations[name]["responses"]
-    assert len(keyed) == len(operations) - 2, sorted(set(operations) - set(keyed))
+    # /metrics takes REGULA_METRICS_TOKEN (when set), never an API key.
+    assert set(operations) - set(keyed) == {*probes, "GET /metrics"}
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
