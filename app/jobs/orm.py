@@ -88,3 +88,9 @@ class EpochRecord(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="epochs")
+
+
+# Job.model names the Model class: importing it with Job keeps the mappers configurable in a
+# process that imports only the jobs domain (a worker's claim). Model imports Job, so this stays
+# at the bottom, after Job is defined.
+from app.models import orm as _models_orm  # noqa: E402,F401

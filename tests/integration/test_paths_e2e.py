@@ -42,7 +42,7 @@ def test_search_splits_run_on_both_workers(regula_server: ServerFactory) -> None
             "model": {"hidden_layers": []},
             "optimizer": {"name": "fista"},
             "epochs": 200,
-            "search": {"num": NUM, "folds": FOLDS},
+            "search": {"num": NUM, "folds": FOLDS, "select": "min"},
         }
         submitted = client.post("/jobs", json=spec)
         assert submitted.status_code == 202, submitted.text

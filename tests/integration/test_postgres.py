@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-TABLES = {"api_keys", "datasets", "jobs", "models", "epoch_records"}
+TABLES = {"api_keys", "datasets", "jobs", "models", "epoch_records", "path_points", "path_results"}
 
 
 def _pg_admin_engine() -> Engine:
@@ -179,7 +179,7 @@ def _queued_jobs(url: str, count: int) -> list[str]:
 
 
 def _claim_in_thread(url: str, job_ids: list[str], contenders: int) -> dict[str, list[int]]:
-    from app.jobs.body import claim
+    from app.jobs.state import claim
 
     engine = make_engine(url, pool_size=contenders, max_overflow=0)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
@@ -192,7 +192,7 @@ def _claim_in_thread(url: str, job_ids: list[str], contenders: int) -> dict[str,
         def contend(job_id: str = job_id, barrier: threading.Barrier = barrier) -> None:
             try:
                 barrier.wait(timeout=30)
-                attempt = claim(sessions, job_id)
+                attempt = claim(sessions, job_id, "test:1")
             except BaseException as exc:  # surfaced below; a thread must not swallow it
                 errors.append(exc)
                 return
@@ -211,14 +211,15 @@ def _claim_in_thread(url: str, job_ids: list[str], contenders: int) -> dict[str,
 
 
 def _claim_in_process(url: str, job_id: str, barrier: Any, results: Any) -> None:
-    from app.jobs.body import claim
+    from app.jobs.body import worker_name
+    from app.jobs.state import claim
 
     engine = make_engine(url)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
     with sessions() as session:  # connect before the barrier so the UPDATEs really overlap
         session.execute(text("SELECT 1"))
     barrier.wait(timeout=60)
-    results.put((os.getpid(), claim(sessions, job_id)))
+    results.put((os.getpid(), claim(sessions, job_id, worker_name())))
     engine.dispose()
 
 
@@ -277,15 +278,15 @@ def test_concurrent_claims_from_processes_run_a_job_once(any_url: str) -> None:
 
 
 def test_a_claimed_job_cannot_be_claimed_again(any_url: str) -> None:
-    from app.jobs.body import claim
+    from app.jobs.state import claim
 
     migrate.upgrade(any_url)
     (job_id,) = _queued_jobs(any_url, 1)
     engine = make_engine(any_url)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
     try:
-        assert claim(sessions, job_id) == 1
-        assert claim(sessions, job_id) is None
-        assert claim(sessions, uuid.uuid4().hex) is None  # no such job
+        assert claim(sessions, job_id, "test:1") == 1
+        assert claim(sessions, job_id, "test:1") is None
+        assert claim(sessions, uuid.uuid4().hex, "test:1") is None  # no such job
     finally:
         engine.dispose()
