@@ -44,3 +44,25 @@ class JSONBodyRoute(APIRoute):
                 ) from exc
 
         return route_handler
+
+
+def inline_schema(model: Any) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined, for an ``openapi_extra`` request body.
+
+    A schema placed in ``openapi_extra`` is copied into the OpenAPI document as is, where local
+    ``#/$defs/...`` references point nowhere (ReDoc fails to render on them).
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return dict(resolve(schema))

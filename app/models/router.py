@@ -13,7 +13,7 @@ from app.core.auth import OwnerDep, sessions_for
 from app.core.config import settings
 from app.core.deps import SessionDep
 from app.core.errors import PayloadTooLarge
-from app.core.routing import MAX_OFFSET, JSONBodyRoute
+from app.core.routing import MAX_OFFSET, JSONBodyRoute, inline_schema
 from app.models import prediction, service
 from app.models.schemas import (
     PREDICT_EXAMPLES,
@@ -137,7 +137,7 @@ async def read_predict_body(request: Request) -> PredictRequest:
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": PredictRequest.model_json_schema(),
+                    "schema": inline_schema(PredictRequest),
                     "examples": PREDICT_EXAMPLES,
                 }
             },

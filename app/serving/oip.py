@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from app.core.auth import OwnerDep, sessions_for
 from app.core.config import settings
+from app.core.routing import inline_schema
 from app.models.router import INLINE_PARSE_BYTES, NumpyJSONResponse, _read_capped
 from app.serving import service
 from app.serving.routing import protocol_route
@@ -113,7 +114,7 @@ async def model_ready(model_id: str, request: Request, owner: OwnerDep) -> dict[
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": InferRequest.model_json_schema()},
+                "application/json": {"schema": inline_schema(InferRequest)},
                 "application/octet-stream": {
                     "schema": {"type": "string", "format": "binary"},
                 },
