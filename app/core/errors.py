@@ -48,6 +48,49 @@ class InvalidInput(RegulaError):
     code = "invalid"
 
 
+# At most this many entries in one error list, plus one summary entry: a request with 300,000
+# bad values gets a short answer.
+MAX_ERRORS = 50
+
+
+class InvalidInputs(InvalidInput):
+    """Several problems reported together (every failing field, row or file), at most MAX_ERRORS.
+
+    ``errors`` are ``{"loc", "msg", "type"}`` entries; past MAX_ERRORS one summary entry at
+    ``summary_loc`` says how many more there were (``total``, when the caller counted them).
+    """
+
+    def __init__(
+        self,
+        errors: Sequence[dict[str, Any]],
+        *,
+        code: str | None = None,
+        total: int | None = None,
+        summary_loc: Sequence[str | int] = ("body",),
+    ) -> None:
+        shown = list(errors[:MAX_ERRORS])
+        if total is not None and total > MAX_ERRORS:
+            more = f"... and {total - MAX_ERRORS} more problem(s) of the same kind"
+        elif len(errors) > MAX_ERRORS:
+            more = "More problems"
+        else:
+            more = ""
+        if more:
+            shown.append(
+                {
+                    "loc": list(summary_loc),
+                    "msg": f"{more} are not listed: only the first {MAX_ERRORS} are reported.",
+                    "type": "too_many_errors",
+                }
+            )
+        first = shown[0]
+        super().__init__(first["msg"], loc=first["loc"], code=code or first["type"])
+        self.errors = shown
+
+    def detail(self) -> list[dict[str, Any]]:
+        return self.errors
+
+
 class PayloadTooLarge(RegulaError):
     status_code = 413
     code = "too_large"

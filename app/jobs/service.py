@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 import engine
 import engine.footprint
 from app.core.config import settings
-from app.core.errors import Conflict, InvalidInput, NotFound, TooManyJobs
+from app.core.errors import Conflict, InvalidInputs, NotFound, TooManyJobs
 from app.core.ownership import owned
 from app.datasets.orm import Dataset
 from app.jobs import state
@@ -28,17 +28,6 @@ from app.models import prediction
 log = logging.getLogger("regula.jobs")
 
 
-class SpecInvalid(InvalidInput):
-    """A spec that fails one or more checks; every failing field is listed in ``detail``."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(errors[0]["msg"], loc=errors[0]["loc"], code=errors[0]["type"])
-        self.errors = errors
-
-    def detail(self) -> list[dict[str, Any]]:
-        return self.errors
-
-
 def _err(loc: list[str | int], msg: str, code: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": code}
 
@@ -47,7 +36,7 @@ def _dataset_for_spec(*, session: Session, dataset_id: str, owner_id: str | None
     stmt = owned(select(Dataset).where(Dataset.id == dataset_id), Dataset.owner_id, owner_id)
     dataset = session.scalar(stmt)
     if dataset is None:
-        raise SpecInvalid(
+        raise InvalidInputs(
             [
                 _err(
                     ["dataset_id"],
@@ -368,7 +357,7 @@ def validate(
     try:
         normalized = engine.normalize_spec(spec_in.engine_spec())
     except engine.SpecError as exc:
-        raise SpecInvalid([_err(list(exc.loc), exc.msg, exc.code)]) from exc
+        raise InvalidInputs([_err(list(exc.loc), exc.msg, exc.code)]) from exc
     dataset = _dataset_for_spec(session=session, dataset_id=spec_in.dataset_id, owner_id=owner_id)
     features, errors = _check_columns(spec_in, normalized, dataset)
     shape_errors = _check_shapes(normalized, dataset, features)
@@ -376,7 +365,7 @@ def validate(
     if not shape_errors:  # the footprint needs a network that can be built
         errors += _check_limits(normalized, dataset, features, spec_in.target)
     if errors:
-        raise SpecInvalid(errors)
+        raise InvalidInputs(errors)
     stored = {"dataset_id": dataset.id, "target": spec_in.target, "features": features}
     return dataset, {**stored, **normalized}
 

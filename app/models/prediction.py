@@ -33,14 +33,12 @@ from sqlalchemy.orm import Session
 
 import engine
 from app.core.config import settings
-from app.core.errors import InvalidInput, PayloadTooLarge
+from app.core.errors import MAX_ERRORS, InvalidInput, InvalidInputs, PayloadTooLarge
 from app.core.ownership import owned
 from app.models.orm import Model, weights_checksum
 from app.models.service import MAX_ID_LENGTH, ModelCorrupt, corrupt, not_found
 from engine.prune import prune
 
-# More than this many bad values in one request: the rest are summarised in one last entry.
-MAX_REPORTED = 50
 # A row may carry this many keys beyond the model's features before it is refused whole.
 KEY_MARGIN = 16
 # Longest text of a user's value or key quoted in an error.
@@ -309,27 +307,6 @@ def cost(item: Loaded, n_rows: int) -> int:
 # --- errors ---------------------------------------------------------------------------------------
 
 
-class PredictInvalid(InvalidInput):
-    """Bad prediction input; lists the bad values found (up to MAX_REPORTED, then a summary)."""
-
-    def __init__(self, errors: list[dict[str, Any]], key: str) -> None:
-        if len(errors) > MAX_REPORTED:
-            errors = [
-                *errors[:MAX_REPORTED],
-                {
-                    "loc": ["body", key],
-                    "msg": f"More problems in {key} are not listed: only the first "
-                    f"{MAX_REPORTED} are reported.",
-                    "type": "too_many_errors",
-                },
-            ]
-        super().__init__(errors[0]["msg"], loc=errors[0]["loc"], code=errors[0]["type"])
-        self.errors = errors
-
-    def detail(self) -> list[dict[str, Any]]:
-        return self.errors
-
-
 def _quote(value: Any) -> str:
     text = repr(value if not isinstance(value, str) else value[: MAX_QUOTED + 1])
     return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
@@ -401,7 +378,7 @@ def _column(values: list[Any], numeric: bool) -> np.ndarray:
 
 
 def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
-    """The batch as engine columns, after the JSON checks; PredictInvalid lists what fails them.
+    """The batch as engine columns, after the JSON checks; InvalidInputs lists what fails them.
 
     Only the features the model reads are checked and passed on; a row may omit the others.
     """
@@ -411,7 +388,7 @@ def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
     errors: list[dict[str, Any]] = []
     columns: list[list[Any]] = [[] for _ in used]
     for i, entry in enumerate(batch):
-        if len(errors) > MAX_REPORTED:
+        if len(errors) > MAX_ERRORS:
             break
         if key == "rows":
             if len(entry) > width + KEY_MARGIN:
@@ -470,7 +447,7 @@ def _columns(item: Loaded, key: str, batch: list[Any]) -> dict[str, np.ndarray]:
                 loc = ["body", key, i, names[j] if key == "rows" else j]
                 errors.append({"loc": loc, "msg": problem[1], "type": problem[0]})
     if errors:
-        raise PredictInvalid(errors, key)
+        raise InvalidInputs(errors, summary_loc=["body", key])
     return {names[j]: _column(columns[k], numeric[j]) for k, j in enumerate(used)}
 
 
@@ -548,7 +525,7 @@ def _non_finite_rows(key: str, values: np.ndarray) -> None:
     if finite.all():
         return
     bad = ~finite.reshape(len(values), -1).all(axis=1)
-    raise PredictInvalid(
+    raise InvalidInputs(
         [
             {
                 "loc": ["body", key, int(row)],
@@ -556,9 +533,9 @@ def _non_finite_rows(key: str, values: np.ndarray) -> None:
                 "values are too far outside the training range.",
                 "type": "non_finite_output",
             }
-            for row in np.flatnonzero(bad)[: MAX_REPORTED + 1]
+            for row in np.flatnonzero(bad)[: MAX_ERRORS + 1]
         ],
-        key,
+        summary_loc=["body", key],
     )
 
 
@@ -670,7 +647,6 @@ def layer_weights(item: Loaded, layer: int) -> dict[str, Any]:
 __all__ = [
     "Loaded",
     "ModelCache",
-    "PredictInvalid",
     "batch_size",
     "cache",
     "cached",

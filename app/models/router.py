@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from app.core.auth import OwnerDep, sessions_for
 from app.core.config import settings
 from app.core.deps import SessionDep
-from app.core.errors import PayloadTooLarge
+from app.core.errors import MAX_ERRORS, PayloadTooLarge
 from app.core.routing import MAX_OFFSET, JSONBodyRoute, inline_schema
 from app.models import prediction, service
 from app.models.schemas import (
@@ -71,7 +71,7 @@ def _parse(raw: bytes) -> PredictRequest:
         return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         errors = []
-        for error in exc.errors(include_url=False, include_input=False)[: prediction.MAX_REPORTED]:
+        for error in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]:
             if error["type"] == "model_type":  # valid JSON, but not an object
                 errors.append(NOT_AN_OBJECT)
                 continue

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from app.core.config import settings
 from app.core.db import get_sessionmaker
+from app.core.errors import MAX_ERRORS
 from app.datasets import service
-from app.datasets.errors import MAX_ERRORS
 from app.datasets.orm import Dataset
 
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
-from app.core.errors import PayloadTooLarge
+from app.core.errors import InvalidInputs, PayloadTooLarge
 from app.models import prediction
 from tests.app.test_models import ROWS, _model
 
@@ -114,7 +114,7 @@ def test_output_check_flags_only_non_finite_rows() -> None:
     regression = prediction.predict(_fake([1e308, 1e308], None), rows=None, instances=[[1], [2]])
     assert regression["predictions"].tolist() == [1e308, 1e308]
     for bad in (math.inf, math.nan):
-        with pytest.raises(prediction.PredictInvalid) as caught:
+        with pytest.raises(InvalidInputs) as caught:
             prediction.predict(_fake([1.0, bad], None), rows=None, instances=[[1.0], [2.0]])
         assert [e["loc"] for e in caught.value.errors] == [["body", "instances", 1]]
         assert caught.value.errors[0]["type"] == "non_finite_output"

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import InvalidInput, PayloadTooLarge
-from app.datasets.errors import MAX_ERRORS, InvalidInputs, clip
+from app.core.errors import MAX_ERRORS, InvalidInput, InvalidInputs, PayloadTooLarge
+from app.datasets.errors import clip
 from app.datasets.ingest.archive import Limits, invalid, read_member
 from app.datasets.ingest.common import FILE_LOC, Ingested, megabytes
 from app.datasets.ingest.profile import image_summary, label_summary
@@ -141,7 +141,9 @@ def from_folders(
                 clip(info.filename),
             )
     if problems:
-        raise InvalidInputs(problems, code="corrupt_image", total=found[0])
+        raise InvalidInputs(
+            problems, code="corrupt_image", total=found[0], summary_loc=["body", "file"]
+        )
     known = [(m, hd) for m, hd in zip(members, headers, strict=True) if hd is not None]
     if size is None:
         (_, first), (h0, w0, _) = known[0]
@@ -184,7 +186,9 @@ def from_folders(
         pixels = np.asarray(img, dtype=np.uint8)
         x[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     if problems:
-        raise InvalidInputs(problems, code="corrupt_image", total=found[0])
+        raise InvalidInputs(
+            problems, code="corrupt_image", total=found[0], summary_loc=["body", "file"]
+        )
     x.flush()
     labels = [cls for cls, _ in members]
     y = np.array(labels, dtype=f"<U{max(len(c) for c in labels)}")
