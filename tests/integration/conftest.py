@@ -180,3 +180,30 @@ def wait_for_job(
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} still {job.get('status')!r} after {timeout} s: {job}")
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegulaServer]:
+    """One embedded-default server shared by a module's tests, stopped after the module."""
+    server = RegulaServer(tmp_path_factory.mktemp("regula-module"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def breast_cancer_csv() -> str:
+    """scikit-learn's breast_cancer table as CSV text: 30 numeric features and a 0/1 ``label``."""
+    import csv
+    import io
+
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*(str(n) for n in data.feature_names), "label"])
+    for row, label in zip(data.data, data.target, strict=True):
+        writer.writerow([*(f"{v:.6g}" for v in row), int(label)])
+    return out.getvalue()

@@ -8,7 +8,6 @@ server's message on a 4xx, and with a clear line when no server answers.
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,9 @@ from tests.integration.conftest import ROOT, RegulaServer, free_port
 pytestmark = pytest.mark.integration
 
 
-# The worker processes must know every table the job body writes (models.owner_id references
-# api_keys); until the body imports app.tables itself, each worker preloads it.
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegulaServer]:
-    srv = RegulaServer(tmp_path_factory.mktemp("cli"))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(module_server: RegulaServer) -> RegulaServer:
+    return module_server
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,8 @@ EPOCHS = 50
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegulaServer]:
-    srv = RegulaServer(tmp_path_factory.mktemp("events"))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(module_server: RegulaServer) -> RegulaServer:
+    return module_server
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,8 @@ def dataset_id(server: RegulaServer) -> str:
 
 
 def submit(server: RegulaServer, dataset_id: str) -> str:
-    """A 50-epoch job of a few seconds (small batches through a hidden layer)."""
+    """A 50-epoch job of several seconds (small batches through a hidden layer): long enough that
+    every subscriber is connected while it runs."""
     spec = {
         "dataset_id": dataset_id,
         "target": "y",
@@ -56,7 +52,7 @@ def submit(server: RegulaServer, dataset_id: str) -> str:
         "regularization": {"l1": 0.001},
         "optimizer": {"name": "adam", "learning_rate": 0.001},
         "epochs": EPOCHS,
-        "batch_size": 16,
+        "batch_size": 4,
         "validation_split": 0.2,
     }
     with server.client() as client:

@@ -1,8 +1,6 @@
 """``regula serve-model MODEL_ID`` as ``mlflow models serve`` answers, checked with MLflow's own
 scoring client (mlflow-skinny) against the process, next to /predict of ``regula serve``."""
 
-import csv
-import io
 import os
 import signal
 import subprocess
@@ -15,7 +13,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from tests.integration.conftest import ROOT, RegulaServer, free_port, wait_for_job
+from tests.integration.conftest import (
+    ROOT,
+    RegulaServer,
+    breast_cancer_csv,
+    free_port,
+    wait_for_job,
+)
 from tests.integration.test_tritonclient import SPEC
 
 pd = pytest.importorskip("pandas")
@@ -28,16 +32,12 @@ pytestmark = pytest.mark.integration
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data = load_breast_cancer()
     names = [str(n) for n in data.feature_names]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([*names, "label"])
-    for row, label in zip(data.data, data.target, strict=True):
-        writer.writerow([*(f"{v:.6g}" for v in row), int(label)])
+    table = breast_cancer_csv()
     server = RegulaServer(tmp_path_factory.mktemp("serve-model"))
     server.start()
     try:
         with server.client() as client:
-            r = client.post("/datasets", files={"file": ("c.csv", out.getvalue(), "text/csv")})
+            r = client.post("/datasets", files={"file": ("c.csv", table, "text/csv")})
             r = client.post("/jobs", json={**SPEC, "dataset_id": r.json()["id"]})
             job = wait_for_job(client, r.json()["id"])
             assert job["status"] == "succeeded", job

@@ -2,8 +2,6 @@
 metadata and infer (per-feature tensors and one ``input`` matrix, JSON and binary tensor data)
 give the probabilities /models/{id}/predict gives."""
 
-import csv
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from tests.integration.conftest import RegulaServer, wait_for_job
+from tests.integration.conftest import RegulaServer, breast_cancer_csv, wait_for_job
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -35,16 +33,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """A server with an L1 logistic regression on breast_cancer (most features dropped)."""
     data = load_breast_cancer()
     names = [str(n) for n in data.feature_names]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([*names, "label"])
-    for row, label in zip(data.data, data.target, strict=True):
-        writer.writerow([*(f"{v:.6g}" for v in row), int(label)])
+    table = breast_cancer_csv()
     server = RegulaServer(tmp_path_factory.mktemp("triton"))
     server.start()
     try:
         with server.client() as client:
-            r = client.post("/datasets", files={"file": ("c.csv", out.getvalue(), "text/csv")})
+            r = client.post("/datasets", files={"file": ("c.csv", table, "text/csv")})
             assert r.status_code == 201, r.text
             r = client.post("/jobs", json={**SPEC, "dataset_id": r.json()["id"]})
             assert r.status_code == 202, r.text
