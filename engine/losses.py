@@ -54,9 +54,10 @@ def huber(
     """Huber loss with threshold ``delta = huber_delta``, mean over the batch.
 
     ``l(r) = r^2 / 2`` if ``|r| <= delta`` else ``delta (|r| - delta / 2)`` with ``r = s - y``;
-    ``dscores = clip(r, -delta, delta) / N``.
+    ``dscores = clip(r, -delta, delta) / N``. A ``delta`` beyond the scores' dtype (1e308 in
+    float32) is that dtype's largest value: no residual exceeds either, and ``inf * 0`` is NaN.
     """
-    delta = float(huber_delta)
+    delta = min(float(huber_delta), float(np.finfo(scores.dtype).max))
     N = scores.shape[0]
     r = scores[:, 0] - y
     a = np.abs(r)

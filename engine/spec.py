@@ -50,6 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from engine.errors import SpecError
 from engine.initializers import INITIALIZERS as _INITIALIZERS
 from engine.layers import ACTIVATIONS as _ACTIVATIONS
@@ -936,6 +938,7 @@ def parse(spec: Mapping[str, Any] | Spec | None) -> Spec:
     )
     if out.optimizer.name == "fista":
         _check_fista(out)
+    _check_precision(out)
     return out
 
 
@@ -947,6 +950,21 @@ def normalize_spec(spec: Mapping[str, Any] | Spec | None) -> dict[str, Any]:
 def default_spec() -> dict[str, Any]:
     """Return the normalized default spec (a softmax-cross-entropy MLP classifier)."""
     return normalize_spec({})
+
+
+def _check_precision(spec: Spec) -> None:
+    """An optimizer ``eps`` below the dtype's smallest normal number rounds to 0 (or to a
+    subnormal) in training, and the update divides by zero on every weight whose gradient is 0
+    (0 / 0 = NaN): refuse it here rather than let the run "diverge" and blame the step size."""
+    eps = spec.optimizer.eps
+    tiny = float(np.finfo(spec.dtype).tiny)
+    if eps is not None and eps < tiny:
+        raise SpecError(
+            ("optimizer", "eps"),
+            f"optimizer.eps {eps:.3g} is below the smallest normal {spec.dtype} number "
+            f"({tiny:.3g}): training would divide by (nearly) zero; use at least {tiny:.3g}.",
+            "out_of_range",
+        )
 
 
 def _check_fista(spec: Spec) -> None:

@@ -113,6 +113,12 @@ CASES = [
     Case("epochs-string", {"epochs": "many"}, ["body", "epochs"], "int_parsing"),
     # the engine's rules
     Case(
+        "eps-below-float32",
+        {"optimizer": {"name": "adam", "eps": 5e-324}},
+        ["body", "optimizer", "eps"],
+        "out_of_range",
+    ),
+    Case(
         "hidden-zero",
         {"model": {"hidden_layers": [0]}},
         ["body", "model", "hidden_layers", 0],

@@ -181,3 +181,21 @@ def test_curvature_bounds_the_gradient_lipschitz_constant_and_is_attained(name):
         ratios.append(np.linalg.norm(g1 - g2) / np.linalg.norm(s1 - s2) * N)
     assert max(ratios) <= c * (1 + 1e-6)
     assert max(ratios) >= 0.9 * c
+
+
+def test_huber_with_a_delta_beyond_float32_trains_as_with_any_delta_above_every_residual():
+    # regression: huber_delta=1e308 is inf in float32, inf * 0 = NaN, and the run "diverged"
+    # blaming the learning rate; every residual is below it, so it is half the squared error
+    import engine
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.standard_normal(200)
+    runs = [
+        engine.fit(
+            {"loss": "huber", "loss_params": {"huber_delta": d}, "epochs": 5, "seed": 1}, X, y
+        ).history
+        for d in (1e308, 1e30)
+    ]
+    assert all(math.isfinite(r["loss"]) for r in runs[0])
+    assert [r["loss"] for r in runs[0]] == [r["loss"] for r in runs[1]]

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 import engine
@@ -408,3 +409,14 @@ def test_non_mapping_spec_is_a_type_error():
         normalize_spec([("epochs", 3)])
     assert info.value.loc == ()
     assert info.value.code == "type_error"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_optimizer_eps_the_dtype_cannot_hold_is_refused_naming_the_field(dtype: str) -> None:
+    # regression: adam eps=5e-324 (0 in float32) trained to NaN and blamed the learning rate
+    with pytest.raises(SpecError) as info:
+        normalize_spec({"optimizer": {"name": "adam", "eps": 5e-324}, "dtype": dtype})
+    assert info.value.loc == ("optimizer", "eps") and info.value.code == "out_of_range"
+    tiny = float(np.finfo(dtype).tiny)
+    assert f"at least {tiny:.3g}" in info.value.msg
+    assert normalize_spec({"optimizer": {"name": "adam", "eps": tiny}, "dtype": dtype})
