@@ -38,6 +38,7 @@ SECTIONS = {
     "ingest": "4. Ingest (CSV upload)",
     "jobs": "5. Jobs",
     "cnn": "6. Image CNN training",
+    "hardening": "7. Hardening: memory bounds and a responsive event loop",
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -7,13 +7,18 @@ parameters, widths ``M_l``, ``s`` the itemsize of the spec's dtype)::
 
     data        N * F * 8                 the table the caller loaded (float64 columns); 0 for
                                           images (a memory map: the page cache holds them)
-    encoded     2 * N * D * s             encoded inputs, and the train/validation split's copy
+    encoded     max(N * F * 8 + N * D * s, while encoding a table: its numeric columns stacked
+                    2 * N * D * s)        in float64 and the encoded inputs; while training: the
+                                          encoded inputs and the train/validation split's copy
     parameters  P * s * (3 + k)           weights, gradients, the best epoch's copy, k optimizer
                                           buffers (adam 2, momentum/adagrad/rmsprop 1, adadelta 2)
     activations 3 * B * sum_l M_l * s     each layer's output, its gradient and a dropout mask
     evaluation  2 * V' * max_l M_l * s    the validation pass, one layer's input and output at once
                                           (V' = V rows; images go in chunks of at most 512)
     model       P * s                     the serialized weights (and batch-norm statistics)
+    bookkeeping N * 64 + 4 MiB            per-row vectors (labels, targets, split indices, the
+                                          epoch's permutation) and the chunks statistics and
+                                          evaluation work in
 
 ``M_l`` is the size of one sample's output of hidden layer ``l`` (``engine.spec.layer_shapes``:
 a conv layer's ``F * Ho * Wo`` activations, a pooling layer's, a dense layer's width) plus the
@@ -55,10 +60,18 @@ class Footprint:
     weights: int
     activations: int
     evaluation: int
+    bookkeeping: int
 
     @property
     def total(self) -> int:
-        return self.data + self.encoded + self.weights + self.activations + self.evaluation
+        return (
+            self.data
+            + self.encoded
+            + self.weights
+            + self.activations
+            + self.evaluation
+            + self.bookkeeping
+        )
 
 
 def widths(spec: Mapping[str, Any], n_inputs: int, n_outputs: int) -> list[int]:
@@ -137,12 +150,14 @@ def footprint(
     val_rows = int(n_rows * float(spec.get("validation_split") or 0.0))
     if input_shape:
         val_rows = min(val_rows, _EVAL_CHUNK)
+    stack = 0 if input_shape else n_rows * n_columns * 8  # images are encoded without one
     return Footprint(
         parameters=parameters,
         model=(parameters + buffers) * itemsize,
         data=0 if input_shape else n_rows * n_columns * 8,
-        encoded=2 * n_rows * n_inputs * itemsize,
+        encoded=max(stack + n_rows * n_inputs * itemsize, 2 * n_rows * n_inputs * itemsize),
         weights=parameters * itemsize * copies + buffers * itemsize * 2,
         activations=3 * batch * sum(sizes) * itemsize,
         evaluation=2 * val_rows * max(sizes) * itemsize,
+        bookkeeping=n_rows * 64 + 4 * 2**20,
     )

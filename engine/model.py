@@ -461,6 +461,9 @@ def fit(
         preprocessor, Z = Preprocessor.fit_transform(
             table, rows=fit_rows, standardize=typed.standardize, dtype=dtype
         )
+        # The encoder may have standardized the table's own stack in place: it is spent, and
+        # dropping it frees a float64 copy of the data before training allocates anything.
+        table = None
     if images is not None:
         input_shape = tuple(preprocessor.input_shape)
         if typed.augmentation is not None and augmenter is None:

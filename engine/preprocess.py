@@ -66,11 +66,15 @@ class Table:
         float array, a mapping of 1-D float arrays (stacked), or one row of python numbers.
     columns : list of ndarray (N,) or None
         Otherwise the raw columns, in ``names`` order.
+    owned : bool
+        ``matrix`` was made here (columns stacked, a row of numbers), not the caller's array:
+        the encoder may overwrite it.
     """
 
     names: list[str]
     matrix: np.ndarray | None = None
     columns: list[np.ndarray] | None = None
+    owned: bool = False
 
     @property
     def n_rows(self) -> int:
@@ -123,12 +127,12 @@ def read_table(X: Any, feature_names: Sequence[str] | None = None) -> Table:
                 raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
         cols = _float_columns(mapping, names)
         if cols is not None:
-            return Table(names, matrix=_stack(cols))
+            return Table(names, matrix=_stack(cols), owned=True)
         values = [mapping[name] for name in names]
         # Exact types: bool (an int subclass), numpy scalars, str and None take the column path.
         if all(type(v) is float or type(v) is int for v in values):
             try:
-                return Table(names, matrix=np.array([values], dtype=np.float64))
+                return Table(names, matrix=np.array([values], dtype=np.float64), owned=True)
             except OverflowError:  # an int beyond float64: the column path reports it
                 pass
         columns = [_column(value, name) for name, value in zip(names, values, strict=True)]
@@ -350,21 +354,26 @@ def _column_stats(
     ``with_std``); a column without values has mean 0 and std 0. ``finite`` says whether the
     training rows hold no NaN. Raises ``non_finite`` (column and input row) for an inf.
     """
-    train = R if rows is None else R[rows]
-    n, d = train.shape
+    n, d = (R.shape[0] if rows is None else len(rows)), R.shape[1]
     step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
+
+    def block(start: int) -> np.ndarray:
+        # The training rows chunk by chunk: R[rows] whole would be a copy of most of R.
+        stop = start + step
+        return R[start:stop] if rows is None else R[rows[start:stop]]
+
     total, count = np.zeros(d), np.full(d, float(n))
     finite = True
     chunks = range(0, n, step)
     # quiet: inf - inf or an overflow only sends us to the exact checks
     with np.errstate(invalid="ignore", over="ignore"):
         for start in chunks:
-            chunk = train[start : start + step]
+            chunk = block(start)
             if chunk.dtype != np.float64 or not chunk.flags.c_contiguous:
                 chunk = np.array(chunk, dtype=np.float64, order="C")
             part = np.add.reduce(chunk, axis=0)
             if not np.isfinite(part).all():
-                _check_matrix_no_inf(train, names, rows)
+                _check_matrix_no_inf(R if rows is None else R[rows], names, rows)
                 finite = False
                 chunk = np.array(chunk, dtype=np.float64, order="C")  # ours to write
                 nan = np.isnan(chunk)
@@ -378,7 +387,7 @@ def _column_stats(
     if with_std:
         acc = np.zeros(d)
         for start in chunks:
-            dev = np.subtract(train[start : start + step], mean, dtype=np.float64, order="C")
+            dev = np.subtract(block(start), mean, dtype=np.float64, order="C")
             if not finite:
                 dev[np.isnan(dev)] = 0.0
             dev *= dev
@@ -386,6 +395,13 @@ def _column_stats(
         with np.errstate(divide="ignore", invalid="ignore"):
             std = np.where(count > 0, np.sqrt(acc / count), 0.0)
     return mean, std, finite
+
+
+def _all_finite(R: np.ndarray) -> bool:
+    """``np.isfinite(R).all()`` without its (N, D) mask: a NaN or inf makes its column's sum
+    non-finite (a sum that merely overflows sends the caller to its exact, slower path)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(R, axis=0)).all())
 
 
 def _rows(col: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -598,21 +614,24 @@ class Preprocessor:
         num = self._num_idx
         if R is None:
             R = _numeric_part(table, num.tolist())
-        if not finite and not np.isfinite(R).all():
+        # A stack made here is ours to overwrite; the caller's matrix never is.
+        owned = R is not table.matrix or table.owned
+        if not finite and not _all_finite(R):
             _check_matrix_no_inf(R, [self.feature_names[j] for j in num], None)
             R = np.where(np.isnan(R), self._num_fill, R)
-            copy = False  # R is a fresh array now
+            owned = True
         if self._identity:
             # (v - 0) / 1 == v exactly: skip two passes over the matrix.
-            Z_num = R.astype(dtype, copy=copy)
+            Z_num = R
         else:
-            Z_num = R - self._num_center
+            # In place on our own stack: one float64 matrix fewer at the peak, same values.
+            Z_num = np.subtract(R, self._num_center, out=R if owned else None)
             Z_num /= self._num_scale
-            Z_num = Z_num.astype(dtype, copy=False)
+            owned = True
         if self._all_numeric:
-            return Z_num
+            return Z_num.astype(dtype, copy=copy and not owned)
         Z = np.zeros((table.n_rows, self.n_features_out), dtype=dtype)
-        Z[:, self._num_pos] = Z_num
+        Z[:, self._num_pos] = Z_num  # cast to dtype on the way, as astype would
         for j in self._cat_idx:
             self._one_hot(Z, table.column(j), j, unknown)
         return Z

@@ -316,8 +316,12 @@ def load_table(
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             out[name] = col.to_numpy(zero_copy_only=False).astype(object, copy=False)
         else:
-            filled = pc.fill_null(pc.cast(col, pa.float64()), np.nan)
-            out[name] = filled.to_numpy()
+            # Casts and fills only where needed: a float64 column without nulls is read as is.
+            if col.type != pa.float64():
+                col = pc.cast(col, pa.float64())
+            if col.null_count:
+                col = pc.fill_null(col, np.nan)
+            out[name] = col.to_numpy()
     return out
 
 
