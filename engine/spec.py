@@ -48,7 +48,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from engine.errors import SpecError
 from engine.initializers import INITIALIZERS as _INITIALIZERS
@@ -226,8 +226,11 @@ def _jsonable(value: Any) -> Any:
 class _Section:
     """Mixin of the frozen spec sections: ``to_dict`` (JSON-able, field order)."""
 
+    # Every section is a dataclass; declaring what @dataclass sets lets fields() accept self.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -1103,7 +1106,7 @@ def layer_shapes(spec: Spec | Mapping[str, Any], input_shape: tuple[int, ...]) -
                 )
             Ho = output_size(H, kh, sh, padding)[0]
             Wo = output_size(W, kw, sw, padding)[0]
-            new = (channels, Ho, Wo)
+            new: tuple[int, ...] = (channels, Ho, Wo)
             if kind == "conv2d":
                 act = la.get("activation") or model.activation
                 if act == "prelu":
