@@ -1024,6 +1024,12 @@ class LayerShape:
     activation: str | None = None
     init: str | None = None
 
+    def activation_init(self) -> tuple[str, str]:
+        """``(activation, init)`` of a dense or conv2d layer (:func:`layer_shapes` sets both)."""
+        if self.activation is None or self.init is None:
+            raise ValueError(f"a {self.kind} layer has no resolved activation and init")
+        return self.activation, self.init
+
 
 def _shape_error(i: int, msg: str, code: str = "shape_error") -> SpecError:
     return SpecError(("model", "layers", i), f"model.layers.{i}: {msg}", code)
