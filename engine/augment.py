@@ -138,7 +138,9 @@ class ImageAugmenter:
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
         """``x - mean`` and / or ``x / (std + 1e-6)`` per channel (a new array)."""
-        if self.needs_fit and self.mean is None:
+        if not self.needs_fit:
+            return x
+        if self.mean is None or self.std is None:  # fit sets both
             raise ValueError("featurewise statistics are not fitted: call fit(X_train) first")
         out = x
         if self.featurewise_center:
@@ -166,7 +168,13 @@ class ImageAugmenter:
         """Per-image parameters ``theta`` (degrees), ``tx``, ``ty`` (pixels), ``zx``, ``zy``,
         ``flip_h``, ``flip_v`` (bools), each of shape ``(n,)``; see the module docstring."""
         zeros = np.zeros(n)
-        p = {"theta": zeros, "tx": zeros, "ty": zeros, "zx": zeros + 1.0, "zy": zeros + 1.0}
+        p: dict[str, np.ndarray] = {
+            "theta": zeros,
+            "tx": zeros,
+            "ty": zeros,
+            "zx": zeros + 1.0,
+            "zy": zeros + 1.0,
+        }
         if self.rotation_range:
             p["theta"] = rng.uniform(-self.rotation_range, self.rotation_range, size=n)
         if self.height_shift_range:
@@ -193,12 +201,14 @@ class ImageAugmenter:
         """The random geometric transform of one batch only (``x`` itself when none is on)."""
         if not self.transforms:
             return x
-        return self.apply_transform(x, self.random_params(x.shape[0], *x.shape[2:], rng))
+        N, _, H, W = x.shape
+        return self.apply_transform(x, self.random_params(N, H, W, rng))
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One training batch: random transform (if any), then featurewise standardization."""
         if self.transforms:
-            x = self.apply_transform(x, self.random_params(x.shape[0], *x.shape[2:], rng))
+            N, _, H, W = x.shape
+            x = self.apply_transform(x, self.random_params(N, H, W, rng))
         if self.needs_fit:
             x = self.standardize(x)
         return x

@@ -19,6 +19,7 @@ from engine.errors import InputError, SpecError
 from engine.network import Network
 from engine.preprocess import (
     Preprocessor,
+    Table,
     classes_array,
     encode_labels,
     read_table,
@@ -418,8 +419,9 @@ def fit(
     task = typed.task
     dtype = np.dtype(typed.dtype)
     images = as_images(X, feature_names)
-    table = None if images is not None else read_table(X, feature_names)
-    n = len(images[1]) if images is not None else table.n_rows  # type: ignore[union-attr]
+    # The rows: images (name, x (N, C, H, W)) or, for anything else, a table of columns.
+    data = images if images is not None else read_table(X, feature_names)
+    n = data.n_rows if isinstance(data, Table) else len(data[1])
     if images is None and typed.augmentation is not None:
         raise SpecError(
             ("augmentation",),
@@ -444,28 +446,29 @@ def fit(
     fit_rows = train_rows if has_val else None
     augmenter = None
     input_shape: tuple[int, ...] | None = None
-    preprocessor: Any
+    preprocessor: Preprocessor | ImagePreprocessor
     if warm_start is not None:
         # The warm model's fitted preprocessing: its weights mean the same thing on these rows.
         preprocessor = warm_start.preprocessor
         Z = preprocessor.transform(X if images is None else images[1], dtype=dtype)
-    elif images is not None:
-        if typed.augmentation is not None:
-            augmenter = ImageAugmenter(**typed.augmentation.to_dict())
-        preprocessor, Z = ImagePreprocessor.fit_transform(
-            images[0], images[1], rows=fit_rows, augmenter=augmenter, dtype=dtype
-        )
-    else:
+    elif isinstance(data, Table):
         # Z is only read from here on, so it may be the caller's array when the encoding is the
         # identity (standardize off, nothing missing, X already in the spec's dtype).
         preprocessor, Z = Preprocessor.fit_transform(
-            table, rows=fit_rows, standardize=typed.standardize, dtype=dtype
+            data, rows=fit_rows, standardize=typed.standardize, dtype=dtype
         )
-        # The encoder may have standardized the table's own stack in place: it is spent, and
-        # dropping it frees a float64 copy of the data before training allocates anything.
-        table = None
-    if images is not None:
-        input_shape = tuple(preprocessor.input_shape)
+    else:
+        if typed.augmentation is not None:
+            augmenter = ImageAugmenter(**typed.augmentation.to_dict())
+        preprocessor, Z = ImagePreprocessor.fit_transform(
+            data[0], data[1], rows=fit_rows, augmenter=augmenter, dtype=dtype
+        )
+    # The encoder may have standardized a table's own stack in place: it is spent, and dropping
+    # it frees a float64 copy of the data before training allocates anything.
+    del data
+    # An image model's (a warm one's too: _check_warm matched the kind of input).
+    if isinstance(preprocessor, ImagePreprocessor):
+        input_shape = preprocessor.input_shape
         if typed.augmentation is not None and augmenter is None:
             augmenter = ImageAugmenter(**typed.augmentation.to_dict())
     if preprocessor.n_features_out == 0:

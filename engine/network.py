@@ -72,7 +72,7 @@ class Network:
         # (name, layer, key) for every parameter, in a stable order: the optimizer's index order.
         self.param_refs: list[tuple[str, Layer, str]] = []
         # (name, layer, key) of the non-learned state a saved model keeps (batch-norm statistics).
-        self.buffer_refs: list[tuple[str, Layer, str]] = []
+        self.buffer_refs: list[tuple[str, BatchNorm, str]] = []
         # (name, layer) of the penalised kernels (Dense and Conv2D ``W``), in network order.
         self.kernel_refs: list[tuple[str, Layer]] = []
         counts = {"dense": 0, "conv": 0, "prelu": 0, "batch_norm": 0}
@@ -180,23 +180,27 @@ class Network:
             if kind == "flatten":
                 layers.append(Flatten())
             elif kind == "dense":
-                layers.append(dense(in_shape[0], step.out_shape[0], step.init))
-                activation(step.activation, step.out_shape[0])
+                act, init = step.activation_init()
+                layers.append(dense(in_shape[0], step.out_shape[0], init))
+                activation(act, step.out_shape[0])
+            elif layer is None:  # layer_shapes adds only flatten and dense layers of its own
+                raise ValueError(f"a {kind} step of the layer plan has no layer spec")
             elif kind == "conv2d":
+                act, init = step.activation_init()
                 conv = make_conv2d(
                     in_shape[0],
                     layer.get("filters"),
                     layer.get("kernel_size"),
                     strides=layer.get("strides"),
                     padding=layer.get("padding"),
-                    init=step.init,
+                    init=init,
                     rng=rng,
                     dtype=dtype,
                     need_dx=has_params,
                 )
                 has_params = True
                 layers.append(conv)
-                activation(step.activation, step.out_shape[0])
+                activation(act, step.out_shape[0])
             elif kind in ("maxpool2d", "avgpool2d"):
                 pool = MaxPool2D if kind == "maxpool2d" else AvgPool2D
                 layers.append(pool(layer.get("pool_size"), layer.get("strides")))
@@ -291,23 +295,22 @@ class Network:
         grads = [layer.grads[key] for _, layer, key in self.param_refs]
         return params, grads
 
-    def _array(self, layer: Layer, key: str) -> np.ndarray:
-        return layer.params[key] if key in layer.params else layer.buffers[key]  # type: ignore[attr-defined]
+    def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
+        """Live arrays by name: the parameters in ``param_refs`` order, then the buffers."""
+        return [(name, layer.params[key]) for name, layer, key in self.param_refs] + [
+            (name, layer.buffers[key]) for name, layer, key in self.buffer_refs
+        ]
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of all parameters and buffers by name (``dense0.W``, ``conv0.b``,
         ``prelu0.alpha``, ``batch_norm0.gamma``, ``batch_norm0.running_mean``)."""
-        return {
-            name: self._array(layer, key).copy()
-            for name, layer, key in self.param_refs + self.buffer_refs
-        }
+        return {name: array.copy() for name, array in self._named_arrays()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Overwrite every parameter and buffer in place from ``weights`` (same names, shapes)."""
-        for name, layer, key in self.param_refs + self.buffer_refs:
+        for name, target in self._named_arrays():
             if name not in weights:
                 raise KeyError(f"missing weight {name!r}")
-            target = self._array(layer, key)
             value = np.asarray(weights[name])
             if value.shape != target.shape:
                 raise ValueError(

@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.layers import Dense, Dropout, LeakyReLU, Linear, PReLU, ReLU, Sigmoid, Tanh
-from engine.preprocess import CATEGORICAL, NUMERIC, classes_array
+from engine.preprocess import CATEGORICAL, NUMERIC, Preprocessor, classes_array
 from engine.prune import prune as prune_model
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _classes_tensor(classes: list[Any]) -> tuple[onnx.TensorProto, int]:
             "classes",
             TensorProto.STRING,
             [len(values)],
-            values,  # type: ignore[arg-type]  # onnx takes bytes items for STRING tensors
+            values,  # type: ignore[arg-type]  # onnx's make_tensor hint omits STRING's bytes items
         )
         return tensor, (TensorProto.STRING)
     if arr.dtype.kind == "b":
@@ -115,10 +115,18 @@ def _classes_tensor(classes: list[Any]) -> tuple[onnx.TensorProto, int]:
     return numpy_helper.from_array(arr.astype(np.float64)), TensorProto.DOUBLE
 
 
+def _table_preprocessor(model: Model) -> Preprocessor:
+    """The column encoding of a table model; an image model has no ONNX encoding here."""
+    pre = model.preprocessor
+    if not isinstance(pre, Preprocessor):
+        raise NotImplementedError("No ONNX export for image models (tables only).")
+    return pre
+
+
 def _encode_inputs(g: _Graph, model: Model) -> tuple[list[onnx.ValueInfoProto], str, np.ndarray]:
     """Graph inputs and the encoded matrix: ``(inputs, Z, perm)`` where column ``i`` of ``Z`` is
     column ``perm[i]`` of the engine's encoded matrix."""
-    pre = model.preprocessor
+    pre = _table_preprocessor(model)
     dtype = model.network.dtype
     elem = _elem_type(dtype)
     inputs, numeric, cats = [], [], []
@@ -253,7 +261,10 @@ def to_onnx(model: Model, *, pruned: bool = True, name: str = "regula") -> bytes
     ValueError
         A feature named like a graph output (``label``, ``probabilities``, ``scores``,
         ``variable``).
+    NotImplementedError
+        An image model, or a layer with no ONNX export.
     """
+    _table_preprocessor(model)  # before prune, which turns image models away in its own words
     if pruned:
         model = prune_model(model)
     g = _Graph()

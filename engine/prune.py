@@ -145,9 +145,19 @@ def prune(model: Model) -> Model:
         ``predict_proba`` equal the original's up to rounding (module docstring) on any rows,
         whatever the values of the columns it no longer reads. Classes, history, metrics and
         ``stopped`` are the original's.
+
+    Raises
+    ------
+    ValueError
+        ``model`` is an image model: its input is one image column, not features to drop.
     """
     network = model.network
     pre = model.preprocessor
+    if not isinstance(pre, Preprocessor):
+        raise ValueError(
+            "Only a table model can be pruned: an image model reads one image column, "
+            "with no input features to drop."
+        )
     dense, between = _blocks(network)
     Ws, bs, kept = _prune_weights(dense, between)
 

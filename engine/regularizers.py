@@ -95,7 +95,7 @@ def soft_threshold(
         Work buffer like ``W``, distinct from ``W`` and ``out``; with it no array is allocated.
     """
     clipped = np.empty_like(W) if scratch is None else scratch
-    if np.isscalar(thresh):
+    if not isinstance(thresh, np.ndarray):
         t = W.dtype.type(thresh)
         np.minimum(W, t, out=clipped)
         np.maximum(clipped, -t, out=clipped)
@@ -164,8 +164,8 @@ def group_prox(
     out : ndarray, optional
         Where to write (``out=V`` updates in place).
     """
-    if np.isscalar(step):
-        return block_soft_threshold(V, float(step) * group_l1, out=out)  # type: ignore[arg-type]
+    if not isinstance(step, np.ndarray):
+        return block_soft_threshold(V, float(step) * group_l1, out=out)
     v = np.asarray(V, dtype=np.float64)
     c = np.multiply(step, group_l1, dtype=np.float64)  # (D, M), > 0: steps are positive
     a = v * v
@@ -295,12 +295,12 @@ class Regularizer:
             return
         # Element-wise and row-wise terms both act on the matrix view (a view: W is updated).
         W = rows(W)
-        if not np.isscalar(step):
-            step = rows(step)  # type: ignore[arg-type]
+        if isinstance(step, np.ndarray):
+            step = rows(step)
         if self.l1:
             scratch = self._buffer(self._scratch, k, W)
-            if np.isscalar(step):
-                soft_threshold(W, float(step) * self.l1, out=W, scratch=scratch)  # type: ignore[arg-type]
+            if not isinstance(step, np.ndarray):
+                soft_threshold(W, float(step) * self.l1, out=W, scratch=scratch)
             else:
                 t = np.multiply(step, self.l1, out=self._buffer(self._steps, -1 - k, W))
                 soft_threshold(W, t, out=W, scratch=scratch)

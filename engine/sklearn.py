@@ -56,6 +56,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import engine
 from engine.model import HINGE_LOSSES
+from engine.preprocess import Preprocessor
 
 __all__ = ["RegulaClassifier", "RegulaRegressor"]
 
@@ -237,6 +238,8 @@ class _RegulaEstimator(BaseEstimator):
         W = np.asarray(dense[0].params["W"], dtype=np.float64)  # (D, K) on standardized z
         b = np.asarray(dense[0].params["b"], dtype=np.float64)
         pre = model.preprocessor
+        if not isinstance(pre, Preprocessor):  # fit validates X as (N, D): never images
+            raise AttributeError("coef_ and intercept_ exist only for models of table columns.")
         # z = (x - center) / scale, so z @ W + b = x @ (W / scale) + (b - (center / scale) @ W).
         coef = W / pre.scale[:, None]
         intercept = b - (pre.center / pre.scale) @ W

@@ -223,7 +223,8 @@ def sparsity(model: Model, tolerance: float = 0.0) -> dict[str, Any]:
     next_reads = None
     if W1.shape[0] % F == 0:
         # Flatten is channel-major: rows [f * P, (f + 1) * P) of the first Dense read channel f.
-        next_reads = ~_zero_mask(W1.reshape(F, -1), tolerance).all(axis=1)
+        # (F,): numpy's hints type a reduction over one axis as "scalar or array".
+        next_reads = np.asarray(~_zero_mask(W1.reshape(F, -1), tolerance).all(axis=1))
     conv = conv_stats(kernels, [f"conv{k}" for k in range(len(kernels))], tolerance, next_reads)
     first = np.asarray(kernels[0], dtype=np.float64)
     name = model.feature_names[0]

@@ -48,7 +48,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -228,8 +228,11 @@ def _jsonable(value: Any) -> Any:
 class _Section:
     """Mixin of the frozen spec sections: ``to_dict`` (JSON-able, field order)."""
 
+    # Every section is a dataclass; declaring what @dataclass sets lets fields() accept self.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -1039,6 +1042,12 @@ class LayerShape:
     activation: str | None = None
     init: str | None = None
 
+    def activation_init(self) -> tuple[str, str]:
+        """``(activation, init)`` of a dense or conv2d layer (:func:`layer_shapes` sets both)."""
+        if self.activation is None or self.init is None:
+            raise ValueError(f"a {self.kind} layer has no resolved activation and init")
+        return self.activation, self.init
+
 
 def _shape_error(i: int, msg: str, code: str = "shape_error") -> SpecError:
     return SpecError(("model", "layers", i), f"model.layers.{i}: {msg}", code)
@@ -1121,7 +1130,7 @@ def layer_shapes(spec: Spec | Mapping[str, Any], input_shape: tuple[int, ...]) -
                 )
             Ho = output_size(H, kh, sh, padding)[0]
             Wo = output_size(W, kw, sw, padding)[0]
-            new = (channels, Ho, Wo)
+            new: tuple[int, ...] = (channels, Ho, Wo)
             if kind == "conv2d":
                 act = la.get("activation") or model.activation
                 if act == "prelu":

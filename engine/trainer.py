@@ -172,7 +172,12 @@ class _BatchProgress:
     every ``BATCH_PROGRESS_SECONDS`` (one clock read per batch otherwise)."""
 
     def __init__(self, callbacks: Sequence[Callback]) -> None:
-        self.hooks = [cb.on_batch for cb in callbacks if callable(getattr(cb, "on_batch", None))]
+        # on_batch is an optional extra of a callback, so it is looked up by name.
+        self.hooks: list[Callable[[dict], object]] = []
+        for cb in callbacks:
+            on_batch = getattr(cb, "on_batch", None)
+            if callable(on_batch):
+                self.hooks.append(on_batch)
         self.last = time.monotonic()
 
     def tick(self, epoch: int, batch: int, batches: int) -> None:
@@ -381,8 +386,8 @@ def _train_minibatch(
     stopper: _Stopper,
     rng: np.random.Generator,
     deadline: float | None,
-    augment: Augment | None = None,
-    augment_rng: np.random.Generator | None = None,
+    augment: Augment | None,
+    augment_rng: np.random.Generator,
 ) -> tuple[list[dict], str]:
     loss_fn = make_loss(spec.loss, spec.loss_params.to_dict())
     progress = _BatchProgress(stopper.callbacks)

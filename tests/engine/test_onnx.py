@@ -242,3 +242,12 @@ def test_importing_engine_loads_neither_onnx_nor_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("pruned", [True, False])
+def test_an_image_model_is_not_exported(pruned):
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 6, 6))
+    model = engine.fit({"epochs": 1}, x, (x.mean(axis=(1, 2, 3)) > 0.5).astype(int))
+    with pytest.raises(NotImplementedError, match="image models"):
+        to_onnx(model, pruned=pruned)

@@ -210,3 +210,11 @@ def test_regression_and_string_columns_are_pruned():
     pruned = prune(model)
     subset = {name: data[name] for name in need}
     np.testing.assert_allclose(pruned.predict(subset), model.predict(data), rtol=1e-12)
+
+
+def test_an_image_model_is_refused_with_a_value_error():
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 6, 6))
+    model = engine.fit({"epochs": 1}, x, (x.mean(axis=(1, 2, 3)) > 0.5).astype(int))
+    with pytest.raises(ValueError, match="table model"):
+        prune(model)
