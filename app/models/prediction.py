@@ -651,7 +651,7 @@ def predict_input(item: Loaded, key: str, X: np.ndarray | dict[str, np.ndarray])
         loc: list[str | int] = ["body", key]
         if exc.row is not None:
             loc.append(exc.row)
-            if exc.column is not None and exc.column in item.index:
+            if exc.column is not None and exc.column in item.index and item.input_shape is None:
                 loc.append(exc.column if key == "rows" else item.index[exc.column])
         raise InvalidInput(_short(exc.msg), loc=loc, code=exc.code) from exc
     if proba is not None:
@@ -670,7 +670,7 @@ def predict_input(item: Loaded, key: str, X: np.ndarray | dict[str, np.ndarray])
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _accepted(shape: tuple[int, int, int]) -> str:

@@ -241,8 +241,9 @@ async def read_image_files(request: Request) -> tuple[list[tuple[str, bytes]], d
                 fields[key] = value
             else:
                 kind = "file" if isinstance(value, UploadFile) else "text field"
+                hint = " (a part without a filename is text)" if key == "files" else ""
                 raise InvalidInput(
-                    f"Unexpected {kind} {key[:40]!r}: send image files in 'files' and, "
+                    f"Unexpected {kind} {key[:40]!r}{hint}: send image files in 'files' and, "
                     "optionally, the text fields 'image_size' and 'color_mode'.",
                     loc=["body", key[:40]],
                     code="unknown_field",

@@ -183,19 +183,24 @@ def test_bad_files_are_422_naming_each_file(
 ) -> None:
     model_id, _, x, _ = digits_model
     truncated = png(x[2])[:40]
+    gif = io.BytesIO()
+    Image.fromarray(x[3]).save(gif, format="GIF")
     files = _files(
         {
             "ok.png": png(x[0]),
             "junk.png": b"this is not an image",
             "cut.png": truncated,
+            "gif.png": gif.getvalue(),  # Pillow reads GIFs; only PNG and JPEG are opened
             "tall.png": png(np.zeros((9, 8), dtype=np.uint8)),
             "color.png": png(np.zeros((8, 8, 3), dtype=np.uint8)),
         }
     )
     response = client.post(f"/models/{model_id}/predict/images", files=files)
+    assert "object at" not in response.text  # no reprs of the decoder's internals
     assert _errors(response) == {
         ("body", "files", "junk.png"): "corrupt_image",
         ("body", "files", "cut.png"): "corrupt_image",
+        ("body", "files", "gif.png"): "corrupt_image",
         ("body", "files", "tall.png"): "wrong_image_size",
         ("body", "files", "color.png"): "wrong_channels",
     }
@@ -209,9 +214,7 @@ def test_files_request_problems_are_4xx(
     one = _files({"a.png": png(x[0])})
     assert client.post(url, json={"instances": []}).status_code == 415
     only_a_field = [("color_mode", (None, b"grayscale"))]
-    assert _errors(client.post(url, files=only_a_field)) == {
-        ("body", "files"): "empty_batch"
-    }
+    assert _errors(client.post(url, files=only_a_field)) == {("body", "files"): "empty_batch"}
     assert _errors(client.post(url, files=one, data={"image_size": "28,28"})) == {
         ("body", "image_size"): "wrong_image_size"
     }

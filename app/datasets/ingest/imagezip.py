@@ -23,6 +23,7 @@ from app.datasets.ingest.profile import image_summary, label_summary
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
+IMAGE_FORMATS = ("PNG", "JPEG")
 
 
 def parse_image_fields(fields: dict[str, str]) -> tuple[tuple[int, int] | None, int | None]:
@@ -90,13 +91,17 @@ def _image_members(
 
 
 def open_image(data: bytes) -> Any:
-    """A lazily decoded Pillow image (headers read: ``size``, ``mode``); a decompression bomb
-    raises instead of warning."""
-    from PIL import Image
+    """A lazily decoded Pillow image (headers read: ``size``, ``mode``). Only PNG and JPEG are
+    opened, whatever the name says (no other Pillow decoder runs on uploaded bytes); a
+    decompression bomb raises instead of warning."""
+    from PIL import Image, UnidentifiedImageError
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))
+        try:
+            return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except UnidentifiedImageError:
+            raise ValueError("not a PNG or JPEG image") from None
 
 
 def image_channels(mode: str) -> int:
