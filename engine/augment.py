@@ -320,6 +320,10 @@ class ImagePreprocessor:
     It plays the part of ``engine.preprocess.Preprocessor`` for a model: ``feature_names`` (the
     one image column), ``groups`` (every pixel in that one feature), ``n_features_out``
     (``C * H * W``), ``transform``, ``to_state`` / ``from_state``.
+
+    ``pixel_dtype`` is the dtype of the training images (``"uint8"``, ``"float32"``, ...; ``None``
+    for a model saved before it was recorded): what a caller must send to predict, e.g. whether
+    decoded PNG pixels (0..255) are in the model's scale.
     """
 
     kind = "images"
@@ -330,10 +334,12 @@ class ImagePreprocessor:
         input_shape: Sequence[int],
         scale: float,
         augmenter: ImageAugmenter | None = None,
+        pixel_dtype: str | None = None,
     ) -> None:
         self.feature_names = [str(name)]
         self.input_shape = tuple(int(v) for v in input_shape)
         self.scale = float(scale)
+        self.pixel_dtype = pixel_dtype
         self.augmenter = augmenter if augmenter is not None and augmenter.needs_fit else None
 
     @property
@@ -358,7 +364,7 @@ class ImagePreprocessor:
         x4 = _nchw(x, None, name)
         stats = augmenter is not None and augmenter.needs_fit
         scale = 1.0 / 255.0 if x4.dtype == np.uint8 and not stats else 1.0
-        pre = cls(name, x4.shape[1:], scale, augmenter)
+        pre = cls(name, x4.shape[1:], scale, augmenter, pixel_dtype=str(x4.dtype))
         z = pre._scaled(x4, dtype)
         if pre.augmenter is not None:
             pre.augmenter.fit(z if rows is None else z[rows])
@@ -412,6 +418,7 @@ class ImagePreprocessor:
             "feature_names": self.feature_names,
             "input_shape": list(self.input_shape),
             "scale": self.scale,
+            "pixel_dtype": self.pixel_dtype,
             "featurewise_center": bool(aug and aug.featurewise_center),
             "featurewise_std_normalization": bool(aug and aug.featurewise_std_normalization),
         }
@@ -429,7 +436,14 @@ class ImagePreprocessor:
                 featurewise_std_normalization=meta["featurewise_std_normalization"],
             )
             aug.mean, aug.std = arrays["mean"], arrays["std"]
-        return cls(meta["feature_names"][0], meta["input_shape"], meta["scale"], aug)
+        pixel_dtype = meta.get("pixel_dtype")
+        return cls(
+            meta["feature_names"][0],
+            meta["input_shape"],
+            meta["scale"],
+            aug,
+            pixel_dtype=pixel_dtype if isinstance(pixel_dtype, str) else None,
+        )
 
 
 def _nchw(x: np.ndarray, shape: tuple[int, ...] | None, name: str) -> np.ndarray:

@@ -16,6 +16,13 @@ feature]``. The adapter below only refuses what JSON can say but the engine woul
 or could not hold: ``null`` and ``NaN`` (the engine imputes missing values; a request must say
 what it means), ``true``/``false`` (NumPy counts them as numbers), integers beyond float64, and
 non-strings for a categorical feature (the engine would ``str()`` them).
+
+Image models (a CNN on an image dataset, ``engine.augment.ImagePreprocessor``) are never pruned
+and take ``instances``: one nested list per image, ``(H, W)`` or ``(C, H, W)`` of the model's
+input shape, in the dataset's own pixel values (0..255 for uint8 images: the model applies its
+scaling). Image files (PNG/JPEG) are decoded by the dataset upload's own code
+(``app.datasets.ingest.imagezip``: ``image_size`` resizes, ``color_mode`` converts), so a file
+becomes the pixels a zip upload of it would have stored.
 """
 
 import math
@@ -35,8 +42,19 @@ import engine
 from app.core.config import settings
 from app.core.errors import MAX_ERRORS, InvalidInput, InvalidInputs, PayloadTooLarge
 from app.core.ownership import owned
+from app.datasets.ingest.imagezip import (
+    COLOR_MODES,
+    image_channels,
+    open_image,
+    parse_image_fields,
+    to_pixels,
+)
 from app.models.orm import Model, weights_checksum
 from app.models.service import MAX_ID_LENGTH, ModelCorrupt, corrupt, not_found
+from engine.augment import ImagePreprocessor
+from engine.conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
+from engine.layers import Dense
+from engine.preprocess import Preprocessor
 from engine.prune import prune
 
 # A row may carry this many keys beyond the model's features before it is refused whole.
@@ -72,6 +90,7 @@ class Loaded:
     n_weights: int  # parameters of ``model``: the multiply-adds of a forward pass, per row
     full: engine.Model | None = None  # the trained model, when ``model`` is its pruned copy
     used: tuple[int, ...] | None = None  # positions of the features ``model`` reads (None: all)
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W) of an image model's input
 
     @cached_property
     def trained(self) -> engine.Model:
@@ -92,11 +111,17 @@ class Loaded:
         return all(self.numeric[j] for j in self.positions)
 
 
+def _preprocessing_arrays(pre: Preprocessor | ImagePreprocessor) -> list[np.ndarray]:
+    if isinstance(pre, ImagePreprocessor):
+        aug = pre.augmenter
+        return [] if aug is None else [a for a in (aug.mean, aug.std) if a is not None]
+    return [pre.center, pre.scale, pre.fill]
+
+
 def model_nbytes(model: engine.Model) -> int:
     """Bytes of a loaded model's arrays: parameters, gradient buffers, preprocessing."""
     params, grads = model.network.parameters()
-    pre = model.preprocessor
-    arrays = [*params, *grads, pre.center, pre.scale, pre.fill]
+    arrays = [*params, *grads, *_preprocessing_arrays(model.preprocessor)]
     return sum(int(a.nbytes) for a in arrays)
 
 
@@ -253,8 +278,49 @@ def _n_weights(model: engine.Model) -> int:
     return sum(int(p.size) for p in params)
 
 
+def _forward_cost(model: engine.Model, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one image's forward pass: each Dense weight once, each Conv2D kernel
+    weight once per output position ``(Ho, Wo)``."""
+    shape = input_shape
+    total = 0
+    for layer in model.network.layers:
+        if isinstance(layer, Dense):
+            W = layer.params["W"]
+            total += int(W.size)
+            shape = (int(W.shape[1]),)
+        elif isinstance(layer, Conv2D | MaxPool2D | AvgPool2D):
+            shape = layer.output_shape((shape[0], shape[1], shape[2]))
+            if isinstance(layer, Conv2D):
+                total += int(layer.params["W"].size) * shape[1] * shape[2]
+        elif isinstance(layer, Flatten):
+            shape = layer.output_shape(shape)
+    return total
+
+
+def _loaded_images(
+    model_id: str, owner_id: str | None, trained: engine.Model, pre: ImagePreprocessor
+) -> Loaded:
+    """The cache entry of an image model: predicts as trained (pruning is for table features)."""
+    C, H, W = pre.input_shape
+    name = pre.feature_names[0]
+    return Loaded(
+        id=model_id,
+        owner_id=owner_id,
+        model=trained,
+        names=(name,),
+        numeric=(True,),
+        index={name: 0},
+        nbytes=model_nbytes(trained),
+        n_weights=_forward_cost(trained, (C, H, W)),
+        input_shape=(C, H, W),
+    )
+
+
 def loaded(model_id: str, owner_id: str | None, trained: engine.Model) -> Loaded:
     """The cache entry of a trained model: its pruned copy predicts (module docstring)."""
+    pre = trained.preprocessor
+    if isinstance(pre, ImagePreprocessor):
+        return _loaded_images(model_id, owner_id, trained, pre)
     names = tuple(trained.feature_names)
     index = {name: j for j, name in enumerate(names)}
     model = prune(trained)
@@ -267,7 +333,7 @@ def loaded(model_id: str, owner_id: str | None, trained: engine.Model) -> Loaded
         owner_id=owner_id,
         model=model,
         names=names,
-        numeric=tuple(kind == "numeric" for kind in trained.preprocessor.kinds),
+        numeric=tuple(kind == "numeric" for kind in pre.kinds),
         index=index,
         nbytes=nbytes,
         n_weights=_n_weights(model),
@@ -572,14 +638,20 @@ def predict(
     Values are NumPy arrays where they are numbers (for an orjson response), lists otherwise.
     """
     key, batch = _batch(rows, instances)
-    X = _engine_input(item, key, batch)
+    if item.input_shape is not None:
+        return predict_input(item, key, _image_input(item, key, batch))
+    return predict_input(item, key, _engine_input(item, key, batch))
+
+
+def predict_input(item: Loaded, key: str, X: np.ndarray | dict[str, np.ndarray]) -> dict[str, Any]:
+    """``predict`` of a batch already in engine form; errors point at ``["body", key, row]``."""
     try:
         labels, proba = item.model.predict_with_proba(X)
     except engine.InputError as exc:
         loc: list[str | int] = ["body", key]
         if exc.row is not None:
             loc.append(exc.row)
-            if exc.column is not None and exc.column in item.index:
+            if exc.column is not None and exc.column in item.index and item.input_shape is None:
                 loc.append(exc.column if key == "rows" else item.index[exc.column])
         raise InvalidInput(_short(exc.msg), loc=loc, code=exc.code) from exc
     if proba is not None:
@@ -594,10 +666,262 @@ def predict(
     }
 
 
+# --- images -------------------------------------------------------------------------------------
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _accepted(shape: tuple[int, int, int]) -> str:
+    C, H, W = shape
+    return _shape_text(shape) + (f" or {_shape_text((H, W))}" if C == 1 else "")
+
+
+def _innermost(value: Any, depth: int) -> list[Any]:
+    """The innermost lists of a nested list ``depth`` levels deep (rows of pixels)."""
+    rows = [value]
+    for _ in range(depth):
+        rows = [part for row in rows for part in row]
+    return rows
+
+
+def _pixel_types(rows: list[Any]) -> set[type]:
+    types: set[type] = set()
+    for row in rows:
+        types.update(map(type, row))
+    return types
+
+
+def _image_problem(
+    entry: Any, i: int, shape: tuple[int, int, int]
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """``instances[i]`` as a float64 image ``(C, H, W)``, or the error entry saying why not."""
+    C, H, W = shape
+    loc: list[str | int] = ["body", "instances", i]
+
+    def bad(code: str, msg: str) -> tuple[None, dict[str, Any]]:
+        return None, {"loc": loc, "msg": f"instances[{i}]: {msg}", "type": code}
+
+    try:
+        a = np.array(entry)
+    except (ValueError, OverflowError):  # rows of different lengths (or depths)
+        return bad(
+            "ragged_image",
+            f"not a rectangular array (rows of different lengths); the model takes one image of "
+            f"shape {_accepted(shape)}.",
+        )
+    depth = a.ndim - 1  # levels of lists above a row of pixels
+    if a.ndim == 2 and C == 1:
+        a = a[None]
+    if a.ndim != 3:
+        return bad(
+            "wrong_image_shape",
+            f"an array of shape {_shape_text(a.shape)}; the model takes one image of shape "
+            f"{_accepted(shape)}.",
+        )
+    if a.shape[1:] != (H, W):
+        return bad(
+            "wrong_image_size",
+            f"the image is {a.shape[1]}x{a.shape[2]} pixels (H x W); the model takes "
+            f"{H}x{W} images.",
+        )
+    if a.shape[0] != C:
+        return bad(
+            "wrong_channels",
+            f"the image has {a.shape[0]} channel(s); the model takes {C} (shape "
+            f"{_accepted(shape)}).",
+        )
+    for row in _innermost(entry, depth):
+        for value in row:
+            if type(value) not in _NUMBER:
+                if value is None:
+                    return bad("missing_value", "a pixel is null; every pixel must be a number.")
+                return bad("not_numeric", f"pixels must be numbers, got {_quote(value)}.")
+    try:
+        image = a.astype(np.float64)
+    except OverflowError:
+        return bad("non_finite", "a pixel is too large for a 64-bit float.")
+    if not np.isfinite(image).all():
+        return bad("non_finite", "a pixel is NaN or infinite; pixels must be finite numbers.")
+    return image, None
+
+
+def _image_input(item: Loaded, key: str, batch: list[Any]) -> np.ndarray:
+    """Instances as float64 images ``(N, C, H, W)``; InvalidInputs names each bad instance.
+
+    One ``np.array`` of the whole batch when every instance is well formed (the common case);
+    otherwise each instance is checked on its own, so every error names its index.
+    """
+    assert item.input_shape is not None
+    shape = item.input_shape
+    if key == "rows":
+        raise InvalidInput(
+            "This model takes images: send 'instances', one nested list of shape "
+            f"{_accepted(shape)} per image (or POST image files to "
+            f"/models/{item.id}/predict/images).",
+            loc=["body", "rows"],
+            code="images_need_instances",
+        )
+    n = len(batch)
+    try:
+        X = np.array(batch)
+    except (ValueError, OverflowError):
+        X = None
+    if (
+        X is not None
+        and X.dtype.kind in "iuf"
+        and X.shape[1:] in (shape, shape[1:] if shape[0] == 1 else shape)
+        and _pixel_types(_innermost(batch, X.ndim - 1)) <= _NUMBER
+    ):
+        X = X.astype(np.float64, copy=False).reshape(n, *shape)
+        if np.isfinite(X).all():
+            return X
+    images: list[np.ndarray] = []
+    errors: list[dict[str, Any]] = []
+    for i, entry in enumerate(batch):
+        image, error = _image_problem(entry, i, shape)
+        if error is not None:
+            errors.append(error)
+            if len(errors) > MAX_ERRORS:
+                break
+        elif image is not None:
+            images.append(image)
+    if errors:
+        raise InvalidInputs(errors, summary_loc=["body", "instances"])
+    return np.stack(images)
+
+
+def _trained_on_bytes(pre: ImagePreprocessor) -> bool:
+    """Whether the model's training pixels were uint8, the values a decoded PNG/JPEG holds."""
+    if pre.pixel_dtype is not None:
+        return pre.pixel_dtype == "uint8"
+    # Saved before pixel_dtype was recorded: uint8 pixels were scaled by 1/255 unless featurewise
+    # statistics were fitted (on the raw values); scale 1 without them means float pixels.
+    return pre.scale != 1.0 or pre.augmenter is not None
+
+
+def decode_files(
+    item: Loaded, files: list[tuple[str, bytes]], fields: dict[str, str]
+) -> np.ndarray:
+    """Image files as uint8 ``(N, C, H, W)`` of the model's input shape (module docstring).
+
+    ``fields`` are the dataset upload's ``image_size`` ("H,W": resize to it, bilinear) and
+    ``color_mode`` (grayscale|rgb: convert); without them a file must already have the model's
+    size and channels. Every file at fault is listed, by name, in one 422.
+    """
+    pre = item.trained.preprocessor
+    if item.input_shape is None or not isinstance(pre, ImagePreprocessor):
+        raise InvalidInput(
+            "This model was trained on a table, not on images; send rows or instances to "
+            f"POST /models/{item.id}/predict.",
+            loc=["path", "model_id"],
+            code="not_an_image_model",
+        )
+    C, H, W = item.input_shape
+    if C not in COLOR_MODES.values() or not _trained_on_bytes(pre):
+        why = (
+            f"takes {C}-channel images"
+            if C not in COLOR_MODES.values()
+            else f"was trained on {pre.pixel_dtype or 'float'} pixels"
+        )
+        raise InvalidInput(
+            f"This model {why}, which PNG/JPEG files (1 or 3 channels of 0..255) do not hold; "
+            f"send the pixel values as 'instances' to POST /models/{item.id}/predict.",
+            loc=["body", "files"],
+            code="images_not_decodable",
+        )
+    if not files:
+        raise InvalidInput(
+            "Send at least one image file (PNG or JPEG) in the multipart field 'files'.",
+            loc=["body", "files"],
+            code="empty_batch",
+        )
+    if len(files) > settings.max_predict_rows:
+        raise PayloadTooLarge(
+            f"{len(files)} files; this service predicts at most {settings.max_predict_rows} "
+            "rows per request.",
+            loc=["body", "files"],
+            code="too_many_rows",
+        )
+    size, channels = parse_image_fields(fields)
+    if size is not None and size != (H, W):
+        raise InvalidInput(
+            f"image_size is {size[0]},{size[1]} but the model takes {H}x{W} images; send "
+            f"'{H},{W}' (or leave it out for files of that size).",
+            loc=["body", "image_size"],
+            code="wrong_image_size",
+        )
+    if channels is not None and channels != C:
+        raise InvalidInput(
+            f"color_mode gives {channels} channel(s) but the model takes {C}; send "
+            f"{'grayscale' if C == 1 else 'rgb'!r} (or leave it out).",
+            loc=["body", "color_mode"],
+            code="wrong_channels",
+        )
+    x = np.empty((len(files), C, H, W), dtype=np.uint8)
+    errors: list[dict[str, Any]] = []
+    for i, (filename, data) in enumerate(files):
+        name = _key_loc(filename or f"files[{i}]")
+
+        def bad(code: str, msg: str, name: str = name) -> None:
+            errors.append({"loc": ["body", "files", name], "msg": f"{name!r}: {msg}", "type": code})
+
+        try:
+            img = open_image(data)
+            w, h = img.size
+            mode = img.mode
+        except Exception as exc:  # Pillow raises many types for bad files
+            bad("corrupt_image", f"cannot be decoded as PNG or JPEG: {_short(str(exc))}")
+            continue
+        if w * h > settings.max_image_pixels:
+            bad(
+                "image_too_large",
+                f"{w}x{h} pixels, more than the limit of {settings.max_image_pixels} "
+                "(REGULA_MAX_IMAGE_PIXELS).",
+            )
+        elif size is None and (h, w) != (H, W):
+            bad(
+                "wrong_image_size",
+                f"{h}x{w} pixels (H x W) but the model takes {H}x{W} images; resize it, or "
+                f"send image_size={H},{W} to resize it as the dataset upload does.",
+            )
+        elif channels is None and image_channels(mode) != C:
+            bad(
+                "wrong_channels",
+                f"a {mode} image ({image_channels(mode)} channel(s)) but the model takes {C}; "
+                f"send color_mode={'grayscale' if C == 1 else 'rgb'} to convert it.",
+            )
+        else:
+            try:
+                x[i] = to_pixels(img, (H, W), C)
+            except Exception as exc:  # truncated or corrupt pixel data
+                bad("corrupt_image", f"cannot be decoded as PNG or JPEG: {_short(str(exc))}")
+        if len(errors) > MAX_ERRORS:
+            break
+    if errors:
+        raise InvalidInputs(errors, summary_loc=["body", "files"])
+    return x
+
+
+def predict_files(
+    item: Loaded, files: list[tuple[str, bytes]], fields: dict[str, str]
+) -> dict[str, Any]:
+    """Predictions for image files (``decode_files``), as ``predict`` answers (blocking)."""
+    return predict_input(item, "files", decode_files(item, files, fields))
+
+
 def to_onnx(item: Loaded) -> bytes:
     """The pruned ONNX graph of a loaded model (``engine.onnx_export``); 422 if it cannot be."""
     from engine.onnx_export import to_onnx as export
 
+    if item.input_shape is not None:
+        raise InvalidInput(
+            "ONNX export covers table models; this one takes images (a CNN): download it as "
+            "format=npz (engine.load) instead.",
+            loc=["query", "format"],
+            code="onnx_unsupported",
+        )
     try:
         return export(item.trained, pruned=True, name=f"regula-{item.id}")
     except (ValueError, NotImplementedError) as exc:
@@ -640,8 +964,14 @@ def layer_weights(item: Loaded, layer: int) -> dict[str, Any]:
         "layer": name,
         "shape": [int(W.shape[0]), int(W.shape[1])],
         "values": np.ascontiguousarray(W, dtype=np.float64),
-        "row_names": list(item.trained.preprocessor.encoded_names) if layer == 0 else None,
+        "row_names": _row_names(item) if layer == 0 else None,
     }
+
+
+def _row_names(item: Loaded) -> list[str] | None:
+    # An image model's first Dense reads the flattened conv output, not named features.
+    pre = item.trained.preprocessor
+    return None if isinstance(pre, ImagePreprocessor) else list(pre.encoded_names)
 
 
 __all__ = [
@@ -652,6 +982,7 @@ __all__ = [
     "cached",
     "check_not_deleted",
     "cost",
+    "decode_files",
     "evict",
     "layer_weights",
     "load",
@@ -659,6 +990,8 @@ __all__ = [
     "max_servable_bytes",
     "model_nbytes",
     "predict",
+    "predict_files",
+    "predict_input",
     "required_features",
     "sparsity",
     "to_onnx",

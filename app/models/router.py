@@ -8,11 +8,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.core.auth import OwnerDep, sessions_for
 from app.core.config import settings
 from app.core.deps import SessionDep
-from app.core.errors import MAX_ERRORS, PayloadTooLarge
+from app.core.errors import MAX_ERRORS, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.core.routing import MAX_OFFSET, JSONBodyRoute, inline_schema
 from app.models import prediction, service
 from app.models.schemas import (
@@ -147,6 +149,8 @@ async def read_predict_body(request: Request) -> PredictRequest:
 async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
     """Predict a batch of raw rows: labels in the dataset's own values, probabilities per class.
 
+    An image model takes ``instances``: one nested list (H, W) or (C, H, W) per image.
+
     The hot path: one dependency (the key), the body read here once the key is checked, and a
     database session (from get_db) only on a cache miss.
     """
@@ -169,6 +173,122 @@ async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
         )
     prediction.check_not_deleted(item)
     return NumpyJSONResponse(result)
+
+
+# The multipart form of POST /models/{id}/predict/images: image files and the dataset upload's
+# two conversion fields.
+IMAGE_FIELDS = ("image_size", "color_mode")
+IMAGES_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["files"],
+    "properties": {
+        "files": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more PNG/JPEG images, one prediction each, in order.",
+        },
+        "image_size": {
+            "type": "string",
+            "example": "28,28",
+            "description": "'H,W' (the model's size): resize every file to it, bilinear, as the "
+            "dataset upload does. Without it each file must have the model's size.",
+        },
+        "color_mode": {
+            "type": "string",
+            "enum": ["grayscale", "rgb"],
+            "description": "Convert every file to 1 (grayscale) or 3 (rgb) channels, as the "
+            "dataset upload does. Without it each file must have the model's channel count.",
+        },
+    },
+}
+
+
+async def read_image_files(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """The files and text fields of a multipart body capped at REGULA_MAX_PREDICT_MB."""
+    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media != "multipart/form-data":
+        raise UnsupportedMediaType(
+            "Send the images as multipart/form-data (field 'files'), not as "
+            f"{media or 'a body without a content type'}.",
+            loc=["header", "content-type"],
+        )
+    raw = await _read_capped(request, settings.max_predict_bytes)
+
+    async def body() -> Any:
+        yield raw
+
+    parser = MultiPartParser(
+        request.headers,
+        body(),
+        max_files=settings.max_predict_rows,
+        max_fields=len(IMAGE_FIELDS),
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidInput(
+            f"The multipart body is malformed: {str(exc)[:200]}",
+            loc=["body"],
+            code="invalid_multipart",
+        ) from None
+    files: list[tuple[str, bytes]] = []
+    fields: dict[str, str] = {}
+    try:
+        for key, value in form.multi_items():
+            if key == "files" and isinstance(value, UploadFile):
+                files.append((value.filename or "", await value.read()))
+            elif key in IMAGE_FIELDS and isinstance(value, str):
+                fields[key] = value
+            else:
+                kind = "file" if isinstance(value, UploadFile) else "text field"
+                hint = " (a part without a filename is text)" if key == "files" else ""
+                raise InvalidInput(
+                    f"Unexpected {kind} {key[:40]!r}{hint}: send image files in 'files' and, "
+                    "optionally, the text fields 'image_size' and 'color_mode'.",
+                    loc=["body", key[:40]],
+                    code="unknown_field",
+                )
+    finally:
+        await form.close()
+    return files, fields
+
+
+@router.post(
+    "/{model_id}/predict/images",
+    response_model=PredictResponse,
+    response_class=NumpyJSONResponse,
+    summary="Predict image files",
+    responses={
+        **ERRORS,
+        413: {"description": "Too many files, or too many bytes, in one request."},
+        415: {"description": "The body is not multipart/form-data."},
+        422: {
+            "description": "A file that is corrupt or of the wrong size or channel count (loc "
+            "names it), a table model, or a model whose pixels files cannot hold."
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": IMAGES_BODY}},
+        }
+    },
+)
+async def predict_images(model_id: str, request: Request, owner: OwnerDep) -> Response:
+    """Predict PNG/JPEG files with an image model, decoded as the dataset upload decodes them."""
+    files, fields = await read_image_files(request)
+    sessions = sessions_for(request)
+
+    def run() -> dict[str, Any]:
+        item = prediction.cached(model_id, owner)
+        if item is None:
+            with sessions() as session:
+                item = prediction.load(session=session, model_id=model_id, owner_id=owner)
+        result = prediction.predict_files(item, files, fields)
+        prediction.check_not_deleted(item)
+        return result
+
+    return NumpyJSONResponse(await run_in_threadpool(run))
 
 
 @router.get("", response_model=list[ModelRead], summary="List models, newest first")

@@ -109,28 +109,61 @@ class Histogram(BaseModel):
 
 
 class LayerSparsity(BaseModel):
-    """Sparsity statistics of one weight matrix."""
+    """Sparsity statistics of one kernel: a Dense ``W (D, M)`` or a Conv2D ``W (F, C, kh, kw)``.
 
-    name: str
-    shape: list[int]
-    zeros: int
+    The conv fields (``filters_off`` ... ``dead_channel_indices``) are given for Conv2D layers
+    (``conv0``, ``conv1``, ...) and null for Dense layers.
+    """
+
+    name: str = Field(description="'conv<k>' or 'dense<k>', input side first.")
+    shape: list[int] = Field(description="[D, M] for Dense, [F, C, kh, kw] for Conv2D.")
+    zeros: int = Field(description="Exactly zero weights.")
     zero_fraction: float
-    near_zero: int
+    near_zero: int = Field(description="Weights with |w| <= tolerance.")
     l1_norm: float
     l2_norm: float
     max_abs: float
-    dead_units: int
+    dead_units: int = Field(
+        description="Units (Dense columns, Conv2D output channels) whose value no longer depends "
+        "on the input: all incoming weights zero, or nothing of them read by the next layer."
+    )
     dead_unit_indices: list[int] = []
     histogram: Histogram
+    filters_off: int | None = Field(
+        default=None,
+        description="Conv2D: filters whose weights W[f] are all zero (switched off, e.g. by "
+        "group_l1: the channel is its bias alone).",
+    )
+    filter_indices_off: list[int] | None = Field(
+        default=None, description="Conv2D: the indices f of those filters."
+    )
+    filter_l1_norms: list[float] | None = Field(
+        default=None, description="Conv2D: ||W[f]||_1 per filter (over C * kh * kw weights)."
+    )
+    filter_l2_norms: list[float] | None = Field(
+        default=None, description="Conv2D: ||W[f]||_2 per filter (over C * kh * kw weights)."
+    )
+    dead_channels: int | None = Field(
+        default=None,
+        description="Conv2D: input channels c no filter reads (W[:, c] all zero).",
+    )
+    dead_channel_indices: list[int] | None = Field(
+        default=None, description="Conv2D: the indices c of those input channels."
+    )
 
 
 class SparsityRead(BaseModel):
-    """What the model learned to ignore: exact zeros, dropped features, dead units."""
+    """What the model learned to ignore: exact zeros, dropped features, dead units.
+
+    A CNN lists its Conv2D kernels first; its one feature is the image column.
+    """
 
     tolerance: float
-    total_weights: int
+    total_weights: int = Field(description="Kernel weights of every Dense and Conv2D layer.")
     zero_weights: int
-    zero_fraction: float
+    zero_fraction: float = Field(
+        description="zero_weights / total_weights (biases never count), as in the job history."
+    )
     selected_features: list[str]
     dropped_features: list[str]
     feature_importance: dict[str, float]

@@ -45,18 +45,31 @@ MAX_QUOTED = 40
 # --- shared -------------------------------------------------------------------------------------
 
 
+def table_model(item: prediction.Loaded) -> prediction.Loaded:
+    """``item``, unless it is an image model: the protocols here describe one tensor per table
+    feature, so an image model is refused (400) and pointed at its own predict routes."""
+    if item.input_shape is not None:
+        raise InvalidInput(
+            f"Model {item.id} takes images, which this protocol does not serve here; use "
+            f"POST /models/{item.id}/predict (instances) or /models/{item.id}/predict/images.",
+            loc=["path", "model_id"],
+            code="images_not_supported",
+        )
+    return item
+
+
 async def get_loaded(request: Request, model_id: str, owner: str | None) -> prediction.Loaded:
-    """The caller's model: from the cache (no database), else loaded in the thread pool."""
+    """The caller's table model: from the cache (no database), else loaded in the thread pool."""
     item = prediction.cached(model_id, owner)
     if item is not None:
-        return item
+        return table_model(item)
     sessions = sessions_for(request)
 
     def load() -> prediction.Loaded:
         with sessions() as session:
             return prediction.load(session=session, model_id=model_id, owner_id=owner)
 
-    return await run_in_threadpool(load)
+    return table_model(await run_in_threadpool(load))
 
 
 async def predict(
@@ -112,7 +125,7 @@ def load_any(*, session: Session, model_id: str) -> prediction.Loaded:
     session.rollback()
     if found is None:
         raise not_found(model_id)
-    return prediction.load(session=session, model_id=model_id, owner_id=found[0])
+    return table_model(prediction.load(session=session, model_id=model_id, owner_id=found[0]))
 
 
 # --- Open Inference Protocol v2 -----------------------------------------------------------------

@@ -23,9 +23,11 @@ from app.datasets.ingest.profile import image_summary, label_summary
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
+IMAGE_FORMATS = ("PNG", "JPEG")
 
 
-def _parse_fields(fields: dict[str, str]) -> tuple[tuple[int, int] | None, int | None]:
+def parse_image_fields(fields: dict[str, str]) -> tuple[tuple[int, int] | None, int | None]:
+    """Form fields ``image_size`` ("H,W") and ``color_mode``: ((H, W) | None, 1 | 3 | None)."""
     size = None
     if "image_size" in fields:
         parts = fields["image_size"].replace(" ", "").split(",")
@@ -88,12 +90,35 @@ def _image_members(
     return members, ignored
 
 
-def _open_image(data: bytes) -> Any:
-    from PIL import Image
+def open_image(data: bytes) -> Any:
+    """A lazily decoded Pillow image (headers read: ``size``, ``mode``). Only PNG and JPEG are
+    opened, whatever the name says (no other Pillow decoder runs on uploaded bytes); a
+    decompression bomb raises instead of warning."""
+    from PIL import Image, UnidentifiedImageError
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))
+        try:
+            return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except UnidentifiedImageError:
+            raise ValueError("not a PNG or JPEG image") from None
+
+
+def image_channels(mode: str) -> int:
+    """Channels an image of Pillow ``mode`` has by default: 1 for bilevel/grayscale, else 3."""
+    return 1 if mode in ("1", "L") else 3
+
+
+def to_pixels(img: Any, size: tuple[int, int], channels: int) -> np.ndarray:
+    """An opened image decoded as uint8 ``(C, H, W)``: converted to ``channels`` (1: L, 3: RGB)
+    and resized to ``size`` (H, W) with bilinear filtering (as Keras) when it is another size."""
+    height, width = size
+    img.load()
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (width, height):
+        img = img.resize((width, height), resample=_bilinear())
+    pixels = np.asarray(img, dtype=np.uint8)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
 def from_folders(
@@ -104,7 +129,7 @@ def from_folders(
     fields: dict[str, str],
 ) -> Ingested:
     """Decode the zip's class folders into ``dest``/x.npy (N, C, H, W) uint8 and y.npy (N,)."""
-    size, channels = _parse_fields(fields)
+    size, channels = parse_image_fields(fields)
     members, ignored = _image_members(infos)
     problems: list[dict[str, Any]] = []  # the first MAX_ERRORS problems found
     found = [0]  # how many there are
@@ -126,7 +151,7 @@ def from_folders(
     for _, info in members:
         data = read_member(zf, info, limits)
         try:
-            img = _open_image(data)
+            img = open_image(data)
             w, h = img.size
             headers.append((h, w, img.mode))
         except Exception as exc:  # Pillow raises many types for bad files
@@ -158,7 +183,7 @@ def from_folders(
                 )
         size = (h0, w0)
     if channels is None:
-        channels = 1 if all(hd[2] in ("1", "L") for _, hd in known) else 3
+        channels = max(image_channels(hd[2]) for _, hd in known)
     n, (height, width) = len(members), size
     if n * channels * height * width > limits.max_decoded_bytes:
         raise PayloadTooLarge(
@@ -171,20 +196,14 @@ def from_folders(
     x = np.lib.format.open_memmap(
         dest / "x.npy", mode="w+", dtype=np.uint8, shape=(n, channels, height, width)
     )
-    mode = "L" if channels == 1 else "RGB"
     for i, (_, info) in enumerate(members):
         try:
             with zf.open(info) as f:
-                img = _open_image(f.read(info.file_size + 1))
-            img.load()
-            img = img.convert(mode)
-            if img.size != (width, height):
-                img = img.resize((width, height), resample=_bilinear())
+                img = open_image(f.read(info.file_size + 1))
+            x[i] = to_pixels(img, size, channels)
         except Exception as exc:  # Pillow raises many types for bad files
             problem(info, str(exc) or type(exc).__name__)
             continue
-        pixels = np.asarray(img, dtype=np.uint8)
-        x[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     if problems:
         raise InvalidInputs(
             problems, code="corrupt_image", total=found[0], summary_loc=["body", "file"]
