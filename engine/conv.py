@@ -314,17 +314,17 @@ class Conv2D(Layer):
         blocks = self._blocks(g)[::-1]
         dWbT = np.empty((len(blocks), K + 1, F), dtype=W.dtype)  # [dW | db].T per block
         dxp = np.empty((g.N, C, g.Hp, g.Wp), dtype=W.dtype) if self.need_dx else None
-        # Flat layout: dout gets kw - 1 zero columns in front (the shifts of _flat_dx).
-        margin = kw - 1 if g.flat and dxp is not None else 0
+        # Stride 1 with dx: dout goes into the unshifted rows of _flat_dx's S (F, kw, mm * Q).
+        shifts = kw if g.flat and dxp is not None else 1
         for k, (n0, mm) in enumerate(blocks):
             cols = self._cached_cols(g, n0, mm, scratch, tag)
             if cols is None:
                 cols = self._im2col(windows, g, n0, mm, scratch)
             # dout (mm, F, Ho, Wo) -> (F, mm * Q) in the columns' order, zero on discarded ones.
-            dbuf, fresh = scratch.get("dout", (F, margin + mm * g.Q), W.dtype)
+            S, fresh = scratch.get("dout", (F, shifts, mm * g.Q), W.dtype)
             if fresh:
-                dbuf.fill(0.0)
-            d2 = dbuf[:, margin:]
+                S.fill(0.0)
+            d2 = S[:, 0]
             wide = d2.reshape(F, mm, g.Ho, g.Q // g.Ho)
             np.copyto(wide[:, :, :, : g.Wo], dout[n0 : n0 + mm].transpose(1, 0, 2, 3))
             # [dW | db].T (K + 1, F) = cols @ d2.T: the long axis is the inner one of both.
@@ -332,7 +332,7 @@ class Conv2D(Layer):
             if dxp is None:
                 continue
             if g.flat:
-                self._flat_dx(dbuf, margin, dxp[n0 : n0 + mm], g, mm, scratch)
+                self._flat_dx(S, dxp[n0 : n0 + mm], g, mm, scratch)
             else:
                 dcols, _ = scratch.get("dcols", (K, mm * g.Q), W.dtype)
                 np.matmul(W.reshape(F, K).T, d2, out=dcols)
@@ -347,33 +347,23 @@ class Conv2D(Layer):
         return dxp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W]
 
     def _flat_dx(
-        self,
-        dbuf: np.ndarray,
-        margin: int,
-        dxp: np.ndarray,
-        g: _ConvGeometry,
-        mm: int,
-        scratch: _Scratch,
+        self, S: np.ndarray, dxp: np.ndarray, g: _ConvGeometry, mm: int, scratch: _Scratch
     ) -> None:
-        """Stride 1: ``dxp (mm, C, Hp, Wp)`` of one block from ``d2 = dbuf[:, margin:]``.
+        """Stride 1: ``dxp (mm, C, Hp, Wp)`` of one block from ``d2 = S[:, 0]`` (``F, mm * Q``).
 
         ``dxp[n, c, y + i, x] = sum_{f, j} W[f, c, i, j] * d2[f, n, y, x - j]`` summed over
-        ``i``. On the flat grid (row pitch ``Wp``, zero on the discarded columns and in the
-        ``kw - 1`` margin) the ``x - j`` shift is a shift of the flat index, so
-        ``S[(f, j), q] = d2[f, q - j]`` is one strided copy of ``F * kw`` rows,
-        ``E[(i, c)] = W'[(i, c), (f, j)] @ S`` one product, and ``dxp`` gets the ``kh`` row
-        shifts of ``E``: ``kh`` additions instead of the ``kh * kw`` of a col2im, and columns
-        ``C * kh`` rows long instead of ``C * kh * kw``.
+        ``i``. On the flat grid (row pitch ``Wp``, zero on the discarded columns) the ``x - j``
+        shift is a shift of the flat index: ``S[f, j, q] = d2[f, q - j]`` (zero for ``q < j``)
+        is ``kw - 1`` shifted copies of ``d2``, ``E[(i, c)] = W'[(i, c), (f, j)] @ S`` one
+        product, and ``dxp`` gets the ``kh`` row shifts of ``E``: ``kh`` additions instead of the
+        ``kh * kw`` of a col2im, and columns ``C * kh`` rows long instead of ``C * kh * kw``.
         """
         W = self.params["W"]
         F, C, kh, kw = W.shape
         n = mm * g.Q
-        s = dbuf.itemsize
-        shifted = as_strided(
-            dbuf[:, margin:], shape=(F, kw, n), strides=(dbuf.strides[0], -s, s), writeable=False
-        )
-        S, _ = scratch.get("dshift", (F * kw, n), W.dtype)
-        np.copyto(S.reshape(F, kw, n), shifted)
+        for j in range(1, kw):
+            np.copyto(S[:, j, j:], S[:, 0, : n - j])
+        S = S.reshape(F * kw, n)
         E, _ = scratch.get("drows", (kh * C, n), W.dtype)
         np.matmul(W.transpose(2, 1, 0, 3).reshape(kh * C, F * kw), S, out=E)
         E4 = E.reshape(kh, C, mm, g.Q)
@@ -506,10 +496,10 @@ class MaxPool2D(_Pool2D):
             else:
                 win = gts[o - 1] & ~later
                 later |= gts[o - 1]
-            if tiles:
-                np.multiply(dout, win, out=dx[:, :, rows, cols])
-            else:
+            if self._overlapping:
                 dx[:, :, rows, cols] += dout * win
+            else:  # each pixel in one window at most
+                np.multiply(dout, win, out=dx[:, :, rows, cols])
         return dx
 
 
