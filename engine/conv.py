@@ -28,6 +28,7 @@ All arrays stay in the dtype of the parameters (float32 by default, float64 for 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -68,7 +69,9 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
     return win
 
 
-def _offset_slices(kh: int, kw: int, sh: int, sw: int, Ho: int, Wo: int):
+def _offset_slices(
+    kh: int, kw: int, sh: int, sw: int, Ho: int, Wo: int
+) -> Iterator[tuple[int, int, slice, slice]]:
     """For each kernel offset ``(i, j)``: the strided slices of the input it touches."""
     for i in range(kh):
         for j in range(kw):
@@ -512,12 +515,11 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         ph, pw, sh, sw, Ho, Wo = self._geometry(x.shape)
-        out = None
-        for _, _, rows, cols in _offset_slices(ph, pw, sh, sw, Ho, Wo):
-            if out is None:
-                out = x[:, :, rows, cols].copy()
-            else:
-                out += x[:, :, rows, cols]
+        slices = list(_offset_slices(ph, pw, sh, sw, Ho, Wo))
+        _, _, r0, c0 = slices[0]
+        out = x[:, :, r0, c0].copy()
+        for _, _, rows, cols in slices[1:]:
+            out += x[:, :, rows, cols]
         out *= 1.0 / (ph * pw)
         self.cache = (x.shape, x.dtype) if training else None
         return out
