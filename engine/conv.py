@@ -319,6 +319,7 @@ class Conv2D(Layer):
         dxp = np.empty((g.N, C, g.Hp, g.Wp), dtype=W.dtype) if self.need_dx else None
         # Stride 1 with dx: dout goes into the unshifted rows of _flat_dx's S (F, kw, mm * Q).
         shifts = kw if g.flat and dxp is not None else 1
+        Wrows = W.transpose(2, 1, 0, 3).reshape(kh * C, F * kw)  # W' of _flat_dx
         for k, (n0, mm) in enumerate(blocks):
             cols = self._cached_cols(g, n0, mm, scratch, tag)
             if cols is None:
@@ -335,7 +336,7 @@ class Conv2D(Layer):
             if dxp is None:
                 continue
             if g.flat:
-                self._flat_dx(S, dxp[n0 : n0 + mm], g, mm, scratch)
+                self._flat_dx(S, Wrows, dxp[n0 : n0 + mm], g, mm, scratch)
             else:
                 dcols, _ = scratch.get("dcols", (K, mm * g.Q), W.dtype)
                 np.matmul(W.reshape(F, K).T, d2, out=dcols)
@@ -350,16 +351,23 @@ class Conv2D(Layer):
         return dxp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W]
 
     def _flat_dx(
-        self, S: np.ndarray, dxp: np.ndarray, g: _ConvGeometry, mm: int, scratch: _Scratch
+        self,
+        S: np.ndarray,
+        Wrows: np.ndarray,
+        dxp: np.ndarray,
+        g: _ConvGeometry,
+        mm: int,
+        scratch: _Scratch,
     ) -> None:
         """Stride 1: ``dxp (mm, C, Hp, Wp)`` of one block from ``d2 = S[:, 0]`` (``F, mm * Q``).
 
         ``dxp[n, c, y + i, x] = sum_{f, j} W[f, c, i, j] * d2[f, n, y, x - j]`` summed over
         ``i``. On the flat grid (row pitch ``Wp``, zero on the discarded columns) the ``x - j``
         shift is a shift of the flat index: ``S[f, j, q] = d2[f, q - j]`` (zero for ``q < j``)
-        is ``kw - 1`` shifted copies of ``d2``, ``E[(i, c)] = W'[(i, c), (f, j)] @ S`` one
-        product, and ``dxp`` gets the ``kh`` row shifts of ``E``: ``kh`` additions instead of the
-        ``kh * kw`` of a col2im, and columns ``C * kh`` rows long instead of ``C * kh * kw``.
+        is ``kw - 1`` shifted copies of ``d2``, ``E = Wrows @ S`` (``Wrows[(i, c), (f, j)] =
+        W[f, c, i, j]``) one product, and ``dxp`` gets the ``kh`` row shifts of ``E``: ``kh``
+        additions instead of the ``kh * kw`` of a col2im, and columns ``C * kh`` rows long
+        instead of ``C * kh * kw``.
         """
         W = self.params["W"]
         F, C, kh, kw = W.shape
@@ -368,7 +376,7 @@ class Conv2D(Layer):
             np.copyto(S[:, j, j:], S[:, 0, : n - j])
         S = S.reshape(F * kw, n)
         E, _ = scratch.get("drows", (kh * C, n), W.dtype)
-        np.matmul(W.transpose(2, 1, 0, 3).reshape(kh * C, F * kw), S, out=E)
+        np.matmul(Wrows, S, out=E)
         E4 = E.reshape(kh, C, mm, g.Q)
         dxf = dxp.reshape(mm, C, g.Hp * g.Wp).transpose(1, 0, 2)  # (C, mm, Hp * Wp)
         np.copyto(dxf[:, :, : g.Q], E4[0])
