@@ -14,13 +14,16 @@ Output sizes (Keras / TensorFlow padding rules, stride ``s``, window ``k``):
 
 Convolution is im2col + a matrix product: the windows are copied into columns
 ``cols (K + 1, Q)`` per image (``Q`` output positions) whose last row is ones, so the bias is
-folded into the product ``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db]`` from
-``dout (F, Q) @ cols.T`` (the orientation of ``cols``, no transposed copy of it) and scatters
-``W.T @ dout`` back onto the image (col2im). With stride 1 the columns use the padded image's row
-pitch, so each kernel offset is one contiguous run per image and channel (``Conv2D._windows_view``).
+folded into the product ``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db].T`` from
+``cols @ dout.T (Q, F)`` (the long axis inner in both operands, no transposed copy). With stride 1
+the columns use the padded image's row pitch, so each kernel offset is one contiguous run per image
+and channel (``Conv2D._windows_view``), and the input gradient needs no col2im: the shifts of
+``dout`` by ``j`` columns are flat shifts, one product gives each kernel row's share and ``kh``
+shifted additions sum them (``Conv2D._flat_dx``); other strides scatter ``W.T @ dout`` (col2im).
 The batch is processed in blocks of images whose columns stay in cache (``Conv2D.block_bytes``);
 the copies loop over blocks and over the ``kh * kw`` kernel offsets at most, never over single
-images or pixels, and the column buffers are reused from batch to batch.
+images or pixels, the buffers are reused from batch to batch, and backward starts with the last
+block, whose columns the forward left in the buffer.
 
 All arrays stay in the dtype of the parameters (float32 by default, float64 for gradient checks).
 """
@@ -141,9 +144,10 @@ class Conv2D(Layer):
     -----
     Forward, per block of images: ``out (F, Q) = [W | b] (F, K + 1) @ cols (K + 1, Q)``, returned
     as ``(N, F, Ho, Wo)``. Backward, with ``dout`` in the columns' order ``(F, Q)``:
-    ``[dW | db] = sum_blocks dout @ cols.T`` and ``dx = col2im(W.T (K, F) @ dout)`` (the sum, over
-    the windows that contain a pixel, of their gradients). The forward keeps the (padded) input,
-    not the columns, for backward (one block: the columns too).
+    ``[dW | db].T = sum_blocks cols @ dout.T`` and ``dx`` the sum, over the windows that contain
+    a pixel, of their gradients ``W.T (K, F) @ dout`` (stride 1: ``_flat_dx``, else col2im). The
+    forward keeps the (padded) input, not the columns, for backward (and the last block's columns
+    stay in the buffer).
 
     Network wiring: ``params`` ``W`` (penalised like a Dense weight) and ``b`` (never penalised);
     ``output_shape((C, H, W))`` gives the next layer's input shape; ``make_conv2d`` initialises.
