@@ -9,9 +9,11 @@ Network (both contenders), input ``(N, 1, 28, 28)`` float32::
 SGD with learning rate 0.05, Nesterov momentum 0.9. Two variants: ``plain``, and ``dropout+l2``
 (Dropout(0.5) after the 128-unit tanh, ``l2 * sum(W^2)`` with ``l2 = 1e-4`` on every kernel and
 weight matrix, never biases; PyTorch gets ``weight_decay = 2 * l2`` on those, biases in a group
-without decay). The engine side is a plain sequential loop over engine layers (``engine.conv``,
-``engine.layers``), ``engine.losses.softmax_cross_entropy``, ``engine.regularizers.penalty`` and
-``engine.optimizers`` (Keras-form Nesterov, the same trajectory as PyTorch's for a constant rate).
+without decay). The engine side is a plain sequential loop over the layers
+``engine.network.Network.build`` makes of the tutorial's spec (``engine.conv``, ``engine.layers``;
+the activation before a max-pool runs after it, on a quarter of the values: same function),
+``engine.losses.softmax_cross_entropy``, ``engine.regularizers.penalty`` and ``engine.optimizers``
+(Keras-form Nesterov, the same trajectory as PyTorch's for a constant rate).
 
 Both run on ONE thread (``torch.set_num_threads(1)``, numpy's BLAS limited by threadpoolctl), in
 the same process, interleaved round by round, timed by the process CPU clock by default (the
@@ -87,25 +89,22 @@ def make_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def engine_layers(variant: str, rng: np.random.Generator) -> list:
-    from engine.conv import Flatten, MaxPool2D, make_conv2d
-    from engine.initializers import init_weights
-    from engine.layers import Dense, Dropout, ReLU, Tanh
+    """The layers ``engine.network.Network.build`` makes of the tutorial's spec (so the bench
+    runs what a training job runs: in-place activations, max-pools before the activation)."""
+    from engine.network import Network
 
-    def conv(k: int) -> Any:
-        C, F, kh, _ = CONVS[k]
-        return make_conv2d(C, F, kh, init="glorot_uniform", rng=rng, need_dx=k > 0)
-
-    def dense(d: int, m: int, init: str) -> Dense:
-        return Dense(init_weights(init, d, m, rng=rng), np.zeros(m, dtype=np.float32))
-
-    layers = [conv(0), Tanh(), conv(1), Tanh(), MaxPool2D(2), conv(2), ReLU(), MaxPool2D(2)]
-    layers += [Flatten(), dense(256, 128, "normal"), Tanh()]
+    conv = [
+        {"type": "conv2d", "filters": F, "kernel_size": k, "padding": "valid", "activation": act}
+        for (_, F, k, _), act in zip(CONVS, ("tanh", "tanh", "relu"), strict=True)
+    ]
+    pool = {"type": "maxpool2d", "pool_size": 2}
+    layers = [conv[0], conv[1], pool, conv[2], pool, {"type": "flatten"}]
+    layers.append({"type": "dense", "units": DENSES[0][1], "activation": "tanh", "init": "normal"})
     if variant == "dropout+l2":
-        drop = Dropout(DROPOUT)
-        drop.rng = rng
-        layers.append(drop)
-    layers.append(dense(128, 10, "glorot_uniform"))
-    return layers
+        layers.append({"type": "dropout", "rate": DROPOUT})
+    spec = {"model": {"layers": layers, "init": "glorot_uniform"}}
+    net = Network.build(spec, 28 * 28, DENSES[1][1], rng=rng, input_shape=(1, 28, 28))
+    return net.layers
 
 
 def engine_epoch(

@@ -14,13 +14,16 @@ Output sizes (Keras / TensorFlow padding rules, stride ``s``, window ``k``):
 
 Convolution is im2col + a matrix product: the windows are copied into columns
 ``cols (K + 1, Q)`` per image (``Q`` output positions) whose last row is ones, so the bias is
-folded into the product ``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db]`` from
-``dout (F, Q) @ cols.T`` (the orientation of ``cols``, no transposed copy of it) and scatters
-``W.T @ dout`` back onto the image (col2im). With stride 1 the columns use the padded image's row
-pitch, so each kernel offset is one contiguous run per image and channel (``Conv2D._windows_view``).
+folded into the product ``[W | b] (F, K + 1) @ cols``; backward gets ``[dW | db].T`` from
+``cols @ dout.T (Q, F)`` (the long axis inner in both operands, no transposed copy). With stride 1
+the columns use the padded image's row pitch, so each kernel offset is one contiguous run per image
+and channel (``Conv2D._windows_view``), and the input gradient needs no col2im: the shifts of
+``dout`` by ``j`` columns are flat shifts, one product gives each kernel row's share and ``kh``
+shifted additions sum them (``Conv2D._flat_dx``); other strides scatter ``W.T @ dout`` (col2im).
 The batch is processed in blocks of images whose columns stay in cache (``Conv2D.block_bytes``);
 the copies loop over blocks and over the ``kh * kw`` kernel offsets at most, never over single
-images or pixels, and the column buffers are reused from batch to batch.
+images or pixels, the buffers are reused from batch to batch, and backward starts with the last
+block, whose columns the forward left in the buffer.
 
 All arrays stay in the dtype of the parameters (float32 by default, float64 for gradient checks).
 """
@@ -28,6 +31,7 @@ All arrays stay in the dtype of the parameters (float32 by default, float64 for 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -68,7 +72,9 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
     return win
 
 
-def _offset_slices(kh: int, kw: int, sh: int, sw: int, Ho: int, Wo: int):
+def _offset_slices(
+    kh: int, kw: int, sh: int, sw: int, Ho: int, Wo: int
+) -> Iterator[tuple[int, int, slice, slice]]:
     """For each kernel offset ``(i, j)``: the strided slices of the input it touches."""
     for i in range(kh):
         for j in range(kw):
@@ -83,6 +89,8 @@ class _Scratch:
 
     def __init__(self) -> None:
         self._arrays: dict[tuple, np.ndarray] = {}
+        # What a buffer holds, where it matters (Conv2D: the forward pass and block of "cols").
+        self.tags: dict[tuple, tuple] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, bool]:
         """``(array, fresh)``; ``fresh``: just allocated, contents undefined."""
@@ -92,6 +100,7 @@ class _Scratch:
             return a, False
         if len(self._arrays) >= self.MAX_ARRAYS:
             self._arrays.clear()
+            self.tags.clear()
         a = self._arrays[key] = np.empty(shape, dtype=dtype)
         return a, True
 
@@ -135,9 +144,10 @@ class Conv2D(Layer):
     -----
     Forward, per block of images: ``out (F, Q) = [W | b] (F, K + 1) @ cols (K + 1, Q)``, returned
     as ``(N, F, Ho, Wo)``. Backward, with ``dout`` in the columns' order ``(F, Q)``:
-    ``[dW | db] = sum_blocks dout @ cols.T`` and ``dx = col2im(W.T (K, F) @ dout)`` (the sum, over
-    the windows that contain a pixel, of their gradients). The forward keeps the (padded) input,
-    not the columns, for backward (one block: the columns too).
+    ``[dW | db].T = sum_blocks cols @ dout.T`` and ``dx`` the sum, over the windows that contain
+    a pixel, of their gradients ``W.T (K, F) @ dout`` (stride 1: ``_flat_dx``, else col2im). The
+    forward keeps the (padded) input, not the columns, for backward (and the last block's columns
+    stay in the buffer).
 
     Network wiring: ``params`` ``W`` (penalised like a Dense weight) and ``b`` (never penalised);
     ``output_shape((C, H, W))`` gives the next layer's input shape; ``make_conv2d`` initialises.
@@ -228,10 +238,17 @@ class Conv2D(Layer):
         )
 
     def _im2col(
-        self, windows: np.ndarray, g: _ConvGeometry, n0: int, mm: int, scratch: _Scratch
+        self,
+        windows: np.ndarray,
+        g: _ConvGeometry,
+        n0: int,
+        mm: int,
+        scratch: _Scratch,
+        tag: object = None,
     ) -> np.ndarray:
         """``cols (K + 1, mm * Q)`` of images ``n0 .. n0 + mm``: one column per output position,
-        the last row ones (the bias), one strided copy."""
+        the last row ones (the bias), one strided copy. ``tag`` names the forward pass whose
+        columns the buffer then holds (``_cached_cols``)."""
         _, C, kh, kw = self.params["W"].shape
         K = C * kh * kw
         cols, fresh = scratch.get("cols", (K + 1, mm, g.Q), windows.dtype)
@@ -243,13 +260,27 @@ class Conv2D(Layer):
             np.copyto(cols[:K].reshape(C, kh, kw, mm, g.Q)[..., : block.shape[-1]], block)
         else:
             np.copyto(cols[:K].reshape(C, kh, kw, mm, g.Ho, g.Wo), block)
+        scratch.tags[("cols", mm)] = (tag, n0)
         return cols.reshape(K + 1, mm * g.Q)
 
-    def _blocks(self, g: _ConvGeometry):
-        for n0 in range(0, g.N, g.m):
-            yield n0, min(g.m, g.N - n0)
+    def _cached_cols(
+        self, g: _ConvGeometry, n0: int, mm: int, scratch: _Scratch, tag: object
+    ) -> np.ndarray | None:
+        """The columns of images ``n0 .. n0 + mm`` if the buffer still holds the ones the
+        forward pass ``tag`` built (its last block), else ``None``."""
+        held = scratch.tags.get(("cols", mm))
+        if held is None or held[0] is not tag or held[1] != n0:
+            return None
+        K1 = self.params["W"][0].size + 1
+        return scratch.get("cols", (K1, mm, g.Q), self.params["W"].dtype)[0].reshape(K1, -1)
 
-    def _forward(self, x: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def _blocks(self, g: _ConvGeometry) -> list[tuple[int, int]]:
+        """``(n0, mm)``: the first image and the number of images of each block."""
+        return [(n0, min(g.m, g.N - n0)) for n0 in range(0, g.N, g.m)]
+
+    def _forward(
+        self, x: np.ndarray, scratch: _Scratch, tag: object = None
+    ) -> tuple[np.ndarray, np.ndarray, _ConvGeometry]:
         W, b = self.params["W"], self.params["b"]
         F = W.shape[0]
         g = self._geometry(x)
@@ -260,7 +291,7 @@ class Conv2D(Layer):
         Wb[:, -1] = b
         out = np.empty((g.N, F, g.Ho, g.Wo), dtype=W.dtype)
         for n0, mm in self._blocks(g):
-            cols = self._im2col(windows, g, n0, mm, scratch)
+            cols = self._im2col(windows, g, n0, mm, scratch, tag)
             res, _ = scratch.get("out", (F, mm * g.Q), W.dtype)
             np.matmul(Wb, cols, out=res)
             wide = res.reshape(F, mm, g.Ho, g.Q // g.Ho)  # (F, mm, Ho, Wp or Wo)
@@ -271,67 +302,102 @@ class Conv2D(Layer):
         if not training:
             self.cache = None
             return self.predict(x)
-        out, xp, g = self._forward(x, self._scratch)
-        self.cache = (xp, g)
+        tag = object()  # identifies this pass's columns in the scratch buffers
+        out, xp, g = self._forward(x, self._scratch, tag)
+        self.cache = (xp, g, tag)
         return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._forward(x, _Scratch())[0]
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        xp, g = self.cache
+        xp, g, tag = self.cache
         W = self.params["W"]
         F, C, kh, kw = W.shape
         K = C * kh * kw
         scratch = self._scratch
         windows = self._windows_view(xp, g)
-        blocks = list(self._blocks(g))
-        dWb = np.empty((len(blocks), F, K + 1), dtype=W.dtype)  # [dW | db] per block
-        WT = W.reshape(F, K).T
-        dxp = np.zeros((g.N, C, g.Hp, g.Wp), dtype=W.dtype) if self.need_dx else None
+        # Last block first: its columns are still in the buffer from the forward pass.
+        blocks = self._blocks(g)[::-1]
+        dWbT = np.empty((len(blocks), K + 1, F), dtype=W.dtype)  # [dW | db].T per block
+        dxp = np.empty((g.N, C, g.Hp, g.Wp), dtype=W.dtype) if self.need_dx else None
+        # Stride 1 with dx: dout goes into the unshifted rows of _flat_dx's S (F, kw, mm * Q).
+        shifts = kw if g.flat and dxp is not None else 1
+        Wrows = W.transpose(2, 1, 0, 3).reshape(kh * C, F * kw)  # W' of _flat_dx
         for k, (n0, mm) in enumerate(blocks):
-            if len(blocks) == 1:  # the forward's columns are still in the buffer
-                cols, _ = scratch.get("cols", (K + 1, mm, g.Q), W.dtype)
-                cols = cols.reshape(K + 1, mm * g.Q)
-            else:
+            cols = self._cached_cols(g, n0, mm, scratch, tag)
+            if cols is None:
                 cols = self._im2col(windows, g, n0, mm, scratch)
             # dout (mm, F, Ho, Wo) -> (F, mm * Q) in the columns' order, zero on discarded ones.
-            d2, fresh = scratch.get("dout", (F, mm, g.Ho, g.Q // g.Ho), W.dtype)
+            S, fresh = scratch.get("dout", (F, shifts, mm * g.Q), W.dtype)
             if fresh:
-                d2.fill(0.0)
-            np.copyto(d2[:, :, :, : g.Wo], dout[n0 : n0 + mm].transpose(1, 0, 2, 3))
-            d2 = d2.reshape(F, mm * g.Q)
-            np.matmul(d2, cols.T, out=dWb[k])
-            if dxp is not None:
+                S.fill(0.0)
+            d2 = S[:, 0]
+            wide = d2.reshape(F, mm, g.Ho, g.Q // g.Ho)
+            np.copyto(wide[:, :, :, : g.Wo], dout[n0 : n0 + mm].transpose(1, 0, 2, 3))
+            # [dW | db].T (K + 1, F) = cols @ d2.T: the long axis is the inner one of both.
+            np.matmul(cols, d2.T, out=dWbT[k])
+            if dxp is None:
+                continue
+            if g.flat:
+                self._flat_dx(S, Wrows, dxp[n0 : n0 + mm], g, mm, scratch)
+            else:
                 dcols, _ = scratch.get("dcols", (K, mm * g.Q), W.dtype)
-                np.matmul(WT, d2, out=dcols)
+                np.matmul(W.reshape(F, K).T, d2, out=dcols)
                 self._col2im(dcols, dxp[n0 : n0 + mm], g, mm)
-        dWb = dWb.sum(axis=0) if len(blocks) > 1 else dWb[0]
-        self.grads["W"][...] = dWb[:, :K].reshape(W.shape)
-        self.grads["b"][...] = dWb[:, K]
+        dWb = dWbT.sum(axis=0) if len(blocks) > 1 else dWbT[0]
+        self.grads["W"][...] = dWb[:K].T.reshape(W.shape)
+        self.grads["b"][...] = dWb[K]
         if dxp is None:
             return None
         if (g.Hp, g.Wp) == (g.H, g.W):
             return dxp
         return dxp[:, :, g.pt : g.pt + g.H, g.pl : g.pl + g.W]
 
+    def _flat_dx(
+        self,
+        S: np.ndarray,
+        Wrows: np.ndarray,
+        dxp: np.ndarray,
+        g: _ConvGeometry,
+        mm: int,
+        scratch: _Scratch,
+    ) -> None:
+        """Stride 1: ``dxp (mm, C, Hp, Wp)`` of one block from ``d2 = S[:, 0]`` (``F, mm * Q``).
+
+        ``dxp[n, c, y + i, x] = sum_{f, j} W[f, c, i, j] * d2[f, n, y, x - j]`` summed over
+        ``i``. On the flat grid (row pitch ``Wp``, zero on the discarded columns) the ``x - j``
+        shift is a shift of the flat index: ``S[f, j, q] = d2[f, q - j]`` (zero for ``q < j``)
+        is ``kw - 1`` shifted copies of ``d2``, ``E = Wrows @ S`` (``Wrows[(i, c), (f, j)] =
+        W[f, c, i, j]``) one product, and ``dxp`` gets the ``kh`` row shifts of ``E``: ``kh``
+        additions instead of the ``kh * kw`` of a col2im, and columns ``C * kh`` rows long
+        instead of ``C * kh * kw``.
+        """
+        W = self.params["W"]
+        F, C, kh, kw = W.shape
+        n = mm * g.Q
+        for j in range(1, kw):
+            np.copyto(S[:, j, j:], S[:, 0, : n - j])
+        S = S.reshape(F * kw, n)
+        E, _ = scratch.get("drows", (kh * C, n), W.dtype)
+        np.matmul(Wrows, S, out=E)
+        E4 = E.reshape(kh, C, mm, g.Q)
+        dxf = dxp.reshape(mm, C, g.Hp * g.Wp).transpose(1, 0, 2)  # (C, mm, Hp * Wp)
+        np.copyto(dxf[:, :, : g.Q], E4[0])
+        dxf[:, :, g.Q :] = 0.0
+        for i in range(1, kh):
+            dv = dxf[:, :, i * g.Wp : i * g.Wp + g.Q]
+            np.add(dv, E4[i], out=dv)
+
     def _col2im(self, dcols: np.ndarray, dxp: np.ndarray, g: _ConvGeometry, mm: int) -> None:
-        """Add each column's gradient onto the pixels of its window: ``dxp (mm, C, Hp, Wp)``."""
+        """Strides > 1: add each column's gradient onto the pixels of its window,
+        ``dxp (mm, C, Hp, Wp)`` (zero on entry)."""
         _, C, kh, kw = self.params["W"].shape
-        if g.flat:
-            L = (g.Ho - 1) * g.Wp + g.Wo
-            dc = dcols.reshape(C, kh, kw, mm, g.Q)
-            dxf = dxp.reshape(mm, C, g.Hp * g.Wp).transpose(1, 0, 2)
-            for i in range(kh):
-                for j in range(kw):
-                    o = i * g.Wp + j
-                    dv = dxf[:, :, o : o + L]
-                    np.add(dv, dc[:, i, j, :, :L], out=dv)
-        else:
-            dc = dcols.reshape(C, kh, kw, mm, g.Ho, g.Wo)
-            for i, j, rows, cols in _offset_slices(kh, kw, *self.strides, g.Ho, g.Wo):
-                dv = dxp[:, :, rows, cols]
-                dv += dc[:, i, j].transpose(1, 0, 2, 3)
+        dxp[...] = 0.0
+        dc = dcols.reshape(C, kh, kw, mm, g.Ho, g.Wo)
+        for i, j, rows, cols in _offset_slices(kh, kw, *self.strides, g.Ho, g.Wo):
+            dv = dxp[:, :, rows, cols]
+            dv += dc[:, i, j].transpose(1, 0, 2, 3)
 
 
 def make_conv2d(
@@ -445,10 +511,10 @@ class MaxPool2D(_Pool2D):
             else:
                 win = gts[o - 1] & ~later
                 later |= gts[o - 1]
-            if tiles:
-                np.multiply(dout, win, out=dx[:, :, rows, cols])
-            else:
+            if self._overlapping:
                 dx[:, :, rows, cols] += dout * win
+            else:  # each pixel in one window at most
+                np.multiply(dout, win, out=dx[:, :, rows, cols])
         return dx
 
 
@@ -461,12 +527,11 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         ph, pw, sh, sw, Ho, Wo = self._geometry(x.shape)
-        out = None
-        for _, _, rows, cols in _offset_slices(ph, pw, sh, sw, Ho, Wo):
-            if out is None:
-                out = x[:, :, rows, cols].copy()
-            else:
-                out += x[:, :, rows, cols]
+        slices = list(_offset_slices(ph, pw, sh, sw, Ho, Wo))
+        _, _, r0, c0 = slices[0]
+        out = x[:, :, r0, c0].copy()
+        for _, _, rows, cols in slices[1:]:
+            out += x[:, :, rows, cols]
         out *= 1.0 / (ph * pw)
         self.cache = (x.shape, x.dtype) if training else None
         return out

@@ -104,6 +104,41 @@ def test_small_cnn_gradients_match_centred_differences_float64():
             assert abs(numeric - gflat[i]) <= 1e-6 + 1e-5 * abs(numeric)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "leaky_relu", "linear"])
+def test_max_pool_after_a_monotone_activation_runs_first_with_the_same_results(activation):
+    """conv -> act -> maxpool is built as conv -> maxpool -> act (max(act(x)) = act(max(x))) for
+    non-decreasing activations; output and every gradient equal the spec order's."""
+    spec = parse(
+        {
+            "model": {
+                "layers": [
+                    {"type": "conv2d", "filters": 3, "kernel_size": 3, "activation": activation},
+                    {"type": "maxpool2d", "pool_size": 2},
+                ],
+            },
+            "dtype": "float64",
+        }
+    )
+    net = Network.build(spec, 2 * 9 * 8, 4, rng=np.random.default_rng(5), input_shape=(2, 9, 8))
+    assert [type(la).__name__ for la in net.layers][1] == "MaxPool2D"
+    spec_order = list(net.layers)
+    spec_order[1], spec_order[2] = spec_order[2], spec_order[1]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 2, 9, 8))
+    dscores = rng.standard_normal((5, 4))
+    results = []
+    for layers in (net.layers, spec_order):
+        out = x
+        for la in layers:
+            out = la.forward(out, training=True)
+        d = dscores
+        for la in reversed(layers):
+            d = la.backward(d) if d is not None else None
+        results.append([out] + [la.grads[k].copy() for la in layers for k in sorted(la.grads)])
+    for ours, ref in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+
+
 # --- shapes -------------------------------------------------------------------------------------
 
 
