@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     quota_retry_after_seconds: int = Field(default=30, ge=1, le=3600)
 
     auth_required: bool = False
+    # A key found valid in the database is trusted this long by the server process without asking
+    # again: a revocation made in the same process applies at once, one made by another process
+    # (`regula keys revoke`, another server) within this many seconds. 0 asks on every request.
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # GET /metrics needs "Authorization: Bearer <this>" when set; no key at all when unset.
     metrics_token: str | None = None
     log_level: str = "info"
