@@ -35,7 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # a big model never holds the loop.
 INLINE_COST = 1_000_000
 
-NOT_AN_OBJECT = {
+NOT_AN_OBJECT: dict[str, Any] = {
     "loc": ["body"],
     "msg": "Input should be a valid dictionary or object to extract fields from",
     "type": "model_attributes_type",
@@ -58,7 +58,7 @@ def _parse(raw: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
-        errors = []
+        errors: list[dict[str, Any]] = []
         for error in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]:
             if error["type"] == "model_type":  # valid JSON, but not an object
                 errors.append(NOT_AN_OBJECT)
