@@ -461,7 +461,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    """Revoke a key by id or prefix; requests with it get 401 from now on."""
+    """Revoke a key by id or prefix; requests with it get 401 within REGULA_KEY_CACHE_SECONDS."""
     from app.core.auth import revoke_key
     from app.core.db import get_sessionmaker
     from app.core.errors import RegulaError

@@ -1,11 +1,11 @@
 """``python -m bench``: measure Regula against its peers in one run and write ``bench/RESULTS.md``.
 
 Options: ``--quick`` (smoke mode: tiny sizes, seconds, skips peers that are not installed),
-``--only training,lasso,serving,ingest,jobs`` (run some sections), ``--output PATH`` (where to
-write the results; default ``bench/RESULTS.md``), ``--threads N`` (threads for every contender;
-default all cores available), ``--repeats N`` (interleaved rounds; the best or median is reported),
-``--profile`` (cProfile of the engine calls of sections 1-2, appended to the notes; the servers are
-profiled from outside with py-spy, see bench/README.md), ``--clock cpu`` (time the
+``--only training,lasso,serving,ingest,jobs,cnn,protocols`` (run some sections), ``--output PATH``
+(where to write the results; default ``bench/RESULTS.md``), ``--threads N`` (threads for every
+contender; default all cores available), ``--repeats N`` (interleaved rounds; the best or median
+is reported), ``--profile`` (cProfile of the engine calls of sections 1-2, appended to the notes;
+the servers are profiled from outside with py-spy, see bench/README.md), ``--clock cpu`` (time the
 in-process sections by CPU time: steadier on a shared machine; needs ``--threads 1``).
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some processors by the environment, make a current
@@ -38,7 +38,8 @@ SECTIONS = {
     "ingest": "4. Ingest (CSV upload)",
     "jobs": "5. Jobs",
     "cnn": "6. Image CNN training",
-    "hardening": "7. Hardening: memory bounds and a responsive event loop",
+    "protocols": "7. Serving protocols (OIP v2, MLflow) and pruned serving",
+    "hardening": "8. Hardening: memory bounds and a responsive event loop",
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
 

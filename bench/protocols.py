@@ -1,6 +1,7 @@
 """The serving protocols against the bare FastAPI floor, and pruned against unpruned serving.
 
     python -m bench.protocols [--quick] [--repeats 3] [--duration 5]
+    python -m bench --only protocols [--quick]      # the same, as section 7 of the bench
 
 1. Single-row requests with 32 keep-alive connections (the load generator of ``bench.serving``:
    ``wrk`` when installed, else ``bench.loadgen``), interleaved in one run against the floor
@@ -28,7 +29,7 @@ import httpx
 
 from bench import api
 from bench.common import SectionResult
-from bench.server import bare_fastapi, regula_serve
+from bench.server import bare_fastapi, close_shared, regula_for
 from bench.serving import CONNECTIONS, GOAL, N_FEATURES, load
 
 PRUNE_ROWS = 1000
@@ -48,7 +49,7 @@ def _bodies(model_id: str, names: list[str], row: dict[str, float]) -> dict[str,
     }
 
 
-def protocols(res: SectionResult, *, duration: float, repeats: int) -> None:
+def protocols(res: SectionResult, *, duration: float, repeats: int, quick: bool = False) -> None:
     use_wrk = shutil.which("wrk") is not None
     res.note(
         f"{CONNECTIONS} keep-alive connections, {duration:g} s per run, best of {repeats} "
@@ -57,7 +58,7 @@ def protocols(res: SectionResult, *, duration: float, repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="regula-bench-") as tmp:
         csv = Path(tmp) / "train.csv"
         api.write_csv(csv, 2_000, N_FEATURES)
-        with regula_serve() as server, bare_fastapi() as bare:
+        with regula_for(quick=quick) as server, bare_fastapi() as bare:
             with httpx.Client(base_url=server.url) as client:
                 _, ds = api.upload(client, csv)
                 job = api.wait(client, api.submit(client, api.train_spec(ds["id"]))["id"])
@@ -137,6 +138,12 @@ def pruned(res: SectionResult, *, repeats: int) -> None:
         res.info(f"speed-up, {name} vs unpruned", unpruned / best[name], "x")
 
 
+def run(res: SectionResult, *, quick: bool, threads: int, repeats: int, profile: bool) -> None:
+    """Section 7 of ``python -m bench``: both parts above (1 s runs in quick mode)."""
+    protocols(res, duration=1.0 if quick else 5.0, repeats=repeats, quick=quick)
+    pruned(res, repeats=max(repeats, 5))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.protocols", description=__doc__.split("\n\n")[0]
@@ -148,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     duration = 1.0 if args.quick else args.duration
     res = SectionResult("protocols", "Serving protocols")
-    protocols(res, duration=duration, repeats=repeats)
-    pruned(res, repeats=max(repeats, 5))
+    try:
+        protocols(res, duration=duration, repeats=repeats, quick=args.quick)
+        pruned(res, repeats=max(repeats, 5))
+    finally:
+        close_shared()
     failed = [c for c in res.checks if not c.passed]
     return 1 if failed else 0
 

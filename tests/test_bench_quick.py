@@ -50,6 +50,9 @@ def test_quick_bench_exits_zero_and_prints_a_ratio_per_goal(quick_run) -> None:
         "one job alone",
     }
     assert expected <= peers, sorted(peers)
+    # Section 7 measures each serving protocol against the floor.
+    for name in ("/predict", "OIP v2 infer", "MLflow invocations"):
+        assert f"[protocols] single-row {name}, 32 clients" in proc.stdout
     for m in RATIO.finditer(proc.stdout):
         assert float(m.group(2)) > 0
 

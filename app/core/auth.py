@@ -3,11 +3,15 @@
 With ``settings.auth_required`` off, every request acts as the anonymous owner (``None``);
 with it on, a request needs a valid, unrevoked key and sees only the resources that key created.
 The key travels as an HTTP Bearer token (the OpenAPI security scheme ``APIKey``), so Swagger UI's
-"Authorize" button can send it.
+"Authorize" button can send it. A server process trusts a key it found valid for
+``REGULA_KEY_CACHE_SECONDS`` (``KeyCache``): a revocation by another process (``regula keys
+revoke``) reaches it within that time.
 """
 
 import hashlib
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, Any
@@ -48,6 +52,55 @@ def sessions_for(request: Request) -> Sessions:
     return contextmanager(request.app.dependency_overrides.get(get_db, get_db))
 
 
+class KeyCache:
+    """Key hashes found valid in the database, with their owner, for ``settings.key_cache_seconds``.
+
+    Without it every keyed request costs a thread hop and a query. Only valid keys are kept (an
+    unknown token is asked for every time, so guessing fills nothing), at most ``MAX_ENTRIES``.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owners: dict[str, tuple[str, float]] = {}  # key hash -> (owner id, expiry)
+
+    def get(self, key_hash: str) -> str | None:
+        """The owner of a key checked less than ``key_cache_seconds`` ago, else None."""
+        entry = self._owners.get(key_hash)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            with self._lock:
+                self._owners.pop(key_hash, None)
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, owner: str) -> None:
+        ttl = settings.key_cache_seconds
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._owners) >= self.MAX_ENTRIES:
+                now = time.monotonic()
+                self._owners = {k: v for k, v in self._owners.items() if v[1] > now}
+                if len(self._owners) >= self.MAX_ENTRIES:
+                    self._owners.clear()
+            self._owners[key_hash] = (owner, time.monotonic() + ttl)
+
+    def forget(self, key_hash: str) -> None:
+        """Drop a revoked key: its next request is asked of the database."""
+        with self._lock:
+            self._owners.pop(key_hash, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._owners.clear()
+
+
+key_cache = KeyCache()
+
+
 def hash_key(key: str) -> str:
     """SHA-256 hex digest of a key (keys are random 256-bit tokens, so no salt or KDF is needed)."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -68,7 +121,8 @@ def list_keys(*, session: Session) -> list[ApiKey]:
 
 
 def revoke_key(*, session: Session, id_or_prefix: str) -> ApiKey:
-    """Revoke the key whose id or prefix is ``id_or_prefix``; its requests get 401 from now on.
+    """Revoke the key whose id or prefix is ``id_or_prefix``; its requests get 401 from now on in
+    this process, and within ``settings.key_cache_seconds`` in the servers that cached it.
 
     NotFound if no key matches, Conflict if a prefix matches more than one key. Revoking a
     revoked key keeps its first revocation time.
@@ -87,6 +141,7 @@ def revoke_key(*, session: Session, id_or_prefix: str) -> ApiKey:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.commit()
+    key_cache.forget(row.key_hash)
     return row
 
 
@@ -107,6 +162,7 @@ def _owner_of(sessions: Sessions, token: str) -> str:
         row = get_by_plain_key(session=session, key=token)
     if row is None:
         raise _invalid("The API key is unknown or revoked.")
+    key_cache.put(row.key_hash, row.id)
     return row.id
 
 
@@ -117,7 +173,8 @@ class _CurrentOwner(HTTPBearer):
     async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
         """The id of the calling key, or None when auth is not required and no key was sent.
 
-        Without a key (and auth off) a request costs no database session and no thread.
+        Without a key (and auth off) a request costs no database session and no thread; nor
+        does a key checked in the last ``key_cache_seconds`` (``KeyCache``).
         """
         credentials = await super().__call__(request)  # None: absent, or not "Bearer <token>"
         if credentials is None:
@@ -133,6 +190,9 @@ class _CurrentOwner(HTTPBearer):
         token = credentials.credentials.strip()
         if not token:
             raise _invalid("The Authorization header must be 'Bearer <key>'.")
+        owner = key_cache.get(hash_key(token))
+        if owner is not None:
+            return owner
         return await run_in_threadpool(_owner_of, sessions_for(request), token)
 
 

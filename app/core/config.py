@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         default=False,
         description="require an API key (`regula keys create --name NAME`) on every request",
     )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="a server trusts a key it found valid this long without asking the database "
+        "again (0: every request asks); a revocation made in the same process applies at once, "
+        "one made by another process (`regula keys revoke`, another server) within this time",
+    )
     metrics_token: str | None = Field(
         default=None,
         description="when set, `GET /metrics` needs `Authorization: Bearer <this token>`; "

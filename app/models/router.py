@@ -2,19 +2,22 @@
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.core.auth import OwnerDep, sessions_for
+from app.core.bodies import (
+    INLINE_PARSE_BYTES,
+    NumpyJSONResponse,
+    read_prediction_body,
+)
 from app.core.config import settings
 from app.core.deps import SessionDep
-from app.core.errors import MAX_ERRORS, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.core.errors import MAX_ERRORS, InvalidInput, UnsupportedMediaType
 from app.core.routing import MAX_OFFSET, JSONBodyRoute, inline_schema
 from app.models import prediction, service
 from app.models.schemas import (
@@ -38,18 +41,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # (microseconds; a hop to the thread pool would cost more). Anything larger goes to the pool, so
 # a big model never holds the loop.
 INLINE_COST = 1_000_000
-# Bodies up to this size are parsed on the event loop; larger ones in the thread pool.
-INLINE_PARSE_BYTES = 64 * 1024
 
-
-class NumpyJSONResponse(JSONResponse):
-    """``application/json`` written by orjson, NumPy arrays included (no ``tolist`` round trip)."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-NOT_AN_OBJECT = {
+NOT_AN_OBJECT: dict[str, Any] = {
     "loc": ["body"],
     "msg": "Input should be a valid dictionary or object to extract fields from",
     "type": "model_attributes_type",
@@ -72,7 +65,7 @@ def _parse(raw: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
-        errors = []
+        errors: list[dict[str, Any]] = []
         for error in exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]:
             if error["type"] == "model_type":  # valid JSON, but not an object
                 errors.append(NOT_AN_OBJECT)
@@ -83,37 +76,11 @@ def _parse(raw: bytes) -> PredictRequest:
         raise RequestValidationError(errors) from exc
 
 
-def _too_large() -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"The request body is larger than the {settings.max_predict_mb} MB a prediction may "
-        "send (REGULA_MAX_PREDICT_MB); send fewer rows per request.",
-        loc=["body"],
-    )
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes: by Content-Length before reading, and
-    while reading a body sent without one (chunked)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit():
-        if int(length) > limit:
-            raise _too_large()
-        return await request.body()  # the server never hands over more than Content-Length
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def read_predict_body(request: Request) -> PredictRequest:
     """The predict body: capped at REGULA_MAX_PREDICT_MB, validated by ``PredictRequest`` (off
     the event loop when large). Called once the key is checked, so a stranger gets the server to
     read nothing."""
-    raw = await _read_capped(request, settings.max_predict_bytes)
+    raw = await read_prediction_body(request)
     if not raw:
         missing = {"loc": ["body"], "msg": "Field required", "type": "missing"}
         raise RequestValidationError([missing])
@@ -212,7 +179,7 @@ async def read_image_files(request: Request) -> tuple[list[tuple[str, bytes]], d
             f"{media or 'a body without a content type'}.",
             loc=["header", "content-type"],
         )
-    raw = await _read_capped(request, settings.max_predict_bytes)
+    raw = await read_prediction_body(request)
 
     async def body() -> Any:
         yield raw

@@ -19,10 +19,9 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from app.core.auth import OwnerDep
-from app.core.config import settings
+from app.core.bodies import NumpyJSONResponse, read_prediction_body
 from app.core.errors import install_error_handlers
 from app.models import prediction
-from app.models.router import NumpyJSONResponse, _read_capped
 from app.serving import service
 from app.serving.routing import protocol_route
 from app.serving.schemas import InvocationsResponse, MLflowError
@@ -64,7 +63,7 @@ BODY = {
 
 
 async def _invoke(item: prediction.Loaded, request: Request) -> Response:
-    raw = await _read_capped(request, settings.max_predict_bytes)
+    raw = await read_prediction_body(request)
     answer = await service.invocations(item, raw, request.headers.get("content-type"))
     return NumpyJSONResponse(answer)
 

@@ -11,6 +11,9 @@ binary_tensor_data extension, as bytes after the JSON header (``Inference-Header
 ``parameters.binary_data_size``; ask for binary outputs with ``parameters.binary_data`` on an
 output or ``parameters.binary_data_output`` on the request).
 
+Versions: a model has one, ``"1"`` (``versions`` of its metadata); ``/v2/models/{id}/versions/1``
+(and its ``/ready`` and ``/infer``) answer as the unversioned routes, any other version is 404.
+
 Auth: the rules of every other model route (``Authorization: Bearer <key>`` when
 ``REGULA_AUTH_REQUIRED``; a model is visible only to the key that trained it); the health and
 server-metadata routes take no key. Errors: ``{"error": "<sentence>"}`` with 400 (bad request),
@@ -24,9 +27,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
 from app.core.auth import OwnerDep, sessions_for
-from app.core.config import settings
+from app.core.bodies import INLINE_PARSE_BYTES, NumpyJSONResponse, read_prediction_body
 from app.core.routing import inline_schema
-from app.models.router import INLINE_PARSE_BYTES, NumpyJSONResponse, _read_capped
+from app.models import prediction
 from app.serving import service
 from app.serving.routing import protocol_route
 from app.serving.schemas import (
@@ -86,6 +89,20 @@ async def model_metadata(model_id: str, request: Request, owner: OwnerDep) -> Re
     return NumpyJSONResponse(service.model_metadata(item))
 
 
+@router.get(
+    "/models/{model_id}/versions/{version}",
+    response_model=ModelMetadata,
+    summary="Model metadata (one version)",
+    responses=ERRORS,
+)
+async def version_metadata(
+    model_id: str, version: str, request: Request, owner: OwnerDep
+) -> Response:
+    """The model's metadata when ``version`` is one of its ``versions``; 404 otherwise."""
+    item = await service.get_loaded(request, model_id, owner, version=version)
+    return NumpyJSONResponse(service.model_metadata(item))
+
+
 @router.get("/models/{model_id}/ready", summary="Model readiness", responses=ERRORS)
 async def model_ready(model_id: str, request: Request, owner: OwnerDep) -> dict[str, Any]:
     """200 when the model is loaded (it is loaded now if it was not), 404 if there is none."""
@@ -93,11 +110,22 @@ async def model_ready(model_id: str, request: Request, owner: OwnerDep) -> dict[
     return {"name": item.id, "ready": True}
 
 
-@router.post(
-    "/models/{model_id}/infer",
-    response_model=InferResponse,
-    summary="Infer",
-    responses={
+@router.get(
+    "/models/{model_id}/versions/{version}/ready",
+    summary="Model readiness (one version)",
+    responses=ERRORS,
+)
+async def version_ready(
+    model_id: str, version: str, request: Request, owner: OwnerDep
+) -> dict[str, Any]:
+    """200 when the model is loaded and has ``version``; 404 otherwise."""
+    item = await service.get_loaded(request, model_id, owner, version=version)
+    return {"name": item.id, "version": version, "ready": True}
+
+
+INFER: dict[str, Any] = {
+    "response_model": InferResponse,
+    "responses": {
         **ERRORS,
         200: {
             "content": {"application/octet-stream": {}},
@@ -110,7 +138,7 @@ async def model_ready(model_id: str, request: Request, owner: OwnerDep) -> dict[
             "REGULA_MAX_PREDICT_MB, or more rows than REGULA_MAX_PREDICT_ROWS.",
         },
     },
-    openapi_extra={
+    "openapi_extra": {
         "requestBody": {
             "required": True,
             "content": {
@@ -121,11 +149,11 @@ async def model_ready(model_id: str, request: Request, owner: OwnerDep) -> dict[
             },
         }
     },
-)
-async def infer(model_id: str, request: Request, owner: OwnerDep) -> Response:
-    """Predict a batch of tensors: labels and probabilities, or regression values."""
-    item = await service.get_loaded(request, model_id, owner)
-    raw = await _read_capped(request, settings.max_predict_bytes)
+}
+
+
+async def _infer(item: prediction.Loaded, request: Request) -> Response:
+    raw = await read_prediction_body(request)
     header = request.headers.get(service.HEADER_LENGTH)
     if len(raw) <= INLINE_PARSE_BYTES:
         decoded = service.decode_infer(item, raw, header)
@@ -134,3 +162,16 @@ async def infer(model_id: str, request: Request, owner: OwnerDep) -> Response:
     result = await service.predict(item, rows=decoded.rows, instances=decoded.instances)
     body, headers, media = service.encode_infer(item, decoded, result)
     return Response(body, headers=headers, media_type=media)
+
+
+@router.post("/models/{model_id}/infer", summary="Infer", **INFER)
+async def infer(model_id: str, request: Request, owner: OwnerDep) -> Response:
+    """Predict a batch of tensors: labels and probabilities, or regression values."""
+    return await _infer(await service.get_loaded(request, model_id, owner), request)
+
+
+@router.post("/models/{model_id}/versions/{version}/infer", summary="Infer (one version)", **INFER)
+async def version_infer(model_id: str, version: str, request: Request, owner: OwnerDep) -> Response:
+    """``POST /v2/models/{id}/infer`` when ``version`` is one of the model's ``versions``."""
+    item = await service.get_loaded(request, model_id, owner, version=version)
+    return await _infer(item, request)

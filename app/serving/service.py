@@ -24,7 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import sessions_for
-from app.core.errors import InvalidInput, RegulaError, UnsupportedMediaType
+from app.core.bodies import INLINE_PARSE_BYTES
+from app.core.errors import InvalidInput, NotFound, RegulaError, UnsupportedMediaType
 from app.models import prediction
 from app.models.orm import Model
 from app.models.router import INLINE_COST
@@ -58,18 +59,30 @@ def table_model(item: prediction.Loaded) -> prediction.Loaded:
     return item
 
 
-async def get_loaded(request: Request, model_id: str, owner: str | None) -> prediction.Loaded:
-    """The caller's table model: from the cache (no database), else loaded in the thread pool."""
+async def get_loaded(
+    request: Request, model_id: str, owner: str | None, *, version: str | None = None
+) -> prediction.Loaded:
+    """The caller's model: from the cache (no database), else loaded in the thread pool.
+
+    With ``version`` (OIP's ``/versions/{version}`` routes), NotFound unless it is one of the
+    model's ``versions`` (checked after the model, so an unknown model is named as such).
+    """
     item = prediction.cached(model_id, owner)
-    if item is not None:
-        return table_model(item)
-    sessions = sessions_for(request)
+    if item is None:
+        sessions = sessions_for(request)
 
-    def load() -> prediction.Loaded:
-        with sessions() as session:
-            return prediction.load(session=session, model_id=model_id, owner_id=owner)
+        def load() -> prediction.Loaded:
+            with sessions() as session:
+                return prediction.load(session=session, model_id=model_id, owner_id=owner)
 
-    return table_model(await run_in_threadpool(load))
+        item = await run_in_threadpool(load)
+    if version is not None and version != MODEL_VERSION:
+        raise NotFound(
+            f"Model {item.id!r} has no version {_quote(version)}; its versions are "
+            f"[{MODEL_VERSION!r}].",
+            loc=["path", "version"],
+        )
+    return table_model(item)
 
 
 async def predict(
@@ -633,7 +646,7 @@ async def invocations(
     item: prediction.Loaded, raw: bytes, content_type: str | None
 ) -> dict[str, Any]:
     """``{"predictions": [...]}``: labels for classifiers, values for regression."""
-    if len(raw) > 64 * 1024:
+    if len(raw) > INLINE_PARSE_BYTES:
         rows, instances = await run_in_threadpool(decode_invocations, item, raw, content_type)
     else:
         rows, instances = decode_invocations(item, raw, content_type)

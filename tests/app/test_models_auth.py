@@ -1,6 +1,7 @@
 """The API key in OpenAPI (a Bearer scheme Swagger UI can send, 401 documented), and
 ``regula keys list | revoke``."""
 
+import time
 from typing import Any
 
 import pytest
@@ -104,6 +105,48 @@ def test_revoked_key_gets_401(
     assert _run(capsys, "keys", "revoke", row.id, "--database-url", db_url)[0] == 0
     session.expire_all()
     assert session.get(ApiKey, row.id).revoked_at == first
+
+
+def _revoke_elsewhere(db_url: str, key_id: str) -> None:
+    """Revoke as another process would: straight in the database, past this process's cache."""
+    from sqlalchemy import update
+
+    from app.core.db import get_sessionmaker, utcnow
+
+    with get_sessionmaker(db_url)() as other:
+        other.execute(update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=utcnow()))
+        other.commit()
+
+
+def test_key_revoked_by_another_process_is_refused_within_the_cache_time(
+    db_url: str, session: Session, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "auth_required", True)
+    monkeypatch.setattr(settings, "key_cache_seconds", 0.5)
+    row, plain = create_key(session=session, name="laptop")
+    headers = {"Authorization": f"Bearer {plain}"}
+    assert client.get("/models", headers=headers).status_code == 200
+    _revoke_elsewhere(db_url, row.id)
+    # Accepted at most until its cache entry expires (0.5 s; the deadline leaves room for a
+    # loaded machine), refused from then on.
+    deadline = time.monotonic() + 10
+    while client.get("/models", headers=headers).status_code == 200:
+        assert time.monotonic() < deadline, "the revoked key is still accepted"
+    response = client.get("/models", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["detail"][0]["type"] == "invalid_api_key"
+
+
+def test_without_the_key_cache_a_revocation_applies_at_once(
+    db_url: str, session: Session, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "auth_required", True)
+    monkeypatch.setattr(settings, "key_cache_seconds", 0)
+    row, plain = create_key(session=session, name="laptop")
+    headers = {"Authorization": f"Bearer {plain}"}
+    assert client.get("/models", headers=headers).status_code == 200
+    _revoke_elsewhere(db_url, row.id)
+    assert client.get("/models", headers=headers).status_code == 401
 
 
 def test_revoke_unknown_or_ambiguous_key_fails(

@@ -118,6 +118,38 @@ def test_model_metadata_lists_required_inputs_and_outputs(
     assert client.get(f"/v2/models/{model_id}/ready").status_code == 200
 
 
+def test_version_one_answers_as_the_unversioned_routes(
+    client: TestClient, credit: tuple[str, engine.Model]
+) -> None:
+    model_id, model = credit
+    meta = client.get(f"/v2/models/{model_id}").json()
+    assert meta["versions"] == ["1"]
+    base = f"/v2/models/{model_id}/versions/1"
+    assert client.get(base).json() == meta
+    ready = client.get(f"{base}/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    rows = credit_rows(5)
+    r = client.post(f"{base}/infer", json={"id": "v1", "inputs": _column_tensors(model, rows)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_name"] == model_id and body["model_version"] == "1"
+    label = next(o for o in body["outputs"] if o["name"] == "label")
+    assert label["data"] == _predict(client, model_id, rows)["predictions"]
+
+
+def test_unknown_version_is_404_in_the_protocols_shape(
+    client: TestClient, credit: tuple[str, engine.Model]
+) -> None:
+    model_id, model = credit
+    base = f"/v2/models/{model_id}/versions/2"
+    assert "'2'" in _error(client.get(base), 404)
+    _error(client.get(f"{base}/ready"), 404)
+    inputs = _column_tensors(model, credit_rows(1))
+    _error(client.post(f"{base}/infer", json={"inputs": inputs}), 404)
+    # An unknown model is named as such, whatever the version.
+    assert "nope" in _error(client.get("/v2/models/nope/versions/1"), 404)
+
+
 def test_json_infer_per_feature_tensors_matches_predict(
     client: TestClient, credit: tuple[str, engine.Model]
 ) -> None:

@@ -63,21 +63,25 @@ def _request(messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]])
 
 
 def test_read_capped_joins_chunks_and_stops_at_the_limit() -> None:
-    from app.models.router import _read_capped
+    from app.core.bodies import prediction_too_large, read_capped
 
     chunks = [
         {"type": "http.request", "body": b'{"rows":', "more_body": True},
         {"type": "http.request", "body": b"", "more_body": True},
         {"type": "http.request", "body": b"[]}", "more_body": False},
     ]
-    assert asyncio.run(_read_capped(_request(chunks, []), 100)) == b'{"rows":[]}'
+    assert (
+        asyncio.run(read_capped(_request(chunks, []), 100, prediction_too_large)) == b'{"rows":[]}'
+    )
     # Without a Content-Length the limit applies while reading (the later chunks stay unread).
     endless = [{"type": "http.request", "body": b"x" * 60, "more_body": True}] * 2
     with pytest.raises(PayloadTooLarge):
-        asyncio.run(_read_capped(_request(endless, []), 100))
+        asyncio.run(read_capped(_request(endless, []), 100, prediction_too_large))
     # With one, the body is refused before any of it is read.
     with pytest.raises(PayloadTooLarge):
-        asyncio.run(_read_capped(_request([], [(b"content-length", b"101")]), 100))
+        asyncio.run(
+            read_capped(_request([], [(b"content-length", b"101")]), 100, prediction_too_large)
+        )
 
 
 def test_matrix_takes_only_plain_numbers_without_nan() -> None:
@@ -133,7 +137,7 @@ def test_probabilities_that_are_not_probabilities_are_model_corrupt(
 
 
 def test_response_writes_numpy_arrays_as_json() -> None:
-    from app.models.router import NumpyJSONResponse
+    from app.core.bodies import NumpyJSONResponse
 
     content = {
         "predictions": np.array([0, 1]),

@@ -129,3 +129,18 @@ def test_errors_reach_the_client_as_sentences(triton: Any, trained: dict[str, An
     with pytest.raises(InferenceServerException) as caught:
         triton.infer(trained["model"]["id"], [tensor])
     assert caught.value.status() == "400" and "[N, 30]" in caught.value.message()
+
+
+def test_model_version_one_and_an_unknown_version(triton: Any, trained: dict[str, Any]) -> None:
+    model, X = trained["model"], trained["X"]
+    assert triton.is_model_ready(model["id"], model_version="1")
+    assert not triton.is_model_ready(model["id"], model_version="7")
+    meta = triton.get_model_metadata(model["id"], model_version="1")
+    assert meta["versions"] == ["1"]
+    tensor = httpclient.InferInput("input", list(X.shape), "FP64")
+    tensor.set_data_from_numpy(X, binary_data=True)
+    result = triton.infer(model["id"], [tensor], model_version="1")
+    assert result.as_numpy("label").tolist() == _expected(trained)["predictions"]
+    with pytest.raises(InferenceServerException) as caught:
+        triton.infer(model["id"], [tensor], model_version="7")
+    assert caught.value.status() == "404" and "'7'" in caught.value.message()
