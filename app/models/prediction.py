@@ -35,10 +35,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import engine
+from app.core.bodies import INLINE_PARSE_BYTES
 from app.core.config import settings
 from app.core.errors import MAX_ERRORS, InvalidInput, InvalidInputs, PayloadTooLarge
 from app.core.ownership import owned
@@ -59,6 +61,11 @@ from engine.prune import prune
 
 # A row may carry this many keys beyond the model's features before it is refused whole.
 KEY_MARGIN = 16
+# A batch whose forward pass takes fewer multiply-adds than this, sent in a body of at most
+# INLINE_PARSE_BYTES, is predicted on the event loop (microseconds; a hop to the thread pool
+# would cost more). Anything larger goes to the pool, so neither a big model nor a big body
+# (its rows are checked key by key) holds the loop.
+INLINE_COST = 1_000_000
 # Longest text of a user's value or key quoted in an error.
 MAX_QUOTED = 40
 MAX_MESSAGE = 300
@@ -996,3 +1003,49 @@ __all__ = [
     "sparsity",
     "to_onnx",
 ]
+
+
+def check_key_density(raw: bytes, key: str = "rows") -> None:
+    """Refuse, before parsing, a JSON body with an object of more keys than any model reads
+    (``REGULA_MAX_COLUMNS`` features plus ``KEY_MARGIN``): parsing a row of a million keys holds
+    the interpreter for seconds. Keys end in ``":``; a first count over the bytes trips only when
+    the objects (``{``) hold more keys on average than that, and then NumPy finds the first such
+    object (the body itself is object 0, so object ``k`` is ``key[k - 1]``). A string value
+    holding ``{`` or ``":`` only makes the count more lenient, or needs thousands per row."""
+    limit = settings.max_columns + KEY_MARGIN
+    if raw.count(b'":') <= max(raw.count(b"{"), 1) * limit:
+        return
+    data = np.frombuffer(raw, dtype=np.uint8)
+    braces = np.flatnonzero(data == ord("{"))
+    ends = np.flatnonzero((data[:-1] == ord('"')) & (data[1:] == ord(":")))
+    per_object = np.bincount(np.searchsorted(braces, ends), minlength=len(braces) + 1)
+    # per_object[0]: keys before any brace (not JSON an object would parse); [k + 1]: object k
+    over = np.flatnonzero(per_object[1:] > limit)
+    if len(over) == 0:
+        return
+    k, count = int(over[0]), int(per_object[over[0] + 1])
+    where = "The body" if k == 0 else f"{key}[{k - 1}]"
+    raise InvalidInput(
+        f"{where} has {count} keys, more than any model reads ({settings.max_columns:,} "
+        "features at most, REGULA_MAX_COLUMNS); send only the model's features.",
+        loc=["body"] if k == 0 else ["body", key, k - 1],
+        code="too_many_keys",
+    )
+
+
+async def run(
+    item: Loaded,
+    *,
+    rows: list[dict[str, Any]] | None,
+    instances: list[Any] | None,
+    body_bytes: int,
+) -> dict[str, Any]:
+    """:func:`predict` on the event loop when the batch is cheap and came in a small body, else in
+    the thread pool (the one rule of every predict route); then the deletion check."""
+    n = batch_size(rows, instances)
+    if body_bytes <= INLINE_PARSE_BYTES and cost(item, n) < INLINE_COST:
+        result = predict(item, rows=rows, instances=instances)
+    else:
+        result = await run_in_threadpool(predict, item, rows=rows, instances=instances)
+    check_not_deleted(item)
+    return result

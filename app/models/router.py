@@ -37,10 +37,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     **NOT_FOUND,
     500: {"description": "The model's stored weights are corrupt (`model_corrupt`)."},
 }
-# A batch whose forward pass takes fewer multiply-adds than this is predicted on the event loop
-# (microseconds; a hop to the thread pool would cost more). Anything larger goes to the pool, so
-# a big model never holds the loop.
-INLINE_COST = 1_000_000
 
 NOT_AN_OBJECT: dict[str, Any] = {
     "loc": ["body"],
@@ -76,10 +72,10 @@ def _parse(raw: bytes) -> PredictRequest:
         raise RequestValidationError(errors) from exc
 
 
-async def read_predict_body(request: Request) -> PredictRequest:
-    """The predict body: capped at REGULA_MAX_PREDICT_MB, validated by ``PredictRequest`` (off
-    the event loop when large). Called once the key is checked, so a stranger gets the server to
-    read nothing."""
+async def read_predict_body(request: Request) -> tuple[PredictRequest, int]:
+    """The predict body and its size: capped at REGULA_MAX_PREDICT_MB, validated by
+    ``PredictRequest`` (off the event loop when large, after a key count). Called once the key is
+    checked, so a stranger gets the server to read nothing."""
     raw = await read_prediction_body(request)
     if not raw:
         missing = {"loc": ["body"], "msg": "Field required", "type": "missing"}
@@ -87,8 +83,9 @@ async def read_predict_body(request: Request) -> PredictRequest:
     if not _is_json(request.headers.get("content-type")):
         raise RequestValidationError([NOT_AN_OBJECT])
     if len(raw) <= INLINE_PARSE_BYTES:
-        return _parse(raw)
-    return await run_in_threadpool(_parse, raw)
+        return _parse(raw), len(raw)
+    prediction.check_key_density(raw)
+    return await run_in_threadpool(_parse, raw), len(raw)
 
 
 @router.post(
@@ -121,7 +118,7 @@ async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
     The hot path: one dependency (the key), the body read here once the key is checked, and a
     database session (from get_db) only on a cache miss.
     """
-    body = await read_predict_body(request)
+    body, size = await read_predict_body(request)
     item = prediction.cached(model_id, owner)
     if item is None:
         sessions = sessions_for(request)
@@ -131,14 +128,7 @@ async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
                 return prediction.load(session=session, model_id=model_id, owner_id=owner)
 
         item = await run_in_threadpool(load)
-    n = prediction.batch_size(body.rows, body.instances)
-    if prediction.cost(item, n) < INLINE_COST:
-        result = prediction.predict(item, rows=body.rows, instances=body.instances)
-    else:
-        result = await run_in_threadpool(
-            prediction.predict, item, rows=body.rows, instances=body.instances
-        )
-    prediction.check_not_deleted(item)
+    result = await prediction.run(item, rows=body.rows, instances=body.instances, body_bytes=size)
     return NumpyJSONResponse(result)
 
 

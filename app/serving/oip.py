@@ -158,8 +158,13 @@ async def _infer(item: prediction.Loaded, request: Request) -> Response:
     if len(raw) <= INLINE_PARSE_BYTES:
         decoded = service.decode_infer(item, raw, header)
     else:
+        # Only the JSON part counts: binary tensor data follows the header's length in bytes.
+        json_part = raw[: int(header)] if header is not None and header.isdigit() else raw
+        prediction.check_key_density(json_part)
         decoded = await run_in_threadpool(service.decode_infer, item, raw, header)
-    result = await service.predict(item, rows=decoded.rows, instances=decoded.instances)
+    result = await prediction.run(
+        item, rows=decoded.rows, instances=decoded.instances, body_bytes=len(raw)
+    )
     body, headers, media = service.encode_infer(item, decoded, result)
     return Response(body, headers=headers, media_type=media)
 

@@ -28,7 +28,6 @@ from app.core.bodies import INLINE_PARSE_BYTES
 from app.core.errors import InvalidInput, NotFound, RegulaError, UnsupportedMediaType
 from app.models import prediction
 from app.models.orm import Model
-from app.models.router import INLINE_COST
 from app.models.service import MAX_ID_LENGTH, not_found
 from app.serving.schemas import DTYPES, NUMERIC_DTYPES, InferRequest, RequestInput
 
@@ -83,23 +82,6 @@ async def get_loaded(
             loc=["path", "version"],
         )
     return table_model(item)
-
-
-async def predict(
-    item: prediction.Loaded,
-    *,
-    rows: list[dict[str, Any]] | None = None,
-    instances: list[list[Any]] | None = None,
-) -> dict[str, Any]:
-    """``prediction.predict``, inline for small batches and in the thread pool for large ones (the
-    rule of /predict), then the deletion check."""
-    n = prediction.batch_size(rows, instances)
-    if prediction.cost(item, n) < INLINE_COST:
-        result = prediction.predict(item, rows=rows, instances=instances)
-    else:
-        result = await run_in_threadpool(prediction.predict, item, rows=rows, instances=instances)
-    prediction.check_not_deleted(item)
-    return result
 
 
 def error_status(exc: RegulaError) -> int:
@@ -647,8 +629,9 @@ async def invocations(
 ) -> dict[str, Any]:
     """``{"predictions": [...]}``: labels for classifiers, values for regression."""
     if len(raw) > INLINE_PARSE_BYTES:
+        prediction.check_key_density(raw)
         rows, instances = await run_in_threadpool(decode_invocations, item, raw, content_type)
     else:
         rows, instances = decode_invocations(item, raw, content_type)
-    result = await predict(item, rows=rows, instances=instances)
+    result = await prediction.run(item, rows=rows, instances=instances, body_bytes=len(raw))
     return {"predictions": result["predictions"]}

@@ -2,12 +2,14 @@
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.core.config import settings
+from app.models.schemas import PredictRequest
 from tests.app.test_models_cache import FEATURES, ROWS, fit_model, store
 
 
@@ -121,3 +123,31 @@ def test_large_bodies_are_parsed_and_predicted(client: TestClient, model_id: str
     assert response.status_code == 200, response.text[:300]
     body = response.json()
     assert len(body["predictions"]) == 5000 and len(body["probabilities"]) == 5000
+
+
+def test_a_body_of_absurdly_many_keys_is_refused_before_it_is_parsed(
+    client: TestClient, model_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # regression: a 13 MB row of 1M unknown keys was parsed whole (seconds of the interpreter,
+    # /healthz waiting) before the row's key count refused it
+    parsed: list[bytes] = []
+    real = PredictRequest.model_validate_json
+
+    def spy(raw: bytes, *args: Any, **kwargs: Any) -> PredictRequest:
+        parsed.append(raw)
+        return real(raw, *args, **kwargs)
+
+    monkeypatch.setattr(PredictRequest, "model_validate_json", spy)
+    body = json.dumps({"rows": [{f"k{i}": 0 for i in range(100_000)}]})
+    r = client.post(
+        f"/models/{model_id}/predict", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["type"] == "too_many_keys" and error["loc"] == ["body", "rows", 0]
+    assert "rows[0] has 100000 keys" in error["msg"]
+    assert parsed == []
+    # an ordinary large body still parses and predicts
+    rows = ROWS * 2000
+    r = client.post(f"/models/{model_id}/predict", json={"rows": rows})
+    assert r.status_code == 200, r.text[:300]
