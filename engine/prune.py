@@ -35,7 +35,7 @@ import numpy as np
 from engine.layers import Dense, PReLU
 from engine.model import Model
 from engine.preprocess import Preprocessor
-from engine.sparsity import weight_stats
+from engine.sparsity import features_read
 
 if TYPE_CHECKING:
     from engine.layers import Layer
@@ -72,47 +72,65 @@ def _constant_outputs(b: np.ndarray, layers: list[Layer]) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
+def _take(W: np.ndarray, rows: np.ndarray | slice, cols: np.ndarray | slice) -> np.ndarray:
+    """``W[rows][:, cols]`` in one copy, or ``W`` itself when both select everything."""
+    if isinstance(rows, slice) and isinstance(cols, slice):
+        return W
+    r = np.arange(W.shape[0]) if isinstance(rows, slice) else rows
+    c = np.arange(W.shape[1]) if isinstance(cols, slice) else cols
+    return W[np.ix_(r, c)]
+
+
 def _prune_weights(
     dense: list[Dense], between: list[list[Layer]]
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """``(Ws, bs, kept)``: pruned float64 weights and biases, and the kept unit indices of every
-    hidden layer (see the module docstring). ``Ws[0]`` keeps every input row."""
-    Ws = [np.array(d.params["W"], dtype=np.float64) for d in dense]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], bool]:
+    """``(Ws, bs, kept, changed)``: pruned weights and float64 biases, the kept unit indices of
+    every hidden layer (see the module docstring), and whether anything was removed or folded.
+    ``Ws[0]`` keeps every input row. A matrix nothing changes is the layer's own array (read,
+    never written): a model without zeros costs no copy."""
+    Ws = [d.params["W"] for d in dense]
     bs = [np.array(d.params["b"], dtype=np.float64) for d in dense]
     H = len(dense) - 1
-    kept = [np.arange(W.shape[1]) for W in Ws[:H]]
+    kept: list[np.ndarray] = [np.arange(W.shape[1]) for W in Ws[:H]]
+    full = [True] * H  # kept[k] is still every unit of layer k
+    changed = False
+
+    def sel(k: int) -> np.ndarray | slice:
+        return slice(None) if full[k] else kept[k]
 
     # Forward: constant units, folded into the next layer's bias.
     for k in range(H):
-        rows = slice(None) if k == 0 else kept[k - 1]
-        incoming = Ws[k][rows][:, kept[k]]
-        constant = ~incoming.any(axis=0)
+        rows = slice(None) if k == 0 else sel(k - 1)
+        constant = ~_take(Ws[k], rows, sel(k)).any(axis=0)
         if not constant.any():
             continue
+        changed = True
         values = _constant_outputs(bs[k], between[k])
         units = kept[k][constant]
-        bs[k + 1] = bs[k + 1] + values[units] @ Ws[k + 1][units]
+        bs[k + 1] = bs[k + 1] + values[units] @ np.asarray(Ws[k + 1][units], dtype=np.float64)
         if constant.all():
             # Keep one unit so the layer exists; its value is folded, so it must not count twice.
+            Ws[k + 1] = Ws[k + 1].copy()
             Ws[k + 1][units[0]] = 0.0
             kept[k] = units[:1]
         else:
             kept[k] = kept[k][~constant]
-
+        full[k] = False
     # Backward: units nobody reads.
     for k in range(H - 1, -1, -1):
-        cols = slice(None) if k == H - 1 else kept[k + 1]
-        outgoing = Ws[k + 1][kept[k]][:, cols]
-        read = outgoing.any(axis=1)
+        cols = slice(None) if k == H - 1 else sel(k + 1)
+        read = _take(Ws[k + 1], sel(k), cols).any(axis=1)
+        if read.all():
+            continue
+        changed = True
         kept[k] = kept[k][read] if read.any() else kept[k][:1]
-
-    out_W = []
-    for k, W in enumerate(Ws):
-        rows = slice(None) if k == 0 else kept[k - 1]
-        cols = slice(None) if k == H else kept[k]
-        out_W.append(W[rows][:, cols])
+        full[k] = False
+    out_W = [
+        _take(W, slice(None) if k == 0 else sel(k - 1), slice(None) if k == H else sel(k))
+        for k, W in enumerate(Ws)
+    ]
     out_b = [b if k == H else b[kept[k]] for k, b in enumerate(bs)]
-    return out_W, out_b, kept
+    return out_W, out_b, kept, changed
 
 
 def _with_widths(spec: dict, widths: list[int]) -> dict:
@@ -130,7 +148,8 @@ def _with_widths(spec: dict, widths: list[int]) -> dict:
 
 
 def prune(model: Model) -> Model:
-    """A copy of ``model`` without the inputs and hidden units that cannot change a prediction.
+    """A copy of ``model`` without the inputs and hidden units that cannot change a prediction;
+    ``model`` itself when there are none (no copy is made, so check ``is``).
 
     Parameters
     ----------
@@ -159,17 +178,10 @@ def prune(model: Model) -> Model:
             "with no input features to drop."
         )
     dense, between = _blocks(network)
-    Ws, bs, kept = _prune_weights(dense, between)
-
-    selected = set(
-        weight_stats(
-            Ws,
-            groups=pre.groups,
-            feature_names=pre.feature_names,
-            layer_names=[f"dense{k}" for k in range(len(Ws))],
-        )["selected_features"]
-    )
-    features = [j for j, name in enumerate(pre.feature_names) if name in selected] or [0]
+    Ws, bs, kept, changed = _prune_weights(dense, between)
+    features = [int(j) for j in np.flatnonzero(features_read(Ws[0], pre.groups))] or [0]
+    if not changed and len(features) == len(pre.feature_names):
+        return model  # nothing to remove: the model itself, no copy
     rows = np.concatenate([np.arange(*pre.groups[j]) for j in features]).astype(np.intp)
     Ws[0] = Ws[0][rows]
 

@@ -39,6 +39,15 @@ def _zero_mask(W: np.ndarray, tolerance: float) -> np.ndarray:
     return W == 0 if tolerance <= 0 else np.abs(W) <= tolerance
 
 
+def features_read(
+    W1: np.ndarray, groups: list[tuple[int, int]], tolerance: float = 0.0
+) -> np.ndarray:
+    """Per raw feature, whether the first layer reads it: some weight of its rows
+    ``W1[start:stop]`` is beyond ``tolerance`` (the one rule of selected / dropped features)."""
+    rows = np.asarray(~_zero_mask(np.asarray(W1), tolerance).all(axis=1), dtype=bool)
+    return np.array([bool(rows[start:stop].any()) for start, stop in groups], dtype=bool)
+
+
 def _common(name: str, W: np.ndarray, is_zero: np.ndarray) -> dict[str, Any]:
     """The fields every layer entry has (``W`` float64 of any rank)."""
     size = int(W.size)
@@ -160,14 +169,13 @@ def weight_stats(
 
     W1 = np.asarray(weights[0], dtype=np.float64)
     importance: dict[str, float] = {}
-    selected, dropped = [], []
-    for name, (start, stop) in zip(feature_names, groups, strict=True):
+    selected: list[str] = []
+    dropped: list[str] = []
+    reads = features_read(weights[0], groups, tolerance)
+    for name, (start, stop), read in zip(feature_names, groups, reads, strict=True):
         block = W1[start:stop]
         importance[name] = float(np.sqrt(np.square(block).sum()))
-        if zero_masks[0][start:stop].all():
-            dropped.append(name)
-        else:
-            selected.append(name)
+        (selected if read else dropped).append(name)
 
     return {
         "tolerance": tolerance,

@@ -331,9 +331,8 @@ def loaded(model_id: str, owner_id: str | None, trained: engine.Model) -> Loaded
     names = tuple(trained.feature_names)
     index = {name: j for j, name in enumerate(names)}
     model = prune(trained)
-    full: engine.Model | None = trained
-    if _n_weights(model) == _n_weights(trained) and model.feature_names == trained.feature_names:
-        model, full = trained, None  # nothing to prune: one copy, predictions exactly as trained
+    # Nothing to prune: one copy, predictions exactly as trained.
+    full: engine.Model | None = None if model is trained else trained
     nbytes = model_nbytes(model) + (0 if full is None else model_nbytes(full))
     return Loaded(
         id=model_id,

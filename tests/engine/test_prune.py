@@ -218,3 +218,11 @@ def test_an_image_model_is_refused_with_a_value_error():
     model = engine.fit({"epochs": 1}, x, (x.mean(axis=(1, 2, 3)) > 0.5).astype(int))
     with pytest.raises(ValueError, match="table model"):
         prune(model)
+
+
+def test_a_model_with_nothing_to_prune_is_returned_itself() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4))
+    y = (X[:, 0] > 0).astype(int)
+    model = engine.fit({"model": {"hidden_layers": [8]}, "epochs": 2}, X, y)
+    assert prune(model) is model
