@@ -75,6 +75,7 @@ def _big_model() -> engine.Model:
     return engine.fit(spec, X, y, feature_names=[f"f{j}" for j in range(N_FEATURES)])
 
 
+@pytest.mark.integration  # a uvicorn process
 def test_healthz_answers_while_a_big_model_predicts(server: str, session: Session) -> None:
     model = _big_model()
     model_id = store(session, model)

@@ -232,6 +232,7 @@ def test_labels_keep_their_type(labels, elem, loss):
     np.testing.assert_array_equal(out["label"], model.predict(X))
 
 
+@pytest.mark.integration  # a subprocess
 def test_importing_engine_loads_neither_onnx_nor_sklearn():
     import subprocess
     import sys
