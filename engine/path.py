@@ -737,7 +737,8 @@ class _ActiveSet:
         base = p < m0
         pb, pr = p[base], p[~base] - m0
         if len(pb):
-            out[:m0, base] = self.B[:, pb] + PT.T @ QT[:, pb]
+            # B is symmetric: its rows pb (contiguous) are its columns pb
+            out[:m0, base] = (self.B[pb] + QT[:, pb].T @ PT).T
             out[m0:, base] = -QT[:, pb]
         if len(pr):
             out[:m0, ~base] = -QT[pr].T
@@ -780,6 +781,8 @@ class _ActiveSet:
 
 
 def _inv(M: np.ndarray) -> np.ndarray:
+    if M.shape == (1, 1) and M[0, 0] != 0:
+        return 1.0 / M
     try:
         return np.linalg.inv(M)
     except np.linalg.LinAlgError:
