@@ -13,9 +13,10 @@
 
 Each split stores its points as they finish (``PointWriter``: batched like the loss history, at
 most one commit every ``history_flush_seconds``) and reports progress = points done /
-(points x (folds + 1)); the progress write answers "cancel?", checked between points. A split
-task reads the dataset itself (the workers share the data folder), so only small arguments travel
-through the scheduler.
+(points x (folds + 1)); the progress write answers "cancel?", checked between points. The body
+has read the dataset already: on Dask it scatters ``X`` and ``y`` once (they stay on the body's
+worker, and each other worker fetches them once), so a split task neither re-reads the file nor
+re-parses it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import logging
 import math
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,6 +49,12 @@ def _worker_name() -> str:
     from app.jobs.body import worker_name
 
     return worker_name()
+
+
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    return str(get_worker().address)
 
 
 def _on_dask() -> bool:
@@ -97,6 +103,10 @@ class PointWriter:
             self.flush()
         return self._cancel
 
+    def discard(self) -> None:
+        """Forget the pending points (the finished split's rows replace them)."""
+        self._pending = []
+
     def flush(self, rows: list[dict[str, Any]] | None = None) -> None:
         """Store the pending points (or ``rows``: the split's finished points) and the progress."""
         if rows is None:
@@ -115,14 +125,9 @@ class PointWriter:
         self._last_flush = time.monotonic()
 
 
-def run_split(plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = None) -> FoldPath:
+def run_split(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> FoldPath:
     """The path of one split (``fold`` None = all training rows), its points stored as it goes."""
     sessions = get_sessionmaker(plan["database_url"])
-    if X is None:
-        from app.jobs.body import _load, _read_table
-
-        job, dataset = _load(sessions, plan["job_id"])
-        X, y = _read_table(job, dataset, Path(plan["data_dir"]))
     worker = _worker_name()
     writer = PointWriter(sessions, plan, fold, worker)
     started = time.monotonic()
@@ -141,7 +146,7 @@ def run_split(plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = No
     except engine.PathCancelled:
         writer.flush()  # the points finished before the cancel stay
         raise
-    writer._pending = []
+    writer.discard()
     writer.flush(service.split_rows(fold_path, worker))
     log.info(
         "job %s: split %s of the path done on %s in %.1f s",
@@ -153,7 +158,7 @@ def run_split(plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = No
     return fold_path
 
 
-def split_task(plan: dict[str, Any], fold: int | None) -> dict[str, Any]:
+def split_task(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> dict[str, Any]:
     """One split as a Dask task (on any worker): returns the FoldPath as plain data."""
     from threadpoolctl import threadpool_limits
 
@@ -161,7 +166,7 @@ def split_task(plan: dict[str, Any], fold: int | None) -> dict[str, Any]:
 
     logs.configure()
     with threadpool_limits(limits=1):
-        fold_path = run_split(plan, fold)
+        fold_path = run_split(plan, fold, X, y)
     return fold_path.to_dict()
 
 
@@ -173,11 +178,14 @@ def _run_splits(plan: dict[str, Any], X: Any, y: Any) -> list[FoldPath]:
 
     # worker_client secedes this thread from the worker's pool: its slot runs a split meanwhile.
     with worker_client() as client:
+        # One copy of the data, on this worker; a task elsewhere fetches it once per worker.
+        data = client.scatter([X, y], workers=[_worker_address()], hash=False)
         futures = [
             client.submit(
                 split_task,
                 plan,
                 fold,
+                *data,
                 key=f"regula-path-{plan['job_id']}-{'full' if fold is None else fold}-"
                 f"{uuid.uuid4().hex[:8]}",
                 pure=False,
@@ -188,7 +196,7 @@ def _run_splits(plan: dict[str, Any], X: Any, y: Any) -> list[FoldPath]:
         try:
             results = client.gather(futures)
         finally:
-            for future in futures:
+            for future in [*futures, *data]:
                 future.cancel()
     return [FoldPath(**result) for result in results]
 
@@ -202,7 +210,6 @@ def run_search(
     X: Any,
     y: Any,
     database_url: str,
-    data_dir: Path,
     max_seconds: float,
 ) -> tuple[engine.Model | None, dict[str, Any]]:
     """The path, its result stored, and the final model; ``(None, final spec)`` if cancelled.
@@ -230,7 +237,6 @@ def run_search(
         "job_id": job_id,
         "attempt": attempt,
         "database_url": database_url,
-        "data_dir": str(data_dir),
         "spec": spec,
         "param": param,
         "grid": grid,
