@@ -278,7 +278,11 @@ def _prepare(spec: dict, X: Any, y: Any, feature_names: Sequence[str] | None) ->
         raise InputError(f"X has {n} rows but y has {n_y}.", "length_mismatch")
     if n < 2:
         raise InputError(f"A path needs at least 2 rows, got {n}.", "too_few_rows")
-    train_rows, val_rows = split(spec, X, y, feature_names=feature_names)
+    # the table read above, not X again (a mapping of columns would be stacked a second time)
+    if table.matrix is not None:
+        train_rows, val_rows = split(spec, table.matrix, y, feature_names=table.names)
+    else:
+        train_rows, val_rows = split(spec, X, y, feature_names=feature_names)
     return _Data(table, n, task, y_reg, classes, y_idx, train_rows, val_rows)
 
 
@@ -1271,6 +1275,7 @@ def _run_split(
             losses.append(float(value_loss))
             metrics.append(_metric(scores, target, spec["loss"], data.task))
             extra["loss"] = losses[-1]
+            extra["metric"] = metrics[-1]
         if full:
             weights = model.network.weights
             total = sum(int(np.count_nonzero(Wl)) for Wl in weights)
@@ -1337,7 +1342,8 @@ def path_fold(
         As for :func:`path`.
     callbacks : iterable of callables
         ``cb(record)`` after each point, ``record = {"fold", "index", "value", "points", "loss"?,
-        "nonzero"?}``; a True return raises :class:`PathCancelled`.
+        "metric"?, "nonzero"?}`` (held-out loss and metric when the split scores its points as it
+        goes, ``engine.fit`` per value); a True return raises :class:`PathCancelled`.
     cancel : callable, optional
         Checked before each point; True raises :class:`PathCancelled`.
     max_seconds : float, optional

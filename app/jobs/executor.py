@@ -50,15 +50,23 @@ QUIET_DASK = {
 }
 
 
-WARM_MODULES = ("app.tables", "app.jobs.body", "app.paths.runner")
+WARM_MODULES = ("app.tables", "app.jobs.body", "app.datasets.service", "app.paths.runner")
 
 
 def warm_up() -> None:
-    """Import what a job body and a path's split tasks use (the engine, SQLAlchemy, the ORM)."""
+    """Import what a job body and a path's split tasks use (the engine, SQLAlchemy, the ORM,
+    pyarrow's Parquet reader)."""
     import importlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     for module in WARM_MODULES:
         importlib.import_module(module)
+    # pyarrow sets its Parquet reader up on the first read (about 0.3 s): one of a tiny table.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": [0.0]}), buffer)
+    pq.read_table(pa.BufferReader(buffer.getvalue()))
 
 
 def _warm_up_plugin() -> Any:

@@ -12,6 +12,7 @@ fold has reached.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,7 +142,8 @@ def _fold_path(fold: int, rows: list[PathPoint], header: dict[str, Any]) -> Fold
     )
     if fold != FULL_PATH:
         fp.loss = [r.loss for r in rows]
-        fp.metric = [r.metric for r in rows]
+        # a point stored as it finished may lack its metric: NaN, then null in the read
+        fp.metric = [math.nan if r.metric is None else r.metric for r in rows]
         return fp
     stats = [r.stats or {} for r in rows]
     fp.nonzero = [r.nonzero for r in rows]
@@ -194,6 +196,9 @@ def _partial(
             point = engine.combine(
                 [full_fp, *split_fps], param=param, select=select_, metric_name=metric_name
             ).points[0]
+            for key in ("cv_metric", "cv_metric_se"):
+                if not math.isfinite(point[key]):
+                    point[key] = None
         elif full_row is not None:
             stats = full_row.stats or {}
             point["selected_features"] = stats.get("selected")
