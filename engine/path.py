@@ -241,6 +241,20 @@ class _Data:
         return self.table.names
 
     @property
+    def target(self) -> np.ndarray:
+        """The regression target (N,)."""
+        if self.y_reg is None:
+            raise TypeError("a classification target has no regression values")
+        return self.y_reg
+
+    @property
+    def labels(self) -> tuple[list[Any], np.ndarray]:
+        """``(classes, y_idx (N,))`` of a classification target."""
+        if self.classes is None or self.y_idx is None:
+            raise TypeError("a regression target has no classes")
+        return self.classes, self.y_idx
+
+    @property
     def R(self) -> np.ndarray | None:
         """All-numeric input as one matrix (N, D), else None."""
         return self.table.matrix
@@ -371,11 +385,12 @@ def final_spec(spec: Mapping[str, Any], param: str, value: float) -> dict[str, A
 def _targets_matrix(data: _Data, rows: np.ndarray, loss: str) -> np.ndarray:
     """``Y (n, K)`` the linear closed forms use: y (mse), {0, 1} (bce), one-hot (softmax)."""
     if data.task == "regression":
-        return data.y_reg[rows].astype(np.float64)[:, None]
-    idx = data.y_idx[rows]
+        return data.target[rows].astype(np.float64)[:, None]
+    classes, y_idx = data.labels
+    idx = y_idx[rows]
     if loss == "binary_cross_entropy":
         return idx.astype(np.float64)[:, None]
-    Y = np.zeros((len(rows), len(data.classes)))
+    Y = np.zeros((len(rows), len(classes)))
     Y[np.arange(len(rows)), idx] = 1.0
     return Y
 
@@ -1047,6 +1062,7 @@ def _gram_path(
             g = c - G @ w
             active = None
         else:
+            assert active is not None  # made above for every tau > 0
             w, g = _solve_point(c, w, g, tau, strong, active, gram_row)
         W[:, k] = w
         tau_prev = tau
@@ -1061,9 +1077,10 @@ def _gram_path(
 def _held_out_targets(model: Any, data: _Data, rows: np.ndarray) -> np.ndarray:
     """Targets of ``rows`` as the model's loss reads them (class indices into model.classes)."""
     if data.task == "regression":
-        return data.y_reg[rows].astype(model.network.dtype)
+        return data.target[rows].astype(model.network.dtype)
     lookup = {label: i for i, label in enumerate(model.classes)}
-    labels = [data.classes[i] for i in data.y_idx[rows]]
+    classes, y_idx = data.labels
+    labels = [classes[i] for i in y_idx[rows]]
     missing = [label for label in labels if label not in lookup]
     if missing:
         raise InputError(
@@ -1186,7 +1203,7 @@ def _run_split(
         clock.check()
 
     if _exact(spec, param):
-        yv = data.y_reg.astype(np.float64)
+        yv = data.target.astype(np.float64)
         if cache is not None:
             pre, Z = cache.pre, cache.Z
             stats = cache.without(
@@ -1231,8 +1248,14 @@ def _run_split(
     X_all, y_all = (
         (data.take_x(np.arange(data.n)), data.take_y(np.arange(data.n))) if full else (X_fit, y_fit)
     )
-    losses, metrics, models = [], [], []
-    nonzero, selected, norms_list, coef, coef_names = [], [], [], [], []
+    losses: list[float] = []
+    metrics: list[float] = []
+    models: list[Any] = []
+    nonzero: list[int] = []
+    selected: list[list[str]] = []
+    norms_list: list[list[float]] = []
+    coef: list[list[float]] = []
+    coef_names: list[str] = []
     linear = _is_linear(spec)
     # Warm starts (glmnet's) for linear models only. Their problem is convex: started from the
     # previous point's weights a fit reaches the same optimum, sooner. A network's is not: started
@@ -1272,7 +1295,9 @@ def _run_split(
         if full:
             weights = model.network.weights
             total = sum(int(np.count_nonzero(Wl)) for Wl in weights)
-            nz, sel, nrm = _point_stats(weights[0], model.preprocessor, total)
+            fitted = model.preprocessor
+            assert isinstance(fitted, Preprocessor)  # a path reads tables, never images
+            nz, sel, nrm = _point_stats(weights[0], fitted, total)
             nonzero.append(nz)
             selected.append(sel)
             norms_list.append(nrm)
@@ -1281,13 +1306,13 @@ def _run_split(
                 W1 = np.asarray(weights[0], dtype=np.float64)
                 coef.append(W1.T.ravel().tolist())
                 if not coef_names:
-                    names = model.preprocessor.encoded_names
+                    names = fitted.encoded_names
                     coef_names.extend(
                         names
                         if W1.shape[1] == 1
                         else [f"{n}[{o}]" for o in range(W1.shape[1]) for n in names]
                     )
-                    result.feature_names = list(model.preprocessor.feature_names)
+                    result.feature_names = list(fitted.feature_names)
             if keep_models:
                 models.append(model)
             extra["nonzero"] = nz
@@ -1395,7 +1420,10 @@ def combine(
     if len(full) != 1:
         raise ValueError("combine needs exactly one all-rows path (fold None)")
     full_path = full[0]
-    folded = sorted((fp for fp in fold_paths if fp.fold is not None), key=lambda fp: fp.fold)
+    folded = sorted(
+        (fp for fp in fold_paths if fp.fold is not None),
+        key=lambda fp: -1 if fp.fold is None else fp.fold,
+    )
     grid = np.asarray(full_path.grid)
     scored = folded or [full_path]
     if any(fp.loss is None for fp in scored):
@@ -1516,7 +1544,7 @@ def path(
             parts = fold_rows(
                 len(data.train_rows), folds, shuffle=spec["shuffle"], seed=spec["seed"]
             )
-            cache = _GramCache(pre, Z, data.y_reg.astype(np.float64), data.train_rows, parts)
+            cache = _GramCache(pre, Z, data.target.astype(np.float64), data.train_rows, parts)
     # lambda_max reads X^T (y - mean y) over the training rows: centred columns give the same
     grid = _make_grid(
         spec, data, param, values, num, min_ratio, None if cache is None else cache.Z0
