@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine.errors import InputError, SpecError, TrainingTimeout
 from engine.losses import make_loss
@@ -1026,7 +1027,21 @@ def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _gram_path(
     stats: _GramStats, grid: np.ndarray, spec: dict, param: str, tick: Callable[[int], None]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients ``W (F, P)`` and intercepts ``b (P,)`` along ``grid`` (warm starts)."""
+    """Coefficients ``W (F, P)`` and intercepts ``b (P,)`` along ``grid`` (warm starts).
+
+    The solves run on one BLAS thread, as scikit-learn's KMeans runs its iterations: they are
+    thousands of small products (``O(F^2)`` at most) whose thread synchronisation costs more than
+    it saves, and far more when another process holds the other cores (a 100-point path on 4000 x
+    1000 took 2.4x as long on two threads of a busy two-core machine as on one). The Gram
+    products before it keep every thread.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _gram_path_points(stats, grid, spec, param, tick)
+
+
+def _gram_path_points(
+    stats: _GramStats, grid: np.ndarray, spec: dict, param: str, tick: Callable[[int], None]
+) -> tuple[np.ndarray, np.ndarray]:
     G, c = stats.G, stats.c
     F, P = len(c), len(grid)
     reg = spec["regularization"]
