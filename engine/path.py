@@ -38,9 +38,11 @@ and ``c = Xc^T yc / N`` once, then for each value, warm-started from the previou
 active-set (feature-sign) solver over the sequential strong-rule set
 ``S = supp(w) U {j : |g_j| >= 2 tau_k - tau_(k-1)}`` (``g = c - G w``,
 ``tau = (l1 + group_l1) / 2``), and a KKT check ``|g_j| <= tau`` on all features; the inverse
-of the active block of ``G`` is kept by block (Schur complement) updates as features enter and
-leave. Every other model is an ``engine.fit`` per value (cold-started: ``engine.fit`` takes no
-initial weights).
+of the active block of ``G`` is kept as a base inverse plus a bordered Schur block as features
+enter and leave. Every other model is an ``engine.fit`` per value: a linear one warm-started from
+the previous value's model (convex: the same optimum, sooner), a network from its seeded
+initialisation, so that each point is what ``engine.fit`` at that value gives (a warm start from
+the more penalised previous point traps a ReLU network in that point's dead units).
 
 Cross-validation. ``folds=K`` splits the training rows (the rows ``engine.fit`` trains on: all rows
 minus the spec's validation split) into ``K`` folds: contiguous in row order when
@@ -72,6 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine.errors import InputError, SpecError, TrainingTimeout
 from engine.losses import make_loss
@@ -239,6 +242,20 @@ class _Data:
         return self.table.names
 
     @property
+    def target(self) -> np.ndarray:
+        """The regression target (N,)."""
+        if self.y_reg is None:
+            raise TypeError("a classification target has no regression values")
+        return self.y_reg
+
+    @property
+    def labels(self) -> tuple[list[Any], np.ndarray]:
+        """``(classes, y_idx (N,))`` of a classification target."""
+        if self.classes is None or self.y_idx is None:
+            raise TypeError("a regression target has no classes")
+        return self.classes, self.y_idx
+
+    @property
     def R(self) -> np.ndarray | None:
         """All-numeric input as one matrix (N, D), else None."""
         return self.table.matrix
@@ -278,7 +295,11 @@ def _prepare(spec: dict, X: Any, y: Any, feature_names: Sequence[str] | None) ->
         raise InputError(f"X has {n} rows but y has {n_y}.", "length_mismatch")
     if n < 2:
         raise InputError(f"A path needs at least 2 rows, got {n}.", "too_few_rows")
-    train_rows, val_rows = split(spec, X, y, feature_names=feature_names)
+    # the table read above, not X again (a mapping of columns would be stacked a second time)
+    if table.matrix is not None:
+        train_rows, val_rows = split(spec, table.matrix, y, feature_names=table.names)
+    else:
+        train_rows, val_rows = split(spec, X, y, feature_names=feature_names)
     return _Data(table, n, task, y_reg, classes, y_idx, train_rows, val_rows)
 
 
@@ -365,11 +386,12 @@ def final_spec(spec: Mapping[str, Any], param: str, value: float) -> dict[str, A
 def _targets_matrix(data: _Data, rows: np.ndarray, loss: str) -> np.ndarray:
     """``Y (n, K)`` the linear closed forms use: y (mse), {0, 1} (bce), one-hot (softmax)."""
     if data.task == "regression":
-        return data.y_reg[rows].astype(np.float64)[:, None]
-    idx = data.y_idx[rows]
+        return data.target[rows].astype(np.float64)[:, None]
+    classes, y_idx = data.labels
+    idx = y_idx[rows]
     if loss == "binary_cross_entropy":
         return idx.astype(np.float64)[:, None]
-    Y = np.zeros((len(rows), len(data.classes)))
+    Y = np.zeros((len(rows), len(classes)))
     Y[np.arange(len(rows)), idx] = 1.0
     return Y
 
@@ -532,27 +554,45 @@ def path_grid(
 
 
 class _ActiveSet:
-    """The active block ``M = G[A, A] + l2 I`` and its inverse, kept in place as ``A`` changes.
+    """The active block ``M = G[A, A] + l2 I`` and its inverse, kept as a base plus a border.
 
-    Positions ``0 <= p < m`` of ``(F, F)`` buffers hold features ``idx[p]``; ``M`` and ``Minv`` are
-    their top-left ``m x m`` corner. Adding ``k`` features borders the block (Schur complement,
-    ``O(m^2 k)``). Removing one only marks it dead: with the dead positions ``R`` and
-    ``y = Minv [b; 0]``, the solution on the live block is ``y - Minv[:, R] Minv[R, R]^-1 y[R]``
-    (``O(m^2)``), and a feature that comes back costs nothing. The dead are compacted away in one
-    batch (``E - F H^-1 F^T``) once they are many.
+    Positions ``0 <= p < m`` hold features ``idx[p]``. The first ``m0`` (the base) have ``M0`` and
+    its explicit inverse ``B = M0^-1`` (contiguous ``(m0, m0)``); the ``r = m - m0`` added since
+    (the border) are kept in bordered form: with ``U = M[base, border] (m0, r)``,
+    ``C = M[border, border] (r, r)``, ``P = B U`` and the Schur complement ``S = C - U^T P``,
+
+        M^-1 = [[B + P S^-1 P^T, -P S^-1],
+                [-S^-1 P^T,       S^-1 ]],
+
+    so adding ``k`` features costs one product ``U_new^T B`` (``O(m0^2 k)``, one read of ``B``)
+    and updates of the ``r``-sized parts, not a rewrite of the ``m x m`` inverse. Removing a
+    feature only marks its position dead: with the dead positions ``R`` and ``y = M^-1 [b; 0]``,
+    the solution on the live block is ``y - M^-1[:, R] M^-1[R, R]^-1 y[R]``, and a feature that
+    comes back costs nothing. Border and dead are folded into a new explicit base in one batch
+    (``B + P S^-1 P^T``, then ``E - F H^-1 F^T`` for the dead) once they are many.
     """
 
     def __init__(self, G: np.ndarray, l2: float) -> None:
         F = G.shape[0]
-        self.G, self.l2, self.m = G, l2, 0
+        self.G, self.l2, self.m, self.m0 = G, l2, 0, 0
         self.idx = np.zeros(F, dtype=np.intp)
         self.pos = np.full(F, -1, dtype=np.intp)  # position of each feature, -1 if not in
         self.alive = np.zeros(F, dtype=bool)  # by position
         self.n_dead = 0
-        self.M = np.zeros((F, F))
-        self.Minv = np.zeros((F, F))
-        self._scratch = np.empty((F, F))  # reused for the rank-k update (no fresh m x m array)
+        self.M0 = np.zeros((0, 0))
+        self.B = np.zeros((0, 0))
+        self._new_border(0)
+        # (dead positions R, M^-1[:, R], M^-1[R, R]^-1), until the set changes
+        self._dead: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.solves = 0
+
+    def _new_border(self, capacity: int) -> None:
+        m0 = self.m0
+        self.UT = np.empty((capacity, m0))  # U^T: rows M[border, base]
+        self.PT = np.empty((capacity, m0))  # P^T = U^T B
+        self.QT = np.empty((capacity, m0))  # (P S^-1)^T = S^-1 P^T
+        self.C = np.zeros((0, 0))
+        self.Si = np.zeros((0, 0))  # S^-1
 
     @property
     def A(self) -> np.ndarray:
@@ -563,6 +603,7 @@ class _ActiveSet:
     def add(self, new: np.ndarray) -> None:
         if len(new) == 0:
             return
+        self._dead = None
         back = self.pos[new] >= 0
         if back.any():
             self.alive[self.pos[new[back]]] = True
@@ -571,66 +612,110 @@ class _ActiveSet:
         k = len(new)
         if k == 0:
             return
-        if self.m + k > len(self.idx):
-            self.compact()
-        m = self.m
-        rows = self.G[new]  # (k, F): contiguous rows of the symmetric G
-        U = rows[:, self.idx[:m]].T  # (m, k)
-        C = rows[:, new]
-        C.flat[:: k + 1] += self.l2
+        m, m0 = self.m, self.m0
+        r = m - m0
         end = m + k
         self.idx[m:end] = new
         self.pos[new] = np.arange(m, end)
         self.alive[m:end] = True
-        self.M[:m, m:end] = U
-        self.M[m:end, :m] = U.T
-        self.M[m:end, m:end] = C
         self.m = end
-        if m == 0:
-            self.Minv[:k, :k] = _inv(C)
+        rows = self.G[new]  # (k, F): contiguous rows of the symmetric G
+        Cnn = rows[:, new]
+        Cnn.flat[:: k + 1] += self.l2
+        if m0 == 0:  # nothing yet: the first features are the base
+            self.m0, self.M0, self.B = end, Cnn, _inv(Cnn)
+            self._new_border(_BORDER_MIN)
             return
-        P = self.Minv[:m, :m] @ U
-        Sinv = _inv(C - U.T @ P)
-        PS = P @ Sinv
-        try:
-            # P Sinv P^T = R R^T with R = P chol(Sinv): a symmetric product (BLAS syrk)
-            R = P @ np.linalg.cholesky(Sinv)
-            upd = np.matmul(R, R.T, out=self._scratch[:m, :m])
-        except np.linalg.LinAlgError:
-            upd = np.matmul(PS, P.T, out=self._scratch[:m, :m])
-        np.add(self.Minv[:m, :m], upd, out=self.Minv[:m, :m])
-        self.Minv[:m, m:end] = -PS
-        self.Minv[m:end, :m] = -PS.T
-        self.Minv[m:end, m:end] = Sinv
+        if r + k > len(self.UT):
+            self._grow(r, max(2 * len(self.UT), r + k))
+        Un = rows[:, self.idx[:m0]]  # (k, m0) = M[new, base]
+        Pn = Un @ self.B  # (k, m0) = (B U_new)^T
+        Snn = Cnn - Un @ Pn.T
+        if r:
+            # S gains k rows and columns: border its inverse (and Q^T = S^-1 P^T) in turn
+            Cnb = rows[:, self.idx[m0:m]]  # (k, r) = M[new, border]
+            Snb = Cnb - Un @ self.PT[:r].T
+            E = self.Si @ Snb.T  # (r, k)
+            Sk = _inv(Snn - Snb @ E)
+            ES = E @ Sk
+            D = E.T @ self.PT[:r] - Pn  # (k, m0)
+            self.QT[:r] += ES @ D
+            self.QT[r : end - m0] = -Sk @ D
+            Si = np.empty((r + k, r + k))
+            Si[:r, :r] = self.Si + ES @ E.T
+            Si[:r, r:] = -ES
+            Si[r:, :r] = -ES.T
+            Si[r:, r:] = Sk
+            C = np.empty((r + k, r + k))
+            C[:r, :r] = self.C
+            C[:r, r:] = Cnb.T
+            C[r:, :r] = Cnb
+            C[r:, r:] = Cnn
+            self.Si, self.C = Si, C
+        else:
+            self.Si, self.C = _inv(Snn), Cnn
+            self.QT[:k] = self.Si @ Pn
+        self.UT[r : end - m0] = Un
+        self.PT[r : end - m0] = Pn
+        if end - m0 > max(_BORDER_MIN, m0 // _BORDER_SHARE):
+            self.compact()
+
+    def _grow(self, r: int, capacity: int) -> None:
+        """Room for ``capacity`` border rows, keeping the first ``r``."""
+        for name in ("UT", "PT", "QT"):
+            old = getattr(self, name)
+            buf = np.empty((capacity, self.m0))
+            buf[:r] = old[:r]
+            setattr(self, name, buf)
 
     def remove(self, drop: np.ndarray) -> None:
         """Mark the features ``drop`` (active) dead; compact when the dead are many."""
         self.alive[self.pos[drop]] = False
         self.n_dead += len(drop)
+        self._dead = None
         if self.n_dead > max(16, self.m // 8):
             self.compact()
 
     def compact(self) -> None:
-        """Drop the dead positions: one gather and one rank-``r`` downdate of the inverse."""
-        m = self.m
-        if self.n_dead == 0:
+        """Fold the border into the base and drop the dead positions, in one batch."""
+        m, m0 = self.m, self.m0
+        r = m - m0
+        if r == 0 and self.n_dead == 0:
             return
-        live = np.flatnonzero(self.alive[:m])
-        dead = np.flatnonzero(~self.alive[:m])
-        q = len(live)
-        Minv = self.Minv[:m, :m]
-        Fb = Minv[np.ix_(live, dead)]
-        H = Minv[np.ix_(dead, dead)]
-        E = Minv[np.ix_(live, live)]
-        E -= Fb @ _inv(H) @ Fb.T
-        self.M[:q, :q] = self.M[np.ix_(live, live)]
-        self.Minv[:q, :q] = E
-        self.pos[self.idx[dead]] = -1
-        self.idx[:q] = self.idx[live]
-        self.pos[self.idx[:q]] = np.arange(q)
-        self.alive[:m] = False
-        self.alive[:q] = True
-        self.m, self.n_dead = q, 0
+        Minv, M = self.B, self.M0
+        if r:
+            PT, QT, UT = self.PT[:r], self.QT[:r], self.UT[:r]
+            Minv = np.empty((m, m))
+            np.matmul(PT.T, QT, out=Minv[:m0, :m0])
+            Minv[:m0, :m0] += self.B
+            Minv[:m0, m0:] = -QT.T
+            Minv[m0:, :m0] = -QT
+            Minv[m0:, m0:] = self.Si
+            M = np.empty((m, m))
+            M[:m0, :m0] = self.M0
+            M[:m0, m0:] = UT.T
+            M[m0:, :m0] = UT
+            M[m0:, m0:] = self.C
+        q = m
+        if self.n_dead:
+            live = np.flatnonzero(self.alive[:m])
+            dead = np.flatnonzero(~self.alive[:m])
+            q = len(live)
+            Fb = Minv[np.ix_(live, dead)]
+            H = Minv[np.ix_(dead, dead)]
+            Minv = Minv[np.ix_(live, live)]
+            Minv -= Fb @ _inv(H) @ Fb.T
+            M = M[np.ix_(live, live)]
+            self.pos[self.idx[dead]] = -1
+            self.idx[:q] = self.idx[live]
+            self.pos[self.idx[:q]] = np.arange(q)
+            self.alive[:m] = False
+            self.alive[:q] = True
+        self.m = self.m0 = q
+        self.n_dead = 0
+        self.B, self.M0 = Minv, M
+        self._new_border(max(_BORDER_MIN, q // _BORDER_SHARE))
+        self._dead = None
 
     def _full(self, v: np.ndarray) -> np.ndarray:
         if not self.n_dead:
@@ -639,44 +724,87 @@ class _ActiveSet:
         out[self.alive[: self.m]] = v
         return out
 
+    def _matvec_full(self, v: np.ndarray) -> np.ndarray:
+        """``M v`` over every position (dead ones included)."""
+        m0 = self.m0
+        r = self.m - m0
+        out = np.empty(self.m)
+        out[:m0] = self.M0 @ v[:m0]
+        if r:
+            UT = self.UT[:r]
+            out[:m0] += v[m0:] @ UT
+            out[m0:] = UT @ v[:m0] + self.C @ v[m0:]
+        return out
+
+    def _apply_inverse(self, b: np.ndarray) -> np.ndarray:
+        """``M^-1 b`` over every position (dead ones included)."""
+        m0 = self.m0
+        r = self.m - m0
+        x = np.empty(self.m)
+        b0 = b[:m0]
+        x[:m0] = self.B @ b0
+        if r:
+            z = self.PT[:r] @ b0
+            b1 = b[m0:]
+            x[:m0] += (z - b1) @ self.QT[:r]
+            x[m0:] = self.Si @ (b1 - z)
+        return x
+
+    def _inverse_columns(self, p: np.ndarray) -> np.ndarray:
+        """``M^-1[:, p] (m, len(p))`` for positions ``p``."""
+        m0 = self.m0
+        r = self.m - m0
+        PT, QT = self.PT[:r], self.QT[:r]
+        out = np.empty((self.m, len(p)))
+        base = p < m0
+        pb, pr = p[base], p[~base] - m0
+        if len(pb):
+            # B is symmetric: its rows pb (contiguous) are its columns pb
+            out[:m0, base] = (self.B[pb] + QT[:, pb].T @ PT).T
+            out[m0:, base] = -QT[:, pb]
+        if len(pr):
+            out[:m0, ~base] = -QT[pr].T
+            out[m0:, ~base] = self.Si[:, pr]
+        return out
+
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """``M v`` on the live block (``v`` in the order of ``A``)."""
-        m = self.m
-        out = self.M[:m, :m] @ self._full(v)
-        return out[self.alive[:m]] if self.n_dead else out
+        out = self._matvec_full(self._full(v))
+        return out[self.alive[: self.m]] if self.n_dead else out
 
     def solve(self, rhs: np.ndarray, final: bool = False) -> np.ndarray:
         """``M_live^-1 rhs`` (order of ``A``), checked by its residual when ``final`` and every
         ``_CHECK_EVERY`` solves (the block updates can drift)."""
-        m = self.m
         b = self._full(rhs)
-        x = self.Minv[:m, :m] @ b
+        x = self._apply_inverse(b)
+        dead = None
         if self.n_dead:
-            dead = np.flatnonzero(~self.alive[:m])
-            H = self.Minv[np.ix_(dead, dead)]
-            x -= self.Minv[:m, dead] @ np.linalg.solve(H, x[dead])
+            if self._dead is None:
+                dead = np.flatnonzero(~self.alive[: self.m])
+                cols = self._inverse_columns(dead)
+                self._dead = (dead, cols, _inv(cols[dead]))
+            dead, cols, Hinv = self._dead
+            x -= cols @ (Hinv @ x[dead])
             x[dead] = 0.0
         self.solves += 1
+        drift = False
         if final or self.solves % _CHECK_EVERY == 0:
-            r = b - self.M[:m, :m] @ x
-            if self.n_dead:
-                r[dead] = 0.0
+            res = b - self._matvec_full(x)
+            if dead is not None:
+                res[dead] = 0.0
             scale = float(np.abs(b).max(initial=0.0)) + 1e-300
-            drift = float(np.abs(r).max(initial=0.0)) > 1e-10 * scale
-        else:
-            drift = False
+            drift = float(np.abs(res).max(initial=0.0)) > 1e-10 * scale
         if drift:
             # the block updates drifted (or M is singular): refactor from scratch
             self.compact()
-            m = self.m
-            M = self.M[:m, :m]
-            self.Minv[:m, :m] = _inv(M)
-            x = np.linalg.lstsq(M, b[self.alive[: len(b)]] if len(b) != m else b, rcond=None)[0]
-            return x
-        return x[self.alive[:m]] if self.n_dead else x
+            self.B = _inv(self.M0)
+            return np.linalg.lstsq(self.M0, rhs, rcond=None)[0]
+        return x[self.alive[: self.m]] if self.n_dead else x
 
 
 def _inv(M: np.ndarray) -> np.ndarray:
+    if M.shape == (1, 1) and M[0, 0] != 0:
+        return 1.0 / M
     try:
         return np.linalg.inv(M)
     except np.linalg.LinAlgError:
@@ -684,6 +812,8 @@ def _inv(M: np.ndarray) -> np.ndarray:
 
 
 _CHECK_EVERY = 4
+_BORDER_MIN = 32  # the border is folded into the base past max(_BORDER_MIN, m0 / _BORDER_SHARE)
+_BORDER_SHARE = 4
 _MULTI_DROPS = 2  # sign-conflict rounds per point that drop all conflicting coordinates at once
 _LINE_POINTS = 16  # zero crossings tried by a feature-sign line search (plus the full step)
 
@@ -691,6 +821,7 @@ _LINE_POINTS = 16  # zero crossings tried by a feature-sign line search (plus th
 def _solve_point(
     c: np.ndarray,
     w: np.ndarray,
+    g: np.ndarray,
     tau: float,
     strong: np.ndarray,
     active: _ActiveSet,
@@ -702,7 +833,8 @@ def _solve_point(
     active set ``A`` and signs ``theta`` solve ``(G_AA + l2 I) x = c_A - tau theta``; when a sign
     disagrees, move to the best of the first zero crossings and the full step on the segment
     ``w -> x`` (the objective decreases) and drop the zeros. The violators of ``|g_j| <= tau``
-    (``g = c - G w``) enter from the strong set, then from all features (the KKT check). Returns
+    (``g = c - G w``) enter from the strong set, then from all features (the KKT check). ``g`` is
+    the gradient at the starting ``w`` (the previous point's, returned by its solve). Returns
     ``(w, g)`` with ``active`` holding ``supp(w)``.
     """
     F = len(c)
@@ -714,9 +846,12 @@ def _solve_point(
     theta = np.sign(w)  # by feature
     one_at_a_time = False
     drops = 0
+    fresh = True  # g is the gradient at w
     for _ in range(10 * F + 100):
         A = active.A
-        g = c - gram_row(w) if len(A) else c.copy()
+        if not fresh:
+            g = c - gram_row(w) if len(A) else c.copy()
+        fresh = True
         viol = (w == 0) & (np.abs(g) > tau + tol)
         inside = viol & in_set
         # the active coefficients must satisfy g_j - l2 w_j = tau sign(w_j) at THIS tau
@@ -733,6 +868,7 @@ def _solve_point(
         theta[new] = np.sign(g[new])
         active.add(new)
         one_at_a_time = False
+        fresh = False  # the solves below move w
         # nothing enters: the active equations are re-solved, so check that solve's accuracy
         final = len(new) == 0
         for _ in range(4 * F + 10):
@@ -841,9 +977,19 @@ class _GramCache:
         self.y0 = yt - self.my
         self.n = len(rows)
         # With folds that partition the rows (positions into ``rows``), X^T X is the sum of the
-        # folds' blocks: K products of N/K rows instead of one of N rows plus K of N/K.
-        self.blocks = [self.Z0[p].T @ self.Z0[p] for p in parts]
-        self.S = sum(self.blocks[1:], self.blocks[0].copy()) if parts else self.Z0.T @ self.Z0
+        # folds' blocks: K products of N/K rows instead of one of N rows plus K of N/K. Each is
+        # ``Zp^T Zp`` of one array, which BLAS computes as a symmetric product (syrk, half the
+        # work); a contiguous fold is a view, not a copy.
+        self.blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
+        for p in parts:
+            Zp, yp = _take_rows(self.Z0, p), _take_rows(self.y0, p)
+            self.blocks.append((Zp.T @ Zp, Zp.sum(axis=0), Zp.T @ yp, float(yp.sum())))
+        if parts:
+            self.S = self.blocks[0][0].copy()
+            for block in self.blocks[1:]:
+                self.S += block[0]
+        else:
+            self.S = self.Z0.T @ self.Z0
         self.sz = self.Z0.sum(axis=0)
         self.cy = self.Z0.T @ self.y0
         self.sy = float(self.y0.sum())
@@ -851,22 +997,51 @@ class _GramCache:
     def without(self, held: np.ndarray, fold: int | None = None) -> _GramStats:
         """Stats of the training rows minus ``held`` (row numbers, a subset of ``rows``; the
         rows of ``parts[fold]`` when ``fold`` is given)."""
-        pos = np.searchsorted(self.rows, held)
-        Zh, yh = self.Z0[pos], self.y0[pos]
         n = self.n - len(held)
-        m = (self.sz - Zh.sum(axis=0)) / n
-        my = (self.sy - float(yh.sum())) / n
-        G = self.S - (self.blocks[fold] if fold is not None and self.blocks else Zh.T @ Zh)
-        G -= n * np.outer(m, m)
+        if fold is not None and self.blocks:
+            Gh, sh, ch, syh = self.blocks[fold]
+            G = self.S - Gh
+        elif len(held):
+            pos = np.searchsorted(self.rows, held)
+            Zh, yh = self.Z0[pos], self.y0[pos]
+            sh, ch, syh = Zh.sum(axis=0), Zh.T @ yh, float(yh.sum())
+            G = self.S - Zh.T @ Zh
+        else:
+            sh, ch, syh = np.zeros_like(self.sz), np.zeros_like(self.cy), 0.0
+            G = self.S.copy()
+        m = (self.sz - sh) / n
+        my = (self.sy - syh) / n
+        G -= np.multiply.outer(n * m, m)
         G /= n
-        c = (self.cy - Zh.T @ yh - n * m * my) / n
+        c = (self.cy - ch - n * m * my) / n
         return _GramStats(G, c, m + self.mu, my + self.my, n)
+
+
+def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]``, as a view when ``rows`` is a contiguous run."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+        return a[int(rows[0]) : int(rows[-1]) + 1]
+    return a[rows]
 
 
 def _gram_path(
     stats: _GramStats, grid: np.ndarray, spec: dict, param: str, tick: Callable[[int], None]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients ``W (F, P)`` and intercepts ``b (P,)`` along ``grid`` (warm starts)."""
+    """Coefficients ``W (F, P)`` and intercepts ``b (P,)`` along ``grid`` (warm starts).
+
+    The solves run on one BLAS thread, as scikit-learn's KMeans runs its iterations: they are
+    thousands of small products (``O(F^2)`` at most) whose thread synchronisation costs more than
+    it saves, and far more when another process holds the other cores (a 100-point path on 4000 x
+    1000 took 2.4x as long on two threads of a busy two-core machine as on one). The Gram
+    products before it keep every thread.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _gram_path_points(stats, grid, spec, param, tick)
+
+
+def _gram_path_points(
+    stats: _GramStats, grid: np.ndarray, spec: dict, param: str, tick: Callable[[int], None]
+) -> tuple[np.ndarray, np.ndarray]:
     G, c = stats.G, stats.c
     F, P = len(c), len(grid)
     reg = spec["regularization"]
@@ -902,7 +1077,8 @@ def _gram_path(
             g = c - G @ w
             active = None
         else:
-            w, g = _solve_point(c, w, tau, strong, active, gram_row)
+            assert active is not None  # made above for every tau > 0
+            w, g = _solve_point(c, w, g, tau, strong, active, gram_row)
         W[:, k] = w
         tau_prev = tau
         tick(k)
@@ -916,9 +1092,10 @@ def _gram_path(
 def _held_out_targets(model: Any, data: _Data, rows: np.ndarray) -> np.ndarray:
     """Targets of ``rows`` as the model's loss reads them (class indices into model.classes)."""
     if data.task == "regression":
-        return data.y_reg[rows].astype(model.network.dtype)
+        return data.target[rows].astype(model.network.dtype)
     lookup = {label: i for i, label in enumerate(model.classes)}
-    labels = [data.classes[i] for i in data.y_idx[rows]]
+    classes, y_idx = data.labels
+    labels = [classes[i] for i in y_idx[rows]]
     missing = [label for label in labels if label not in lookup]
     if missing:
         raise InputError(
@@ -1016,22 +1193,6 @@ def _point_stats(
     return total_nonzero, selected, norms.tolist()
 
 
-def _warm(previous: Any) -> dict[str, Any]:
-    """``warm_start=previous`` once ``engine.fit`` accepts it (its signature says so), else {}.
-
-    A path wants each point to start from the previous point's weights (glmnet's warm starts);
-    until ``engine.fit`` takes initial weights every point is a cold start from the seeded
-    initialisation.
-    """
-    import inspect
-
-    import engine
-
-    if previous is None or "warm_start" not in inspect.signature(engine.fit).parameters:
-        return {}
-    return {"warm_start": previous}
-
-
 def _run_split(
     spec: dict,
     data: _Data,
@@ -1057,7 +1218,7 @@ def _run_split(
         clock.check()
 
     if _exact(spec, param):
-        yv = data.y_reg.astype(np.float64)
+        yv = data.target.astype(np.float64)
         if cache is not None:
             pre, Z = cache.pre, cache.Z
             stats = cache.without(
@@ -1102,10 +1263,23 @@ def _run_split(
     X_all, y_all = (
         (data.take_x(np.arange(data.n)), data.take_y(np.arange(data.n))) if full else (X_fit, y_fit)
     )
-    losses, metrics, models = [], [], []
-    nonzero, selected, norms_list, coef, coef_names = [], [], [], [], []
+    losses: list[float] = []
+    metrics: list[float] = []
+    models: list[Any] = []
+    nonzero: list[int] = []
+    selected: list[list[str]] = []
+    norms_list: list[list[float]] = []
+    coef: list[list[float]] = []
+    coef_names: list[str] = []
     linear = _is_linear(spec)
-    previous = None
+    # Warm starts (glmnet's) for linear models only. Their problem is convex: started from the
+    # previous point's weights a fit reaches the same optimum, sooner. A network's is not: started
+    # from the previous, more penalised point it keeps that point's dead ReLU units and shrunken
+    # first layer (a group_l1 MLP path warm-started so plateaued, on every fold, at 2-3x the
+    # held-out mse of fits from the seeded initialisation), so each of its points is the fit a
+    # user gets from engine.fit at that value.
+    warm = linear
+    previous: Any = None
     for k, value in enumerate(grid):
         clock.check()
         left = clock.remaining()
@@ -1116,9 +1290,9 @@ def _run_split(
             y_all,
             feature_names=data.names,
             max_seconds=left,
-            **_warm(previous),
+            warm_start=previous,
         )
-        previous = model
+        previous = model if warm else None
         extra: dict[str, Any] = {}
         if len(held):
             Z = model.preprocessor.transform(
@@ -1132,10 +1306,13 @@ def _run_split(
             losses.append(float(value_loss))
             metrics.append(_metric(scores, target, spec["loss"], data.task))
             extra["loss"] = losses[-1]
+            extra["metric"] = metrics[-1]
         if full:
             weights = model.network.weights
             total = sum(int(np.count_nonzero(Wl)) for Wl in weights)
-            nz, sel, nrm = _point_stats(weights[0], model.preprocessor, total)
+            fitted = model.preprocessor
+            assert isinstance(fitted, Preprocessor)  # a path reads tables, never images
+            nz, sel, nrm = _point_stats(weights[0], fitted, total)
             nonzero.append(nz)
             selected.append(sel)
             norms_list.append(nrm)
@@ -1144,13 +1321,13 @@ def _run_split(
                 W1 = np.asarray(weights[0], dtype=np.float64)
                 coef.append(W1.T.ravel().tolist())
                 if not coef_names:
-                    names = model.preprocessor.encoded_names
+                    names = fitted.encoded_names
                     coef_names.extend(
                         names
                         if W1.shape[1] == 1
                         else [f"{n}[{o}]" for o in range(W1.shape[1]) for n in names]
                     )
-                    result.feature_names = list(model.preprocessor.feature_names)
+                    result.feature_names = list(fitted.feature_names)
             if keep_models:
                 models.append(model)
             extra["nonzero"] = nz
@@ -1198,7 +1375,8 @@ def path_fold(
         As for :func:`path`.
     callbacks : iterable of callables
         ``cb(record)`` after each point, ``record = {"fold", "index", "value", "points", "loss"?,
-        "nonzero"?}``; a True return raises :class:`PathCancelled`.
+        "metric"?, "nonzero"?}`` (held-out loss and metric when the split scores its points as it
+        goes, ``engine.fit`` per value); a True return raises :class:`PathCancelled`.
     cancel : callable, optional
         Checked before each point; True raises :class:`PathCancelled`.
     max_seconds : float, optional
@@ -1257,7 +1435,10 @@ def combine(
     if len(full) != 1:
         raise ValueError("combine needs exactly one all-rows path (fold None)")
     full_path = full[0]
-    folded = sorted((fp for fp in fold_paths if fp.fold is not None), key=lambda fp: fp.fold)
+    folded = sorted(
+        (fp for fp in fold_paths if fp.fold is not None),
+        key=lambda fp: -1 if fp.fold is None else fp.fold,
+    )
     grid = np.asarray(full_path.grid)
     scored = folded or [full_path]
     if any(fp.loss is None for fp in scored):
@@ -1378,7 +1559,7 @@ def path(
             parts = fold_rows(
                 len(data.train_rows), folds, shuffle=spec["shuffle"], seed=spec["seed"]
             )
-            cache = _GramCache(pre, Z, data.y_reg.astype(np.float64), data.train_rows, parts)
+            cache = _GramCache(pre, Z, data.target.astype(np.float64), data.train_rows, parts)
     # lambda_max reads X^T (y - mean y) over the training rows: centred columns give the same
     grid = _make_grid(
         spec, data, param, values, num, min_ratio, None if cache is None else cache.Z0

@@ -361,7 +361,6 @@ def run(*, job_id: str, database_url: str, data_dir: Path) -> str:
                         X=X,
                         y=y,
                         database_url=database_url,
-                        data_dir=data_dir,
                         max_seconds=remaining,
                     )
                 store = None if model is None else _store(model, final)

@@ -50,6 +50,44 @@ QUIET_DASK = {
 }
 
 
+WARM_MODULES = ("app.tables", "app.jobs.body", "app.datasets.service", "app.paths.runner")
+
+
+def warm_up() -> None:
+    """Import what a job body and a path's split tasks use (the engine, SQLAlchemy, the ORM,
+    pyarrow's Parquet reader)."""
+    import importlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for module in WARM_MODULES:
+        importlib.import_module(module)
+    # pyarrow sets its Parquet reader up on the first read (about 0.3 s): one of a tiny table.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": [0.0]}), buffer)
+    pq.read_table(pa.BufferReader(buffer.getvalue()))
+
+
+def _warm_up_plugin() -> Any:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class WarmUp(WorkerPlugin):
+        """Runs :func:`warm_up` on every worker as it starts (and on those running already).
+
+        A fresh worker process would otherwise spend about two seconds importing inside its
+        first task: the first job's time, and with a search on several workers the first
+        split each of them runs, while the workers that had it imported wait for nothing.
+        """
+
+        name = "regula-warm-up"
+
+        def setup(self, worker: Any) -> None:
+            warm_up()
+
+    return WarmUp()
+
+
 def run_job(job_id: str, database_url: str, data_dir: str) -> str:
     """The job body submitted to the executor: claim, train, store. Returns the final status."""
     from threadpoolctl import threadpool_limits
@@ -207,6 +245,7 @@ class DaskExecutor(Executor):
             self.client = Client(self.cluster)
         else:
             self.client = Client(self.address, timeout="30s")
+        self.client.register_plugin(_warm_up_plugin())
         log.info("executor: dask %s", self.client.scheduler.address)
 
     def close(self) -> None:

@@ -3,19 +3,23 @@
 ``run_search`` runs inside a job body (a Dask task, or the inline executor's thread):
 
 1. ``engine.path_grid`` once: the grid every split shares;
-2. the path of every split - the full training rows (``fold_index`` None, stored as fold -1) and
-   folds ``0..K-1`` - with ``engine.path_fold``. On Dask each split is its own task, submitted
-   from the body through ``distributed.worker_client()`` (which secedes the body's thread, so the
-   K + 1 tasks get the worker slots and K folds on K workers take about the time of one); inline
-   they run one after the other in the body's thread;
-3. ``engine.combine``, stored as the job's path result;
-4. ``engine.fit`` at the chosen value on all training rows: the job's model.
+2. the path of every split - folds ``0..K-1`` and the full training rows (``fold_index`` None,
+   stored as fold -1) - with ``engine.path_fold``;
+3. ``engine.fit`` at the chosen value on all training rows (the job's model), as soon as the K
+   folds are done: the choice reads only their held-out scores;
+4. ``engine.combine`` of every split, stored as the job's path result while the final fit trains.
+
+On Dask each split and the final fit are their own tasks, submitted from the body through
+``distributed.worker_client()`` (which secedes the body's thread, so the tasks get the worker
+slots): the folds first, then the all-rows path, which on two or more workers runs beside the
+final fit. Inline they run one after the other in the body's thread.
 
 Each split stores its points as they finish (``PointWriter``: batched like the loss history, at
 most one commit every ``history_flush_seconds``) and reports progress = points done /
-(points x (folds + 1)); the progress write answers "cancel?", checked between points. A split
-task reads the dataset itself (the workers share the data folder), so only small arguments travel
-through the scheduler.
+(points x (folds + 1)); the progress write answers "cancel?", checked between points. The body
+has read the dataset already: on Dask it scatters ``X`` and ``y`` once (they stay on the body's
+worker, and each other worker fetches them once), so a split task neither re-reads the file nor
+re-parses it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import math
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +40,7 @@ from app.jobs import state
 from app.paths import service
 from app.paths.orm import FULL_PATH
 from engine.path import FoldPath
+from engine.preprocess import read_table
 
 log = logging.getLogger("regula.training")
 
@@ -51,6 +56,12 @@ def _worker_name() -> str:
     return worker_name()
 
 
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    return str(get_worker().address)
+
+
 def _on_dask() -> bool:
     try:
         from distributed import get_worker
@@ -59,6 +70,10 @@ def _on_dask() -> bool:
     except (ImportError, ValueError):
         return False
     return True
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 class PointWriter:
@@ -82,13 +97,13 @@ class PointWriter:
         self._cancel = False
 
     def __call__(self, record: dict[str, Any]) -> bool:
-        loss = record.get("loss")
         self._pending.append(
             {
                 "fold": self._fold,
                 "index": int(record["index"]),
                 "value": float(record["value"]),
-                "loss": None if loss is None or not math.isfinite(loss) else float(loss),
+                "loss": _finite(record.get("loss")),
+                "metric": _finite(record.get("metric")),
                 "nonzero": record.get("nonzero"),
                 "worker": self._worker,
             }
@@ -96,6 +111,10 @@ class PointWriter:
         if time.monotonic() - self._last_flush >= settings.history_flush_seconds:
             self.flush()
         return self._cancel
+
+    def discard(self) -> None:
+        """Forget the pending points (the finished split's rows replace them)."""
+        self._pending = []
 
     def flush(self, rows: list[dict[str, Any]] | None = None) -> None:
         """Store the pending points (or ``rows``: the split's finished points) and the progress."""
@@ -115,14 +134,22 @@ class PointWriter:
         self._last_flush = time.monotonic()
 
 
-def run_split(plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = None) -> FoldPath:
+def _one_matrix(X: Any) -> tuple[Any, list[str] | None]:
+    """``(matrix (N, D), names)`` of an all-numeric table, else ``(X, None)``.
+
+    Read by the engine's one table adapter, once: the grid, every split task and the final fit
+    then take the matrix as it is, instead of each stacking the D columns again (and a split task
+    on another worker receives one array, not D).
+    """
+    table = read_table(X)
+    if table.matrix is None:
+        return X, None
+    return table.matrix, table.names
+
+
+def run_split(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> FoldPath:
     """The path of one split (``fold`` None = all training rows), its points stored as it goes."""
     sessions = get_sessionmaker(plan["database_url"])
-    if X is None:
-        from app.jobs.body import _load, _read_table
-
-        job, dataset = _load(sessions, plan["job_id"])
-        X, y = _read_table(job, dataset, Path(plan["data_dir"]))
     worker = _worker_name()
     writer = PointWriter(sessions, plan, fold, worker)
     started = time.monotonic()
@@ -135,25 +162,27 @@ def run_split(plan: dict[str, Any], fold: int | None, X: Any = None, y: Any = No
             grid=plan["grid"],
             param=plan["param"],
             folds=plan["folds"],
+            feature_names=plan["feature_names"],
             callbacks=[writer],
             max_seconds=plan["deadline"] - time.time(),
         )
     except engine.PathCancelled:
         writer.flush()  # the points finished before the cancel stay
         raise
-    writer._pending = []
+    writer.discard()
     writer.flush(service.split_rows(fold_path, worker))
     log.info(
-        "job %s: split %s of the path done on %s in %.1f s",
+        "job %s: split %s of the path done on %s in %.2f s (%.2f s in the engine)",
         plan["job_id"],
         "full" if fold is None else fold,
         worker,
         time.monotonic() - started,
+        fold_path.seconds,
     )
     return fold_path
 
 
-def split_task(plan: dict[str, Any], fold: int | None) -> dict[str, Any]:
+def split_task(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> dict[str, Any]:
     """One split as a Dask task (on any worker): returns the FoldPath as plain data."""
     from threadpoolctl import threadpool_limits
 
@@ -161,36 +190,131 @@ def split_task(plan: dict[str, Any], fold: int | None) -> dict[str, Any]:
 
     logs.configure()
     with threadpool_limits(limits=1):
-        fold_path = run_split(plan, fold)
+        fold_path = run_split(plan, fold, X, y)
     return fold_path.to_dict()
 
 
-def _run_splits(plan: dict[str, Any], X: Any, y: Any) -> list[FoldPath]:
-    splits: list[int | None] = [None, *range(plan["folds"])]
+def final_fit(plan: dict[str, Any], final: dict[str, Any], X: Any, y: Any) -> engine.Model:
+    """``engine.fit`` of the final spec on every row; heartbeat and "cancel?" as it trains."""
+    sessions = get_sessionmaker(plan["database_url"])
+    job_id, attempt = plan["job_id"], plan["attempt"]
+    progress = {"last": time.monotonic()}
+
+    def cancel_check(_record: dict[str, Any]) -> bool:
+        # The final fit's epochs are not a path's points: only heartbeat and the cancel flag.
+        if time.monotonic() - progress["last"] < settings.history_flush_seconds:
+            return False
+        progress["last"] = time.monotonic()
+        return state.record_epochs(sessions, job_id, attempt, [], epochs=1, progress=1.0)
+
+    started = time.monotonic()
+    model = engine.fit(
+        final,
+        X,
+        y,
+        feature_names=plan["feature_names"],
+        callbacks=[cancel_check],
+        max_seconds=plan["deadline"] - time.time(),
+    )
+    log.info(
+        "job %s: final fit on %s in %.2f s", job_id, _worker_name(), time.monotonic() - started
+    )
+    return model
+
+
+def final_task(plan: dict[str, Any], final: dict[str, Any], X: Any, y: Any) -> engine.Model:
+    """The final fit as a Dask task (on any worker)."""
+    from threadpoolctl import threadpool_limits
+
+    from app.core import logs
+
+    logs.configure()
+    with threadpool_limits(limits=1):
+        return final_fit(plan, final, X, y)
+
+
+def _final_spec(plan: dict[str, Any], folds: list[FoldPath]) -> dict[str, Any]:
+    """The final fit's spec, at the value the folds' scores choose.
+
+    The choice reads only the folds' held-out scores (the all-rows path adds statistics, not
+    scores), so the final fit can start before the all-rows path is done.
+    """
+    spec, param = plan["spec"], plan["param"]
+    scores_only = FoldPath(fold=None, grid=list(plan["grid"]), n_train=0, n_val=0)
+    chosen = engine.combine([scores_only, *folds], param=param, select=spec["search"]["select"])
+    return engine.final_spec(spec, param, chosen.chosen_value)
+
+
+def _run_path(
+    plan: dict[str, Any], X: Any, y: Any, store: Callable[[list[FoldPath]], None]
+) -> tuple[list[FoldPath], dict[str, Any], engine.Model]:
+    """Every split, then the final fit at the folds' choice: ``(fold paths, final spec, model)``.
+
+    ``store(fold_paths)`` (combine and store the path) runs once every split is done, while the
+    final fit trains. On Dask each split and the final fit are tasks: the K folds first, then the
+    all-rows path, and the final fit as soon as the folds are done, so that on two or more workers
+    it trains beside the all-rows path instead of after it.
+    """
+    folds = range(plan["folds"])
     if not _on_dask():
-        return [run_split(plan, fold, X, y) for fold in splits]
+        fold_paths = [run_split(plan, fold, X, y) for fold in folds]
+        fold_paths.append(run_split(plan, None, X, y))
+        store(fold_paths)
+        final = _final_spec(plan, fold_paths[:-1])
+        return fold_paths, final, final_fit(plan, final, X, y)
     from distributed import worker_client
 
-    # worker_client secedes this thread from the worker's pool: its slot runs a split meanwhile.
+    def key(name: str) -> str:
+        return f"regula-path-{plan['job_id']}-{name}-{uuid.uuid4().hex[:8]}"
+
+    # worker_client secedes this thread from the worker's pool: its slot runs a task meanwhile.
     with worker_client() as client:
+        # One copy of the data, on this worker; a task elsewhere fetches it once per worker.
+        data = client.scatter([X, y], workers=[_worker_address()], hash=False)
         futures = [
             client.submit(
                 split_task,
                 plan,
                 fold,
-                key=f"regula-path-{plan['job_id']}-{'full' if fold is None else fold}-"
-                f"{uuid.uuid4().hex[:8]}",
+                *data,
+                key=key(str(fold)),
+                pure=False,
+                priority=SPLIT_PRIORITY + 1,  # the folds before the all-rows path
+            )
+            for fold in folds
+        ]
+        futures.append(
+            client.submit(
+                split_task,
+                plan,
+                None,
+                *data,
+                key=key("full"),
                 pure=False,
                 priority=SPLIT_PRIORITY,
             )
-            for fold in splits
-        ]
+        )
         try:
-            results = client.gather(futures)
+            fold_paths = [FoldPath(**result) for result in client.gather(futures[:-1])]
+            final = _final_spec(plan, fold_paths)
+            futures.append(
+                client.submit(
+                    final_task,
+                    plan,
+                    final,
+                    *data,
+                    key=key("final"),
+                    pure=False,
+                    priority=SPLIT_PRIORITY,
+                )
+            )
+            fold_paths.append(FoldPath(**futures[-2].result()))
+            store(fold_paths)
+            model = futures[-1].result()
         finally:
-            for future in futures:
+            for future in [*futures, *data]:
                 future.cancel()
-    return [FoldPath(**result) for result in results]
+    return fold_paths, final, model
 
 
 def run_search(
@@ -202,7 +326,6 @@ def run_search(
     X: Any,
     y: Any,
     database_url: str,
-    data_dir: Path,
     max_seconds: float,
 ) -> tuple[engine.Model | None, dict[str, Any]]:
     """The path, its result stored, and the final model; ``(None, final spec)`` if cancelled.
@@ -214,10 +337,12 @@ def run_search(
     clock = time.monotonic()
     search = spec["search"]
     param = str(search["param"])
+    X, names = _one_matrix(X)
     grid = engine.path_grid(
         spec,
         X,
         y,
+        feature_names=names,
         param=param,
         values=search.get("values"),
         num=search.get("num") or DEFAULT_NUM,
@@ -230,42 +355,38 @@ def run_search(
         "job_id": job_id,
         "attempt": attempt,
         "database_url": database_url,
-        "data_dir": str(data_dir),
         "spec": spec,
         "param": param,
         "grid": grid,
         "folds": folds,
+        "feature_names": names,
         "total": len(grid) * (folds + 1),
         "deadline": deadline,
     }
+
+    def store(fold_paths: list[FoldPath]) -> None:
+        started = time.monotonic()
+        full = next(fp for fp in fold_paths if fp.fold is None)
+        result = engine.combine(
+            fold_paths,
+            param=param,
+            select=search["select"],
+            metric_name="r2" if spec["task"] == "regression" else "accuracy",
+            solver="gram" if full.intercept else "fit",
+        )
+        service.store_result(sessions, job_id, attempt, result.to_dict())
+        log.info(
+            "job %s: %d splits in %.2f s; path combined and stored in %.2f s",
+            job_id,
+            folds + 1,
+            started - clock,
+            time.monotonic() - started,
+        )
+
     clock = time.monotonic()
     try:
-        fold_paths = _run_splits(plan, X, y)
+        _, final, model = _run_path(plan, X, y, store)
     except engine.PathCancelled:
         return None, spec
-    log.info("job %s: %d splits in %.2f s", job_id, folds + 1, time.monotonic() - clock)
-    clock = time.monotonic()
-    full = next(fp for fp in fold_paths if fp.fold is None)
-    result = engine.combine(
-        fold_paths,
-        param=param,
-        select=search["select"],
-        metric_name="r2" if spec["task"] == "regression" else "accuracy",
-        solver="gram" if full.intercept else "fit",
-    )
-    service.store_result(sessions, job_id, attempt, result.to_dict())
-    final = engine.final_spec(spec, param, result.chosen_value)
-    progress = {"last": time.monotonic()}
-
-    def cancel_check(_record: dict[str, Any]) -> bool:
-        # The final fit's epochs are not a path's points: only heartbeat and the cancel flag.
-        if time.monotonic() - progress["last"] < settings.history_flush_seconds:
-            return False
-        progress["last"] = time.monotonic()
-        return state.record_epochs(sessions, job_id, attempt, [], epochs=1, progress=1.0)
-
-    log.info("job %s: path combined and stored in %.2f s", job_id, time.monotonic() - clock)
-    clock = time.monotonic()
-    model = engine.fit(final, X, y, callbacks=[cancel_check], max_seconds=deadline - time.time())
-    log.info("job %s: final fit in %.2f s", job_id, time.monotonic() - clock)
+    log.info("job %s: path and final fit in %.2f s", job_id, time.monotonic() - clock)
     return model, final

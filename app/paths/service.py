@@ -12,6 +12,7 @@ fold has reached.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,17 +141,22 @@ def _fold_path(fold: int, rows: list[PathPoint], header: dict[str, Any]) -> Fold
         n_val=0,
     )
     if fold != FULL_PATH:
-        fp.loss = [r.loss for r in rows]
-        fp.metric = [r.metric for r in rows]
+        # a point stored as it finished may lack a score: NaN, then null in the read
+        fp.loss = [math.nan if r.loss is None else r.loss for r in rows]
+        fp.metric = [math.nan if r.metric is None else r.metric for r in rows]
         return fp
+    # A statistic a stored row lacks (the exact path stores them when its split ends) stays
+    # None: combine passes it through to the point as it is.
     stats = [r.stats or {} for r in rows]
-    fp.nonzero = [r.nonzero for r in rows]
-    fp.selected = [s.get("selected") for s in stats]
-    fp.norms = [s.get("norms") for s in stats]
+    nonzero: list[Any] = [r.nonzero for r in rows]
+    selected: list[Any] = [s.get("selected") for s in stats]
+    norms: list[Any] = [s.get("norms") for s in stats]
+    fp.nonzero, fp.selected, fp.norms = nonzero, selected, norms
     fp.feature_names = header.get("feature_names")
     fp.coef_names = header.get("coef_names")
     if any("coef" in s for s in stats):
-        fp.coef = [s.get("coef") for s in stats]
+        coef: list[Any] = [s.get("coef") for s in stats]
+        fp.coef = coef
     return fp
 
 
@@ -194,6 +200,9 @@ def _partial(
             point = engine.combine(
                 [full_fp, *split_fps], param=param, select=select_, metric_name=metric_name
             ).points[0]
+            for key in ("cv_metric", "cv_metric_se"):
+                if not math.isfinite(point[key]):
+                    point[key] = None
         elif full_row is not None:
             stats = full_row.stats or {}
             point["selected_features"] = stats.get("selected")

@@ -184,8 +184,12 @@ def test_cancel_mid_path_keeps_the_finished_points(client: TestClient) -> None:
     body = path.json()
     assert body["complete"] is False and body["status"] == "cancelled"
     assert 0 < len(body["points"]) < 50
-    assert all(p["nonzero"] is not None for p in body["points"])  # the full path runs first
-    assert body["chosen"]["min"] is None  # no fold scored any point before the cancel
+    # the folds run first (the final fit needs only their scores): the points so far are fold
+    # 0's, scored on its held-out rows, and no choice is made before every fold has scored
+    assert all(p["folds_scored"] == 1 and p["cv_loss"] is not None for p in body["points"])
+    assert all(p["cv_metric"] is not None for p in body["points"])
+    assert all(p["nonzero"] is None for p in body["points"])
+    assert body["chosen"]["min"] is None
 
 
 def test_single_fit_job_has_no_path(client: TestClient) -> None:

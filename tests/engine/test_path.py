@@ -291,12 +291,6 @@ def mlp_path():
     return path(spec, X, y, param="regularization.group_l1", num=8, min_ratio=0.001, select="min")
 
 
-@pytest.mark.xfail(
-    reason="since engine.fit has warm_start, engine.path warm-starts each point: the path is "
-    "monotone (0, 4, 4, 10, 26, 28, 30, 30 features) and 'min' picks the least penalised point, "
-    "which keeps the noise features; the path's selection rule needs revisiting (path owner)",
-    strict=False,
-)
 def test_group_l1_mlp_path_keeps_the_informative_features(mlp_path):
     result = mlp_path
     counts = [len(p["selected_features"]) for p in result.points]
@@ -316,9 +310,9 @@ def test_group_l1_mlp_path_keeps_the_informative_features(mlp_path):
 
 
 @pytest.mark.xfail(
-    reason="engine.fit takes no initial weights, so each point of a network path is a cold-started"
-    " stochastic fit and the count of selected features can dip by a few between neighbours;"
-    " warm starts (engine.fit(warm_start=...), used by engine.path once it exists) fix this",
+    reason="each point of a network path is a cold-started stochastic fit (a warm start from the"
+    " more penalised point traps the network, see engine.path), so the count of selected features"
+    " can dip by a few between neighbours",
     strict=False,
 )
 def test_group_l1_mlp_path_count_is_monotone_in_lambda(mlp_path):
