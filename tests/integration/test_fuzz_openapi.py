@@ -7,7 +7,7 @@ trained model are seeded first, and path ids are swapped for the real ones in ab
 examples so generated bodies reach real models, not just the 404 branch. Accepted jobs are stored
 but not trained (see ``seeded``).
 
-Bounded and reproducible for CI: a fixed number of examples per operation (40 in the fast lane;
+Bounded and reproducible for CI: a fixed number of examples per operation (40;
 ``REGULA_FUZZ_EXAMPLES=500`` for a deeper local run) and ``derandomize=True`` (the same examples
 on every run).
 """
@@ -30,6 +30,10 @@ from app.core.config import settings as app_settings
 from app.core.db import get_db, get_sessionmaker
 from app.jobs.executor import get_executor
 from app.main import create_app
+
+# In-process, but a minute of CPU over the whole schema: it runs with the integration tests
+# (`make test`, CI), not in the fast lane.
+pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = int(os.environ.get("REGULA_FUZZ_EXAMPLES", "40"))
 APP = create_app()
