@@ -47,7 +47,10 @@ def test_quick_bench_exits_zero_and_prints_a_ratio_per_goal(quick_run) -> None:
         "pyarrow.csv.read_csv",
         "pyarrow read_csv (fresh process)",
         "1 second",
-        "one job alone",
+        "bare engine.fit processes",
+        "one first predict",
+        "REGULA_MODEL_CACHE_MB",
+        "REGULA_MAX_JOB_MEMORY_MB",
     }
     assert expected <= peers, sorted(peers)
     # Section 7 measures each serving protocol against the floor.
