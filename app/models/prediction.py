@@ -30,6 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -359,6 +360,22 @@ def load(*, session: Session, model_id: str, owner_id: str | None) -> Loaded:
     if item.owner_id != owner_id:
         raise not_found(model_id)
     return item
+
+
+async def get(
+    sessions: Callable[[], AbstractContextManager[Session]], model_id: str, owner_id: str | None
+) -> Loaded:
+    """The caller's model for an async route: from the cache (no database, no thread hop), else
+    :func:`load` in the thread pool with a session of its own."""
+    item = cached(model_id, owner_id)
+    if item is not None:
+        return item
+
+    def read() -> Loaded:
+        with sessions() as session:
+            return load(session=session, model_id=model_id, owner_id=owner_id)
+
+    return await run_in_threadpool(read)
 
 
 def required_features(*, session: Session, model_id: str, owner_id: str | None) -> list[str] | None:

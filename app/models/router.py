@@ -119,15 +119,7 @@ async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
     database session (from get_db) only on a cache miss.
     """
     body, size = await read_predict_body(request)
-    item = prediction.cached(model_id, owner)
-    if item is None:
-        sessions = sessions_for(request)
-
-        def load() -> prediction.Loaded:
-            with sessions() as session:
-                return prediction.load(session=session, model_id=model_id, owner_id=owner)
-
-        item = await run_in_threadpool(load)
+    item = await prediction.get(sessions_for(request), model_id, owner)
     result = await prediction.run(item, rows=body.rows, instances=body.instances, body_bytes=size)
     return NumpyJSONResponse(result)
 
@@ -234,18 +226,10 @@ async def read_image_files(request: Request) -> tuple[list[tuple[str, bytes]], d
 async def predict_images(model_id: str, request: Request, owner: OwnerDep) -> Response:
     """Predict PNG/JPEG files with an image model, decoded as the dataset upload decodes them."""
     files, fields = await read_image_files(request)
-    sessions = sessions_for(request)
-
-    def run() -> dict[str, Any]:
-        item = prediction.cached(model_id, owner)
-        if item is None:
-            with sessions() as session:
-                item = prediction.load(session=session, model_id=model_id, owner_id=owner)
-        result = prediction.predict_files(item, files, fields)
-        prediction.check_not_deleted(item)
-        return result
-
-    return NumpyJSONResponse(await run_in_threadpool(run))
+    item = await prediction.get(sessions_for(request), model_id, owner)
+    result = await run_in_threadpool(prediction.predict_files, item, files, fields)
+    prediction.check_not_deleted(item)
+    return NumpyJSONResponse(result)
 
 
 @router.get("", response_model=list[ModelRead], summary="List models, newest first")

@@ -66,15 +66,7 @@ async def get_loaded(
     With ``version`` (OIP's ``/versions/{version}`` routes), NotFound unless it is one of the
     model's ``versions`` (checked after the model, so an unknown model is named as such).
     """
-    item = prediction.cached(model_id, owner)
-    if item is None:
-        sessions = sessions_for(request)
-
-        def load() -> prediction.Loaded:
-            with sessions() as session:
-                return prediction.load(session=session, model_id=model_id, owner_id=owner)
-
-        item = await run_in_threadpool(load)
+    item = await prediction.get(sessions_for(request), model_id, owner)
     if version is not None and version != MODEL_VERSION:
         raise NotFound(
             f"Model {item.id!r} has no version {_quote(version)}; its versions are "
