@@ -79,7 +79,9 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (models, mlflow, plots_router, datasets, jobs, paths, health, oip):
+    # The prediction routes first: FastAPI tries routes in order, a regex match each, and a
+    # single-row prediction notices every route it is tried against before its own.
+    for module in (models, mlflow, oip, plots_router, datasets, jobs, paths, health):
         app.include_router(module.router)
     app.include_router(metrics)
     app.add_middleware(MetricsMiddleware)

@@ -53,6 +53,66 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Infer first: routes are tried in order (see app.main), and infer is the hot one.
+INFER: dict[str, Any] = {
+    "response_model": InferResponse,
+    "responses": {
+        **ERRORS,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "JSON, or (binary outputs) a JSON header of "
+            "Inference-Header-Content-Length bytes followed by the output tensors' bytes.",
+        },
+        413: {
+            "model": ProtocolError,
+            "description": "The body is larger than "
+            "REGULA_MAX_PREDICT_MB, or more rows than REGULA_MAX_PREDICT_ROWS.",
+        },
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": inline_schema(InferRequest)},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                },
+            },
+        }
+    },
+}
+
+
+async def _infer(item: prediction.Loaded, request: Request) -> Response:
+    raw = await read_prediction_body(request)
+    header = request.headers.get(service.HEADER_LENGTH)
+    if len(raw) <= INLINE_PARSE_BYTES:
+        decoded = service.decode_infer(item, raw, header)
+    else:
+        # Only the JSON part counts: binary tensor data follows the header's length in bytes.
+        json_part = raw[: int(header)] if header is not None and header.isdigit() else raw
+        prediction.check_key_density(json_part)
+        decoded = await run_in_threadpool(service.decode_infer, item, raw, header)
+    result = await prediction.run(
+        item, rows=decoded.rows, instances=decoded.instances, body_bytes=len(raw)
+    )
+    body, headers, media = service.encode_infer(item, decoded, result)
+    return Response(body, headers=headers, media_type=media)
+
+
+@router.post("/models/{model_id}/infer", summary="Infer", **INFER)
+async def infer(model_id: str, request: Request, owner: OwnerDep) -> Response:
+    """Predict a batch of tensors: labels and probabilities, or regression values."""
+    return await _infer(await service.get_loaded(request, model_id, owner), request)
+
+
+@router.post("/models/{model_id}/versions/{version}/infer", summary="Infer (one version)", **INFER)
+async def version_infer(model_id: str, version: str, request: Request, owner: OwnerDep) -> Response:
+    """``POST /v2/models/{id}/infer`` when ``version`` is one of the model's ``versions``."""
+    item = await service.get_loaded(request, model_id, owner, version=version)
+    return await _infer(item, request)
+
+
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
 def server_metadata() -> dict[str, Any]:
     """Name, version and the protocol extensions supported (binary_tensor_data)."""
@@ -121,62 +181,3 @@ async def version_ready(
     """200 when the model is loaded and has ``version``; 404 otherwise."""
     item = await service.get_loaded(request, model_id, owner, version=version)
     return {"name": item.id, "version": version, "ready": True}
-
-
-INFER: dict[str, Any] = {
-    "response_model": InferResponse,
-    "responses": {
-        **ERRORS,
-        200: {
-            "content": {"application/octet-stream": {}},
-            "description": "JSON, or (binary outputs) a JSON header of "
-            "Inference-Header-Content-Length bytes followed by the output tensors' bytes.",
-        },
-        413: {
-            "model": ProtocolError,
-            "description": "The body is larger than "
-            "REGULA_MAX_PREDICT_MB, or more rows than REGULA_MAX_PREDICT_ROWS.",
-        },
-    },
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": inline_schema(InferRequest)},
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"},
-                },
-            },
-        }
-    },
-}
-
-
-async def _infer(item: prediction.Loaded, request: Request) -> Response:
-    raw = await read_prediction_body(request)
-    header = request.headers.get(service.HEADER_LENGTH)
-    if len(raw) <= INLINE_PARSE_BYTES:
-        decoded = service.decode_infer(item, raw, header)
-    else:
-        # Only the JSON part counts: binary tensor data follows the header's length in bytes.
-        json_part = raw[: int(header)] if header is not None and header.isdigit() else raw
-        prediction.check_key_density(json_part)
-        decoded = await run_in_threadpool(service.decode_infer, item, raw, header)
-    result = await prediction.run(
-        item, rows=decoded.rows, instances=decoded.instances, body_bytes=len(raw)
-    )
-    body, headers, media = service.encode_infer(item, decoded, result)
-    return Response(body, headers=headers, media_type=media)
-
-
-@router.post("/models/{model_id}/infer", summary="Infer", **INFER)
-async def infer(model_id: str, request: Request, owner: OwnerDep) -> Response:
-    """Predict a batch of tensors: labels and probabilities, or regression values."""
-    return await _infer(await service.get_loaded(request, model_id, owner), request)
-
-
-@router.post("/models/{model_id}/versions/{version}/infer", summary="Infer (one version)", **INFER)
-async def version_infer(model_id: str, version: str, request: Request, owner: OwnerDep) -> Response:
-    """``POST /v2/models/{id}/infer`` when ``version`` is one of the model's ``versions``."""
-    item = await service.get_loaded(request, model_id, owner, version=version)
-    return await _infer(item, request)
