@@ -51,7 +51,7 @@ def _collect_orphan_files() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the executor, recover jobs of a previous run, start the reaper; stop them after."""
     from app.jobs import executor as worker
-    from app.models import prediction
+    from app.models import loading
 
     # Files of uploads a crash interrupted; later ones are collected by the reaper's housekeeping.
     await asyncio.to_thread(_collect_orphan_files)
@@ -63,7 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.executor = None
         await asyncio.to_thread(worker.stop_service, executor, reaper)
-        prediction.cache.clear()
+        loading.cache.clear()
 
 
 def create_app() -> FastAPI:

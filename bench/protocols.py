@@ -96,19 +96,19 @@ def protocols(res: SectionResult, *, duration: float, repeats: int, quick: bool 
 def pruned(res: SectionResult, *, repeats: int) -> None:
     import numpy as np
 
-    from app.models import prediction
+    from app.models import loading, prediction
     from bench.prune import build
 
     model, X = build()
-    item = prediction.loaded("pruned", None, model)
-    full = prediction.Loaded(
+    item = loading.loaded("pruned", None, model)
+    full = loading.Loaded(
         id="full",
         owner_id=None,
         model=model,
         names=item.names,
         numeric=item.numeric,
         index=item.index,
-        nbytes=prediction.model_nbytes(model),
+        nbytes=loading.model_nbytes(model),
         n_weights=sum(int(p.size) for p in model.network.parameters()[0]),
     )
     rows = [dict(zip(item.names, map(float, x), strict=True)) for x in X[:PRUNE_ROWS]]

@@ -138,7 +138,7 @@ class StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         from app.jobs.orm import JOB_STATUSES, EpochRecord, Job
-        from app.models import prediction
+        from app.models import loading
 
         counts = dict(
             self.session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
@@ -157,7 +157,7 @@ class StateCollector:
         workers = _workers(self.executor)
         if workers is not None:
             yield GaugeMetricFamily("regula_workers", "Workers of the job executor.", workers)
-        cache = prediction.cache
+        cache = loading.cache
         yield GaugeMetricFamily(
             "regula_model_cache_bytes", "Bytes of the models in the prediction cache.", cache.nbytes
         )

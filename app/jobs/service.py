@@ -23,7 +23,7 @@ from app.jobs import state
 from app.jobs.executor import Executor
 from app.jobs.orm import EpochRecord, Job
 from app.jobs.schemas import TrainingSpec
-from app.models import prediction
+from app.models import loading
 
 log = logging.getLogger("regula.jobs")
 
@@ -295,7 +295,7 @@ def _check_limits(
     size = _footprint(normalized, dataset, features, target)
     layers_key = "hidden_layers" if normalized["model"].get("layers") is None else "layers"
     # One model must fit one database value and the prediction cache.
-    limit = min(settings.max_model_mb * 2**20, prediction.max_servable_bytes())
+    limit = min(settings.max_model_mb * 2**20, loading.max_servable_bytes())
     if size.model > limit:
         errors.append(
             _err(

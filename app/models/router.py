@@ -19,7 +19,8 @@ from app.core.config import settings
 from app.core.deps import SessionDep
 from app.core.errors import MAX_ERRORS, InvalidInput, UnsupportedMediaType
 from app.core.routing import MAX_OFFSET, JSONBodyRoute, inline_schema
-from app.models import prediction, service
+from app.models import loading, prediction, service
+from app.models.rows import check_key_density
 from app.models.schemas import (
     PREDICT_EXAMPLES,
     LayerWeights,
@@ -84,7 +85,7 @@ async def read_predict_body(request: Request) -> tuple[PredictRequest, int]:
         raise RequestValidationError([NOT_AN_OBJECT])
     if len(raw) <= INLINE_PARSE_BYTES:
         return _parse(raw), len(raw)
-    prediction.check_key_density(raw)
+    check_key_density(raw)
     return await run_in_threadpool(_parse, raw), len(raw)
 
 
@@ -119,7 +120,7 @@ async def predict(model_id: str, request: Request, owner: OwnerDep) -> Response:
     database session (from get_db) only on a cache miss.
     """
     body, size = await read_predict_body(request)
-    item = await prediction.get(sessions_for(request), model_id, owner)
+    item = await loading.get(sessions_for(request), model_id, owner)
     result = await prediction.run(item, rows=body.rows, instances=body.instances, body_bytes=size)
     return NumpyJSONResponse(result)
 
@@ -226,9 +227,9 @@ async def read_image_files(request: Request) -> tuple[list[tuple[str, bytes]], d
 async def predict_images(model_id: str, request: Request, owner: OwnerDep) -> Response:
     """Predict PNG/JPEG files with an image model, decoded as the dataset upload decodes them."""
     files, fields = await read_image_files(request)
-    item = await prediction.get(sessions_for(request), model_id, owner)
+    item = await loading.get(sessions_for(request), model_id, owner)
     result = await run_in_threadpool(prediction.predict_files, item, files, fields)
-    prediction.check_not_deleted(item)
+    loading.check_not_deleted(item)
     return NumpyJSONResponse(result)
 
 
@@ -248,7 +249,7 @@ def list_models(
 def get_model(model_id: str, session: SessionDep, owner: OwnerDep) -> ModelRead:
     """Spec, metrics, feature names, the features a prediction reads, and classes of one model."""
     model = service.get(session=session, model_id=model_id, owner_id=owner)
-    required = prediction.required_features(session=session, model_id=model_id, owner_id=owner)
+    required = loading.required_features(session=session, model_id=model_id, owner_id=owner)
     return ModelRead.model_validate({**service.read(model), "required_features": required})
 
 
@@ -280,7 +281,7 @@ def model_sparsity(
     ] = 0.0,
 ) -> dict[str, Any]:
     """Exact zeros per layer, dropped and selected features, feature importance, dead units."""
-    item = prediction.load(session=session, model_id=model_id, owner_id=owner)
+    item = loading.load(session=session, model_id=model_id, owner_id=owner)
     return prediction.sparsity(item, tolerance)
 
 
@@ -303,7 +304,7 @@ def model_weights(
     ] = 0,
 ) -> Response:
     """One dense layer's weights ``W (D, M)`` (for a heatmap), rows named for the input layer."""
-    item = prediction.load(session=session, model_id=model_id, owner_id=owner)
+    item = loading.load(session=session, model_id=model_id, owner_id=owner)
     return NumpyJSONResponse(prediction.layer_weights(item, layer))
 
 
@@ -332,7 +333,7 @@ def export_model(
 ) -> Response:
     """The model as npz bytes (weights, preprocessing, spec) or as a pruned ONNX graph."""
     if format == "onnx":
-        item = prediction.load(session=session, model_id=model_id, owner_id=owner)
+        item = loading.load(session=session, model_id=model_id, owner_id=owner)
         content = prediction.to_onnx(item)
     else:
         content = service.get_weights(session=session, model_id=model_id, owner_id=owner)

@@ -101,7 +101,7 @@ def get_weights(*, session: Session, model_id: str, owner_id: str | None) -> byt
 
 def delete(*, session: Session, model_id: str, owner_id: str | None) -> None:
     """Delete the caller's model; predictions stop at once, even one whose load is in flight."""
-    from app.models import prediction
+    from app.models import loading
 
     if len(model_id) > MAX_ID_LENGTH:
         raise not_found(model_id)
@@ -111,7 +111,7 @@ def delete(*, session: Session, model_id: str, owner_id: str | None) -> None:
     session.commit()
     if rowcount(result) != 1:
         raise not_found(model_id)
-    prediction.evict(model_id)
+    loading.evict(model_id)
 
 
 def read(model: Model) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from fastapi.responses import PlainTextResponse
 from app.core.auth import OwnerDep
 from app.core.bodies import NumpyJSONResponse, read_prediction_body
 from app.core.errors import install_error_handlers
-from app.models import prediction
+from app.models import loading
 from app.serving import service
 from app.serving.routing import protocol_route
 from app.serving.schemas import InvocationsResponse, MLflowError
@@ -62,7 +62,7 @@ BODY = {
 }
 
 
-async def _invoke(item: prediction.Loaded, request: Request) -> Response:
+async def _invoke(item: loading.Loaded, request: Request) -> Response:
     raw = await read_prediction_body(request)
     answer = await service.invocations(item, raw, request.headers.get("content-type"))
     return NumpyJSONResponse(answer)
@@ -81,7 +81,7 @@ async def invocations(model_id: str, request: Request, owner: OwnerDep) -> Respo
     return await _invoke(item, request)
 
 
-def create_model_app(item: prediction.Loaded) -> FastAPI:
+def create_model_app(item: loading.Loaded) -> FastAPI:
     """The app of ``regula serve-model``: one loaded model at MLflow's scoring paths."""
     app = FastAPI(
         title=f"Regula model {item.id}",

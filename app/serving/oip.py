@@ -29,7 +29,8 @@ from sqlalchemy import text
 from app.core.auth import OwnerDep, sessions_for
 from app.core.bodies import INLINE_PARSE_BYTES, NumpyJSONResponse, read_prediction_body
 from app.core.routing import inline_schema
-from app.models import prediction
+from app.models import loading, prediction
+from app.models.rows import check_key_density
 from app.serving import service
 from app.serving.routing import protocol_route
 from app.serving.schemas import (
@@ -83,7 +84,7 @@ INFER: dict[str, Any] = {
 }
 
 
-async def _infer(item: prediction.Loaded, request: Request) -> Response:
+async def _infer(item: loading.Loaded, request: Request) -> Response:
     raw = await read_prediction_body(request)
     header = request.headers.get(service.HEADER_LENGTH)
     if len(raw) <= INLINE_PARSE_BYTES:
@@ -91,7 +92,7 @@ async def _infer(item: prediction.Loaded, request: Request) -> Response:
     else:
         # Only the JSON part counts: binary tensor data follows the header's length in bytes.
         json_part = raw[: int(header)] if header is not None and header.isdigit() else raw
-        prediction.check_key_density(json_part)
+        check_key_density(json_part)
         decoded = await run_in_threadpool(service.decode_infer, item, raw, header)
     result = await prediction.run(
         item, rows=decoded.rows, instances=decoded.instances, body_bytes=len(raw)

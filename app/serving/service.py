@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session
 from app.core.auth import sessions_for
 from app.core.bodies import INLINE_PARSE_BYTES
 from app.core.errors import InvalidInput, NotFound, RegulaError, UnsupportedMediaType
-from app.models import prediction
+from app.models import loading, prediction
 from app.models.orm import Model
+from app.models.rows import check_key_density
 from app.models.service import MAX_ID_LENGTH, not_found
 from app.serving.schemas import DTYPES, NUMERIC_DTYPES, InferRequest, RequestInput
 
@@ -45,7 +46,7 @@ MAX_QUOTED = 40
 # --- shared -------------------------------------------------------------------------------------
 
 
-def table_model(item: prediction.Loaded) -> prediction.Loaded:
+def table_model(item: loading.Loaded) -> loading.Loaded:
     """``item``, unless it is an image model: the protocols here describe one tensor per table
     feature, so an image model is refused (400) and pointed at its own predict routes."""
     if item.input_shape is not None:
@@ -60,13 +61,13 @@ def table_model(item: prediction.Loaded) -> prediction.Loaded:
 
 async def get_loaded(
     request: Request, model_id: str, owner: str | None, *, version: str | None = None
-) -> prediction.Loaded:
+) -> loading.Loaded:
     """The caller's model: from the cache (no database), else loaded in the thread pool.
 
     With ``version`` (OIP's ``/versions/{version}`` routes), NotFound unless it is one of the
     model's ``versions`` (checked after the model, so an unknown model is named as such).
     """
-    item = await prediction.get(sessions_for(request), model_id, owner)
+    item = await loading.get(sessions_for(request), model_id, owner)
     if version is not None and version != MODEL_VERSION:
         raise NotFound(
             f"Model {item.id!r} has no version {_quote(version)}; its versions are "
@@ -100,11 +101,11 @@ def _bad(msg: str, *loc: str | int, code: str = "invalid_request") -> InvalidInp
     return InvalidInput(msg, loc=["body", *loc], code=code)
 
 
-def _is_classifier(item: prediction.Loaded) -> bool:
+def _is_classifier(item: loading.Loaded) -> bool:
     return item.model.classes is not None
 
 
-def load_any(*, session: Session, model_id: str) -> prediction.Loaded:
+def load_any(*, session: Session, model_id: str) -> loading.Loaded:
     """A model by id whoever owns it (``regula serve-model``: the operator reads the database)."""
     if len(model_id) > MAX_ID_LENGTH:
         raise not_found(model_id)
@@ -112,7 +113,7 @@ def load_any(*, session: Session, model_id: str) -> prediction.Loaded:
     session.rollback()
     if found is None:
         raise not_found(model_id)
-    return table_model(prediction.load(session=session, model_id=model_id, owner_id=found[0]))
+    return table_model(loading.load(session=session, model_id=model_id, owner_id=found[0]))
 
 
 # --- Open Inference Protocol v2 -----------------------------------------------------------------
@@ -133,11 +134,11 @@ def _label_datatype(classes: list[Any]) -> str:
     return "FP64"
 
 
-def _float_datatype(item: prediction.Loaded) -> str:
+def _float_datatype(item: loading.Loaded) -> str:
     return "FP64" if item.model.network.dtype == np.float64 else "FP32"
 
 
-def _outputs(item: prediction.Loaded) -> list[dict[str, Any]]:
+def _outputs(item: loading.Loaded) -> list[dict[str, Any]]:
     classes = item.model.classes
     if classes is None:
         return [{"name": "predictions", "datatype": "FP64", "shape": [-1]}]
@@ -153,7 +154,7 @@ def _outputs(item: prediction.Loaded) -> list[dict[str, Any]]:
     return outputs
 
 
-def model_metadata(item: prediction.Loaded) -> dict[str, Any]:
+def model_metadata(item: loading.Loaded) -> dict[str, Any]:
     """Name, platform, one [N, 1] input per feature a prediction reads, and the outputs."""
     inputs = [
         {
@@ -289,7 +290,7 @@ def _input(name: str) -> str:
 
 
 def _feature_tensors(
-    item: prediction.Loaded, request: InferRequest, values: list[list[Any]]
+    item: loading.Loaded, request: InferRequest, values: list[list[Any]]
 ) -> list[dict[str, Any]]:
     """One [N] or [N, 1] tensor per feature -> rows (the features a prediction reads)."""
     seen: dict[str, int] = {}
@@ -347,9 +348,7 @@ def _feature_tensors(
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def _matrix_tensor(
-    item: prediction.Loaded, inp: RequestInput, values: list[Any]
-) -> list[list[Any]]:
+def _matrix_tensor(item: loading.Loaded, inp: RequestInput, values: list[Any]) -> list[list[Any]]:
     """One 'input' tensor [N, features] in feature_names order -> instances."""
     width = len(item.names)
     if len(inp.shape) != 2 or inp.shape[1] != width:
@@ -368,7 +367,7 @@ def _matrix_tensor(
     return [values[i : i + width] for i in range(0, len(values), width)]
 
 
-def decode_infer(item: prediction.Loaded, raw: bytes, header_length: str | None) -> Decoded:
+def decode_infer(item: loading.Loaded, raw: bytes, header_length: str | None) -> Decoded:
     """An infer body (JSON, or a JSON header and binary tensors) as rows or instances."""
     if header_length is None:
         header, binary = raw, memoryview(b"")
@@ -417,7 +416,7 @@ def _encode_bytes(values: list[Any]) -> bytes:
 
 
 def encode_infer(
-    item: prediction.Loaded, decoded: Decoded, result: dict[str, Any]
+    item: loading.Loaded, decoded: Decoded, result: dict[str, Any]
 ) -> tuple[bytes, dict[str, str], str]:
     """``(body, headers, media type)`` of an infer answer, in JSON or with binary outputs."""
     request = decoded.request
@@ -546,7 +545,7 @@ def _split(value: Any) -> tuple[list[dict[str, Any]] | None, list[list[Any]] | N
     return [dict(zip(columns, row, strict=True)) for row in data], None
 
 
-def _csv_rows(item: prediction.Loaded, raw: bytes) -> list[dict[str, Any]]:
+def _csv_rows(item: loading.Loaded, raw: bytes) -> list[dict[str, Any]]:
     """A CSV with a header: numeric features' cells read as numbers ("" is a missing value)."""
     try:
         text = raw.decode("utf-8-sig")
@@ -582,7 +581,7 @@ def _csv_rows(item: prediction.Loaded, raw: bytes) -> list[dict[str, Any]]:
 
 
 def decode_invocations(
-    item: prediction.Loaded, raw: bytes, content_type: str | None
+    item: loading.Loaded, raw: bytes, content_type: str | None
 ) -> tuple[list[dict[str, Any]] | None, list[list[Any]] | None]:
     """An MLflow scoring body (JSON in one of MLFLOW_FORMATS, or text/csv) as rows or instances."""
     media = _media(content_type)
@@ -616,12 +615,10 @@ def decode_invocations(
     return _table(body[key], key)
 
 
-async def invocations(
-    item: prediction.Loaded, raw: bytes, content_type: str | None
-) -> dict[str, Any]:
+async def invocations(item: loading.Loaded, raw: bytes, content_type: str | None) -> dict[str, Any]:
     """``{"predictions": [...]}``: labels for classifiers, values for regression."""
     if len(raw) > INLINE_PARSE_BYTES:
-        prediction.check_key_density(raw)
+        check_key_density(raw)
         rows, instances = await run_in_threadpool(decode_invocations, item, raw, content_type)
     else:
         rows, instances = decode_invocations(item, raw, content_type)

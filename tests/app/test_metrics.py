@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.config import settings
-from app.models import prediction
+from app.models import loading
 from tests.app.test_jobs import classification_csv, train, upload
 
 
@@ -46,7 +46,7 @@ def test_requests_are_counted_by_route_template(client: TestClient) -> None:
 
 
 def test_jobs_epochs_and_the_model_cache_move(client: TestClient) -> None:
-    prediction.cache.clear()
+    loading.cache.clear()
     before = scrape(client)
     dataset = upload(client, classification_csv(120))
     job = train(client, dataset["id"], epochs=4)
@@ -65,7 +65,7 @@ def test_jobs_epochs_and_the_model_cache_move(client: TestClient) -> None:
     )
     assert value(after, "regula_workers") == 1
     assert value(after, "regula_model_cache_entries") == 1
-    assert value(after, "regula_model_cache_bytes") == prediction.cache.nbytes > 0
+    assert value(after, "regula_model_cache_bytes") == loading.cache.nbytes > 0
     assert (
         value(after, "regula_model_cache_misses_total")
         >= value(before, "regula_model_cache_misses_total") + 1

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 import engine
 from app.core.db import get_sessionmaker
-from app.models import prediction
+from app.models import loading
 from app.serving.mlflow import create_model_app
 from app.serving.service import load_any
 from tests.app.test_models_cache import store
@@ -21,7 +21,7 @@ from tests.app.test_pruned_serving import CREDIT_DROPPED, credit_model, credit_r
 
 @pytest.fixture
 def credit(session: Session) -> tuple[str, engine.Model]:
-    prediction.cache.clear()
+    loading.cache.clear()
     model = credit_model()
     return store(session, model), model
 

@@ -9,8 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import engine
+from app.core.config import settings
 from app.core.db import get_db
-from app.models import prediction
+from app.models import loading
 from app.models.orm import Model
 from tests.app.test_jobs import classification_csv, train, upload
 
@@ -141,7 +142,7 @@ def test_predict_batch_over_the_limit_is_413(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model_id = _model(client, epochs=1)
-    monkeypatch.setattr(prediction.settings, "max_predict_rows", 2)
+    monkeypatch.setattr(settings, "max_predict_rows", 2)
     response = client.post(f"/models/{model_id}/predict", json={"rows": ROWS})
     assert response.status_code == 413
     assert response.json()["detail"][0]["type"] == "too_many_rows"
@@ -169,14 +170,14 @@ def test_cached_prediction_does_not_touch_the_database(client: TestClient) -> No
 
 
 def test_cache_counts_the_loaded_models_real_array_bytes(client: TestClient) -> None:
-    prediction.cache.clear()
+    loading.cache.clear()
     model_id = _model(client, epochs=1)
     assert client.post(f"/models/{model_id}/predict", json={"rows": ROWS}).status_code == 200
-    item = prediction.cache.get(model_id)
+    item = loading.cache.get(model_id)
     params, grads = item.model.network.parameters()
     pre = item.model.preprocessor
     expected = sum(a.nbytes for a in [*params, *grads, pre.center, pre.scale, pre.fill])
-    assert item.nbytes == expected and prediction.cache.nbytes == expected
+    assert item.nbytes == expected and loading.cache.nbytes == expected
     assert item.n_weights == sum(p.size for p in params)
 
 

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import engine
-from app.models import prediction
+from app.core.config import settings
+from app.models import loading
 from app.models.orm import Model
 
 FEATURES = ["a", "b", "c"]
@@ -48,8 +49,8 @@ def store(session: Session, model: engine.Model, owner_id: str | None = None) ->
     return row.id
 
 
-def _fake(model_id: str, nbytes: int) -> prediction.Loaded:
-    return prediction.Loaded(
+def _fake(model_id: str, nbytes: int) -> loading.Loaded:
+    return loading.Loaded(
         id=model_id,
         owner_id=None,
         model=None,  # type: ignore[arg-type]
@@ -64,8 +65,8 @@ def _fake(model_id: str, nbytes: int) -> prediction.Loaded:
 def test_cache_evicts_least_recently_used_past_its_byte_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(prediction.settings, "model_cache_mb", 1)
-    cache = prediction.ModelCache()
+    monkeypatch.setattr(settings, "model_cache_mb", 1)
+    cache = loading.ModelCache()
     third = 2**20 // 3
     for name in ("a", "b", "c"):
         cache.load(name, None, lambda name=name: _fake(name, third))
@@ -82,26 +83,26 @@ def test_cache_evicts_least_recently_used_past_its_byte_limit(
 def test_max_servable_bytes_leaves_room_for_the_gradient_buffers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(prediction.settings, "model_cache_mb", 64)
-    assert prediction.max_servable_bytes() == 32 * 2**20
+    monkeypatch.setattr(settings, "model_cache_mb", 64)
+    assert loading.max_servable_bytes() == 32 * 2**20
     model = fit_model([8])
     params, _ = model.network.parameters()
     weights = sum(p.nbytes for p in params)
     # What a job's weights take, doubled, is what the cache holds for it.
-    assert weights <= prediction.model_nbytes(model) / 2 + 3 * 8 * len(FEATURES)
+    assert weights <= loading.model_nbytes(model) / 2 + 3 * 8 * len(FEATURES)
 
 
 def test_concurrent_first_predicts_load_the_model_once(
     client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model_id = store(session, fit_model([16]))
-    prediction.cache.clear()
+    loading.cache.clear()
     n = 8
     entered = threading.Semaphore(0)
     loads: list[int] = []
-    real_load, real_engine_load = prediction.load, engine.load
+    real_load, real_engine_load = loading.load, engine.load
 
-    def counting_load(**kwargs: Any) -> prediction.Loaded:
+    def counting_load(**kwargs: Any) -> loading.Loaded:
         entered.release()
         return real_load(**kwargs)
 
@@ -112,7 +113,7 @@ def test_concurrent_first_predicts_load_the_model_once(
             assert entered.acquire(timeout=30)
         return real_engine_load(data)
 
-    monkeypatch.setattr(prediction, "load", counting_load)
+    monkeypatch.setattr(loading, "load", counting_load)
     monkeypatch.setattr(engine, "load", slow_engine_load)
     statuses: list[int] = []
     bodies: list[Any] = []
@@ -136,12 +137,12 @@ def test_a_model_deleted_during_its_cold_load_is_never_served(
     client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model_id = store(session, fit_model())
-    prediction.cache.clear()
-    loading, deleted = threading.Event(), threading.Event()
+    loading.cache.clear()
+    in_load, deleted = threading.Event(), threading.Event()
     real_engine_load = engine.load
 
     def slow_engine_load(data: bytes) -> engine.Model:
-        loading.set()
+        in_load.set()
         assert deleted.wait(30)
         return real_engine_load(data)
 
@@ -153,14 +154,14 @@ def test_a_model_deleted_during_its_cold_load_is_never_served(
         )
     )
     first.start()
-    assert loading.wait(30)
+    assert in_load.wait(30)
     assert client.delete(f"/models/{model_id}").status_code == 204
     deleted.set()
     first.join(60)
     (answer,) = answers
     assert answer.status_code == 404, answer.text
     assert answer.json()["detail"][0]["type"] == "not_found"
-    assert prediction.cache.get(model_id) is None
+    assert loading.cache.get(model_id) is None
     again = client.post(f"/models/{model_id}/predict", json={"rows": ROWS})
     assert again.status_code == 404
 
@@ -169,7 +170,7 @@ def test_a_failed_load_is_not_cached_and_is_retried(
     client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model_id = store(session, fit_model())
-    prediction.cache.clear()
+    loading.cache.clear()
     real_engine_load = engine.load
     calls: list[int] = []
 
@@ -197,7 +198,7 @@ def test_loading_a_model_costs_its_arrays_not_a_multiple_of_them() -> None:
     weights = sum(int(p.nbytes) for p in trained.network.parameters()[0])
     tracemalloc.start()
     try:
-        item = prediction.loaded("m", None, engine.load(blob))
+        item = loading.loaded("m", None, engine.load(blob))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

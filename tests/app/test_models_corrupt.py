@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.models import prediction
+from app.models import loading
 from app.models.orm import Model, weights_checksum
 from tests.app.test_models_cache import ROWS, fit_model, store
 
@@ -60,7 +60,7 @@ def _corrupt(
         values["weights_sha256"] = weights_checksum(weights)
     session.execute(update(Model).where(Model.id == model_id).values(**values))
     session.commit()
-    prediction.cache.clear()
+    loading.cache.clear()
 
 
 def _assert_corrupt(response: Any) -> None:

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 import engine
 from app.core.auth import create_key
-from app.models import prediction
+from app.core.config import settings
+from app.models import loading
 from engine.prune import required_features
 from tests.app.test_models_cache import store
 from tests.app.test_pruned_serving import CREDIT_DROPPED, credit_model, credit_rows, numeric_model
@@ -21,14 +22,14 @@ from tests.app.test_pruned_serving import CREDIT_DROPPED, credit_model, credit_r
 
 @pytest.fixture
 def credit(session: Session) -> tuple[str, engine.Model]:
-    prediction.cache.clear()
+    loading.cache.clear()
     model = credit_model()
     return store(session, model), model
 
 
 @pytest.fixture
 def numeric(session: Session) -> tuple[str, engine.Model]:
-    prediction.cache.clear()
+    loading.cache.clear()
     model = numeric_model()
     return store(session, model), model
 
@@ -362,8 +363,8 @@ def test_infer_needs_the_owners_key(
 ) -> None:
     _, key = create_key(session=session, name="a")
     _, other = create_key(session=session, name="b")
-    monkeypatch.setattr(prediction.settings, "auth_required", True)
-    prediction.cache.clear()
+    monkeypatch.setattr(settings, "auth_required", True)
+    loading.cache.clear()
     owner = client.get("/models", headers={"Authorization": f"Bearer {key}"})
     assert owner.status_code == 200
     from app.core.auth import get_by_plain_key

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import engine
-from app.models import prediction
+from app.models import loading
 from engine.prune import required_features
 from tests.app.test_models_cache import store
 from tests.app.test_pruned_serving import CREDIT_DROPPED, credit_model, credit_rows, numeric_model
@@ -49,7 +49,7 @@ def _compare(client: TestClient, model_id: str, rows: list[dict[str, Any]]) -> l
 
 
 def test_onnx_of_a_numeric_model_matches_predict(client: TestClient, session: Session) -> None:
-    prediction.cache.clear()
+    loading.cache.clear()
     model = numeric_model()
     model_id = store(session, model)
     rng = np.random.default_rng(1)
@@ -66,7 +66,7 @@ def test_onnx_of_a_numeric_model_matches_predict(client: TestClient, session: Se
 def test_onnx_of_a_string_column_model_matches_predict(
     client: TestClient, session: Session
 ) -> None:
-    prediction.cache.clear()
+    loading.cache.clear()
     model = credit_model()
     model_id = store(session, model)
     inputs = _compare(client, model_id, credit_rows(60))

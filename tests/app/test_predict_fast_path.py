@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from app.core.errors import InvalidInputs, PayloadTooLarge
-from app.models import prediction
+from app.models import loading, prediction
+from app.models.rows import _matrix
 from tests.app.test_models import ROWS, _model
 
 
@@ -85,23 +86,23 @@ def test_read_capped_joins_chunks_and_stops_at_the_limit() -> None:
 
 
 def test_matrix_takes_only_plain_numbers_without_nan() -> None:
-    matrix = prediction._matrix([1, 2.5, -3.0, 4], 2, 2)
+    matrix = _matrix([1, 2.5, -3.0, 4], 2, 2)
     assert matrix is not None and matrix.dtype == np.float64
     assert matrix.tolist() == [[1.0, 2.5], [-3.0, 4.0]]
     for bad in (math.nan, True, None, "1.0", 10**400):
-        assert prediction._matrix([1.0, bad], 1, 2) is None, bad
+        assert _matrix([1.0, bad], 1, 2) is None, bad
     # inf is left to the engine, which names its row and column.
-    assert prediction._matrix([1.0, math.inf], 1, 2) is not None
+    assert _matrix([1.0, math.inf], 1, 2) is not None
 
 
-def _fake(labels: list[Any], proba: list[list[float]] | None) -> prediction.Loaded:
+def _fake(labels: list[Any], proba: list[list[float]] | None) -> loading.Loaded:
     class Model:
         classes = [0, 1]
 
         def predict_with_proba(self, X: Any) -> tuple[np.ndarray, np.ndarray | None]:
             return np.array(labels), None if proba is None else np.array(proba)
 
-    return prediction.Loaded(
+    return loading.Loaded(
         id="m",
         owner_id=None,
         model=Model(),  # type: ignore[arg-type]

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import engine
-from app.models import prediction
+from app.models import loading, prediction
+from app.models.rows import engine_input
 from engine.prune import required_features
 from tests.app.test_models_cache import store
 
@@ -76,7 +77,7 @@ def numeric_model(dropped: int = 20, loss: str = "softmax_cross_entropy") -> eng
 
 @pytest.fixture
 def credit(session: Session) -> tuple[str, engine.Model]:
-    prediction.cache.clear()
+    loading.cache.clear()
     model = credit_model()
     return store(session, model), model
 
@@ -177,22 +178,22 @@ def test_the_cache_predicts_with_the_pruned_copy_and_counts_both(
     assert (
         client.post(f"/models/{model_id}/predict", json={"rows": credit_rows(1)}).status_code == 200
     )
-    item = prediction.cache.get(model_id)
+    item = loading.cache.get(model_id)
     assert item is not None and item.full is not None
     assert item.model.feature_names == required_features(model)
-    assert item.nbytes == prediction.model_nbytes(item.model) + prediction.model_nbytes(item.full)
+    assert item.nbytes == loading.model_nbytes(item.model) + loading.model_nbytes(item.full)
     assert item.n_weights < sum(p.size for p in model.network.parameters()[0])
 
 
 def test_a_model_with_nothing_to_prune_is_held_once(session: Session) -> None:
     model = credit_model(dropped=())
-    item = prediction.loaded("m", None, model)
+    item = loading.loaded("m", None, model)
     assert item.full is None and item.model is model and item.required == item.names
 
 
 def test_all_numeric_pruned_rows_take_the_matrix_path(session: Session) -> None:
     model = numeric_model()
-    item = prediction.loaded("m", None, model)
+    item = loading.loaded("m", None, model)
     required = required_features(model)
     assert len(required) == 10 and item.required == tuple(required)
     rng = np.random.default_rng(0)
@@ -200,7 +201,7 @@ def test_all_numeric_pruned_rows_take_the_matrix_path(session: Session) -> None:
         {n: float(v) for n, v in zip(item.names, rng.normal(size=30), strict=True)}
         for _ in range(3)
     ]
-    X = prediction._engine_input(item, "rows", [{n: r[n] for n in required} for r in rows])
+    X = engine_input(item, "rows", [{n: r[n] for n in required} for r in rows])
     assert isinstance(X, np.ndarray) and X.shape == (3, 10)
     out = prediction.predict(item, rows=rows, instances=None)
     _, proba = model.predict_with_proba(np.array([[r[n] for n in item.names] for r in rows]))
