@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from app.core.config import settings
-from app.core.errors import MAX_ERRORS, InvalidInput, InvalidInputs, PayloadTooLarge
+from app.core.errors import MAX_ERRORS, InvalidInput, InvalidInputs
 from app.datasets.ingest.imagezip import (
     COLOR_MODES,
     image_channels,
@@ -24,7 +24,7 @@ from app.datasets.ingest.imagezip import (
 )
 from app.models.loading import Loaded
 from app.models.messages import key_loc, quote, short
-from app.models.rows import NUMBER
+from app.models.rows import NUMBER, check_row_count
 from engine.augment import ImagePreprocessor
 
 
@@ -196,13 +196,7 @@ def decode_files(
             loc=["body", "files"],
             code="empty_batch",
         )
-    if len(files) > settings.max_predict_rows:
-        raise PayloadTooLarge(
-            f"{len(files)} files; this service predicts at most {settings.max_predict_rows} "
-            "rows per request.",
-            loc=["body", "files"],
-            code="too_many_rows",
-        )
+    check_row_count(len(files), "files")
     size, channels = parse_image_fields(fields)
     if size is not None and size != (H, W):
         raise InvalidInput(

@@ -201,14 +201,20 @@ def checked_batch(rows: list[Any] | None, instances: list[Any] | None) -> tuple[
         raise InvalidInput(
             f"{key} is empty; send at least one row.", loc=["body", key], code="empty_batch"
         )
-    if len(batch) > settings.max_predict_rows:
+    check_row_count(len(batch), key)
+    return key, batch
+
+
+def check_row_count(n: int, key: str) -> None:
+    """413 ``too_many_rows`` at ``["body", key]`` past REGULA_MAX_PREDICT_ROWS (rows, instances
+    or image files)."""
+    if n > settings.max_predict_rows:
         raise PayloadTooLarge(
-            f"{key} has {len(batch)} rows; this service predicts at most "
+            f"{key} has {n} rows; this service predicts at most "
             f"{settings.max_predict_rows} rows per request.",
             loc=["body", key],
             code="too_many_rows",
         )
-    return key, batch
 
 
 def batch_size(rows: list[Any] | None, instances: list[Any] | None) -> int:
