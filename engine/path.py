@@ -1231,22 +1231,30 @@ def _split_rows(
     return data.train_rows[~held], data.train_rows[held]
 
 
+def _group_stats(
+    sq: np.ndarray, nz: np.ndarray, pre: Preprocessor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per raw feature ``j`` and column ``p`` of ``sq``, ``nz`` (encoded columns, ``P``):
+    ``sqrt`` of the sum of ``sq`` over the columns of ``j``'s group, and the sum of ``nz``."""
+    starts = np.array([start for start, _ in pre.groups], dtype=np.intp)
+    wide = np.array([stop > start for start, stop in pre.groups])
+    norms = np.zeros((len(starts), sq.shape[1]))
+    counts = np.zeros((len(starts), sq.shape[1]), dtype=np.intp)
+    if wide.any():
+        norms[wide] = np.sqrt(np.add.reduceat(sq, starts[wide], axis=0))
+        counts[wide] = np.add.reduceat(nz, starts[wide], axis=0)
+    return norms, counts
+
+
 def _point_stats(
     W1: np.ndarray, pre: Preprocessor, total_nonzero: int
 ) -> tuple[int, list[str], list[float]]:
     """(non-zero weights, selected raw features, ``||W1[group_j]||_2`` per raw feature)."""
-    starts = np.array([start for start, _ in pre.groups], dtype=np.intp)
-    wide = np.array([stop > start for start, stop in pre.groups])
-    sq = np.einsum("ij,ij->i", W1, W1)
-    nz = np.count_nonzero(W1, axis=1)
-    norms = np.zeros(len(starts))
-    counts = np.zeros(len(starts), dtype=np.intp)
-    if wide.any():
-        norms[wide] = np.sqrt(np.add.reduceat(sq, starts[wide]))
-        counts[wide] = np.add.reduceat(nz, starts[wide])
+    sq = np.einsum("ij,ij->i", W1, W1)[:, None]
+    norms, counts = _group_stats(sq, np.count_nonzero(W1, axis=1)[:, None], pre)
     names = pre.feature_names
-    selected = [names[j] for j in np.flatnonzero(counts)]
-    return total_nonzero, selected, norms.tolist()
+    selected = [names[j] for j in np.flatnonzero(counts[:, 0])]
+    return total_nonzero, selected, norms[:, 0].tolist()
 
 
 def _run_split(
@@ -1284,7 +1292,7 @@ def _run_split(
         clock.check()
         W, b = _gram_path(stats, grid, spec, param, tick)
         if len(held):
-            pred = Z[held] @ W + b  # (n_val, P)
+            pred = _take_rows(Z, held) @ W + b  # (n_val, P)
             resid = yv[held][:, None] - pred
             result.loss = [float(v) for v in np.mean(resid * resid, axis=0)]
             result.metric = [
@@ -1293,13 +1301,15 @@ def _run_split(
         if full:
             result.feature_names = list(pre.feature_names)
             result.coef_names = list(pre.encoded_names)
-            result.nonzero, result.selected, result.norms = [], [], []
-            for k in range(len(grid)):
-                w = W[:, k]
-                nz, sel, norms = _point_stats(w[:, None], pre, int(np.count_nonzero(w)))
-                result.nonzero.append(nz)
-                result.selected.append(sel)
-                result.norms.append(norms)
+            # _point_stats of every point at once: W1 of point k is the column W[:, k]
+            nonzero = W != 0
+            norms, counts = _group_stats(W * W, nonzero.astype(np.intp), pre)
+            names = pre.feature_names
+            result.nonzero = np.count_nonzero(nonzero, axis=0).tolist()
+            result.selected = [
+                [names[j] for j in np.flatnonzero(counts[:, k])] for k in range(len(grid))
+            ]
+            result.norms = norms.T.tolist()
             result.coef = W.T.tolist()
             result.intercept = b.tolist()
         result.seconds = time.perf_counter() - started
