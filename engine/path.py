@@ -1302,10 +1302,10 @@ def _run_split(
             result.feature_names = list(pre.feature_names)
             result.coef_names = list(pre.encoded_names)
             # _point_stats of every point at once: W1 of point k is the column W[:, k]
-            nonzero = W != 0
-            norms, counts = _group_stats(W * W, nonzero.astype(np.intp), pre)
+            is_nz = W != 0
+            norms, counts = _group_stats(W * W, is_nz.astype(np.intp), pre)
             names = pre.feature_names
-            result.nonzero = np.count_nonzero(nonzero, axis=0).tolist()
+            result.nonzero = np.count_nonzero(is_nz, axis=0).tolist()
             result.selected = [
                 [names[j] for j in np.flatnonzero(counts[:, k])] for k in range(len(grid))
             ]
