@@ -173,7 +173,9 @@ def gram_task(plan: dict[str, Any], fold: int, X: Any, y: Any) -> GramBlock | No
 
 def _shared(blocks: list[GramBlock | None]) -> list[GramBlock] | None:
     """The blocks when every fold gave one, else None (each split computes its own Gram)."""
-    return None if any(b is None for b in blocks) else [b for b in blocks if b is not None]
+    if not blocks or any(b is None for b in blocks):
+        return None
+    return [b for b in blocks if b is not None]
 
 
 def run_split(
