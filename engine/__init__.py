@@ -23,7 +23,16 @@ schemas; ``HISTORY_KEYS`` names the fields of a history record.
 
 from engine.errors import InputError, ModelFormatError, SpecError, TrainingTimeout
 from engine.model import Model, fit, split
-from engine.path import PathCancelled, PathResult, combine, final_spec, path, path_fold, path_grid
+from engine.path import (
+    PathCancelled,
+    PathResult,
+    combine,
+    final_spec,
+    path,
+    path_fold,
+    path_gram_block,
+    path_grid,
+)
 from engine.serialize import load
 from engine.sparsity import sparsity
 from engine.spec import (
@@ -80,6 +89,7 @@ __all__ = [
     "parse_spec",
     "path",
     "path_fold",
+    "path_gram_block",
     "path_grid",
     "sparsity",
     "spec_registry",

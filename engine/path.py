@@ -61,7 +61,11 @@ coefficients) come from the path on all training rows.
 
 For a distributed run: :func:`path_grid` once, :func:`path_fold` for ``fold_index`` in
 ``None, 0, ..., K-1`` as independent tasks (pure, picklable inputs and outputs), :func:`combine`,
-then ``engine.fit(final_spec(spec, param, result.chosen_value), X, y)``.
+then ``engine.fit(final_spec(spec, param, result.chosen_value), X, y)``. When the splits can
+share their Gram statistics (the exact path on a numeric matrix without standardization or
+missing values), :func:`path_gram_block` for ``fold_index`` in ``0, ..., K-1`` first, as
+independent tasks too, and every :func:`path_fold` given all ``K`` blocks: each split then sums
+blocks instead of computing a Gram over its rows, as :func:`path` does in one process.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ __all__ = [
     "PARAMS",
     "SELECTIONS",
     "FoldPath",
+    "GramBlock",
     "PathCancelled",
     "PathResult",
     "combine",
@@ -100,6 +105,7 @@ __all__ = [
     "lambda_max",
     "path",
     "path_fold",
+    "path_gram_block",
     "path_grid",
 ]
 
@@ -950,71 +956,121 @@ def _gram(Z: np.ndarray, yv: np.ndarray) -> _GramStats:
     return _GramStats(G, c, mz, my, n)
 
 
-class _GramCache:
-    """``X^T X`` of all training rows once; a fold's Gram = all rows minus its held-out rows.
+@dataclass
+class GramBlock:
+    """One fold's share of the Gram statistics that every split of an exact path is built from.
 
-    Used when every fold's encoding equals the all-rows one (a numeric matrix, no
-    standardization, no missing value), so ``Z`` is the same matrix in every fold. Centred first
-    with the all-rows means, so the subtraction loses no precision to large column offsets.
+    Of the fold's rows ``Zp (n, F)`` and targets ``yp``, both centred by the means ``mu``, ``my``
+    of all training rows (the same shift in every block, so that sums and differences of blocks
+    lose no precision to large column offsets): ``G = Zp^T Zp``, ``sz = Zp.sum(0)``,
+    ``cy = Zp^T yp``, ``sy = yp.sum()``. The training rows of fold ``k`` are the other folds, so
+    their statistics are the sum of all ``folds`` blocks minus block ``k``. Plain arrays and
+    numbers: picklable, the output of one task of a distributed search (:func:`path_gram_block`).
     """
 
-    def __init__(
-        self,
-        pre: Preprocessor,
-        Z: np.ndarray,
-        yv: np.ndarray,
-        rows: np.ndarray,
-        parts: Sequence[np.ndarray] = (),
-    ) -> None:
-        self.pre = pre
-        self.Z = Z  # (N, F) every row, the encoding of every fold
-        self.rows = rows  # the training rows (sorted)
-        every = len(rows) == Z.shape[0]  # then rows is arange(N): no gather
-        Zt, yt = (Z, yv) if every else (Z[rows], yv[rows])
-        self.mu = Zt.mean(axis=0)
-        self.my = float(yt.mean())
-        self.Z0 = Zt - self.mu
-        self.y0 = yt - self.my
-        self.n = len(rows)
-        # With folds that partition the rows (positions into ``rows``), X^T X is the sum of the
-        # folds' blocks: K products of N/K rows instead of one of N rows plus K of N/K. Each is
-        # ``Zp^T Zp`` of one array, which BLAS computes as a symmetric product (syrk, half the
-        # work); a contiguous fold is a view, not a copy.
-        self.blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
-        for p in parts:
-            Zp, yp = _take_rows(self.Z0, p), _take_rows(self.y0, p)
-            self.blocks.append((Zp.T @ Zp, Zp.sum(axis=0), Zp.T @ yp, float(yp.sum())))
-        if parts:
-            self.S = self.blocks[0][0].copy()
-            for block in self.blocks[1:]:
-                self.S += block[0]
-        else:
-            self.S = self.Z0.T @ self.Z0
-        self.sz = self.Z0.sum(axis=0)
-        self.cy = self.Z0.T @ self.y0
-        self.sy = float(self.y0.sum())
+    fold: int
+    folds: int
+    n: int
+    G: np.ndarray  # (F, F)
+    sz: np.ndarray  # (F,)
+    cy: np.ndarray  # (F,)
+    sy: float
+    mu: np.ndarray  # (F,)
+    my: float
 
-    def without(self, held: np.ndarray, fold: int | None = None) -> _GramStats:
-        """Stats of the training rows minus ``held`` (row numbers, a subset of ``rows``; the
-        rows of ``parts[fold]`` when ``fold`` is given)."""
-        n = self.n - len(held)
-        if fold is not None and self.blocks:
-            Gh, sh, ch, syh = self.blocks[fold]
-            G = self.S - Gh
-        elif len(held):
-            pos = np.searchsorted(self.rows, held)
-            Zh, yh = self.Z0[pos], self.y0[pos]
-            sh, ch, syh = Zh.sum(axis=0), Zh.T @ yh, float(yh.sum())
-            G = self.S - Zh.T @ Zh
+
+def _shared_encoding(
+    spec: dict, data: _Data, param: str, folds: int | None
+) -> tuple[Preprocessor, np.ndarray] | None:
+    """``(pre, Z)`` when one encoding serves every split of the exact path, else None.
+
+    Without standardization a numeric matrix encodes to itself in every fold, unless a missing
+    value is filled with its fold's mean: then the splits can share Gram blocks.
+    """
+    if not (_exact(spec, param) and folds is not None and not spec["standardize"]):
+        return None
+    if data.R is None or np.isnan(_take_rows(data.R, data.train_rows)).any():
+        return None
+    return data.encode(data.train_rows, False)
+
+
+def _shift(Z: np.ndarray, yv: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """The means of ``Z`` and ``yv`` over ``rows``: the centring every block shares."""
+    return _take_rows(Z, rows).mean(axis=0), float(_take_rows(yv, rows).mean())
+
+
+def _block(
+    Z: np.ndarray,
+    yv: np.ndarray,
+    rows: np.ndarray,
+    shift: tuple[np.ndarray, float],
+    fold: int,
+    folds: int,
+) -> GramBlock:
+    mu, my = shift
+    Zp = _take_rows(Z, rows) - mu  # a new array: ``Zp.T @ Zp`` is one symmetric product (syrk)
+    yp = _take_rows(yv, rows) - my
+    return GramBlock(
+        fold, folds, len(rows), Zp.T @ Zp, Zp.sum(axis=0), Zp.T @ yp, float(yp.sum()), mu, my
+    )
+
+
+def _fold_parts(spec: dict, data: _Data, folds: int) -> list[np.ndarray]:
+    """Each fold's held-out rows (row numbers of the input)."""
+    parts = fold_rows(len(data.train_rows), folds, shuffle=spec["shuffle"], seed=spec["seed"])
+    return [data.train_rows[p] for p in parts]
+
+
+class _GramCache:
+    """The Gram statistics of every split from the folds' blocks: ``K`` products of ``N/K`` rows
+    instead of one of ``(K-1) N / K`` rows per fold plus one of ``N`` rows for the all-rows path.
+
+    ``Z`` is the encoding of every row, the same in every split (see ``_shared_encoding``).
+    """
+
+    def __init__(self, pre: Preprocessor, Z: np.ndarray, blocks: Sequence[GramBlock]) -> None:
+        self.pre = pre
+        self.Z = Z  # (N, F) every row
+        self.blocks = list(blocks)
+        self.mu, self.my = self.blocks[0].mu, self.blocks[0].my
+        self.n = sum(b.n for b in self.blocks)
+        self.S = self.blocks[0].G.copy()
+        self.sz = self.blocks[0].sz.copy()
+        self.cy = self.blocks[0].cy.copy()
+        for b in self.blocks[1:]:
+            self.S += b.G
+            self.sz += b.sz
+            self.cy += b.cy
+        self.sy = sum(b.sy for b in self.blocks)
+
+    def without(self, fold: int | None) -> _GramStats:
+        """Stats of the training rows minus fold ``fold`` (None: all training rows)."""
+        if fold is None:
+            n, G = self.n, self.S.copy()
+            sz, cy, sy = self.sz, self.cy, self.sy
         else:
-            sh, ch, syh = np.zeros_like(self.sz), np.zeros_like(self.cy), 0.0
-            G = self.S.copy()
-        m = (self.sz - sh) / n
-        my = (self.sy - syh) / n
+            b = self.blocks[fold]
+            n, G = self.n - b.n, self.S - b.G
+            sz, cy, sy = self.sz - b.sz, self.cy - b.cy, self.sy - b.sy
+        m = sz / n
+        my = sy / n
         G -= np.multiply.outer(n * m, m)
         G /= n
-        c = (self.cy - ch - n * m * my) / n
+        c = (cy - n * m * my) / n
         return _GramStats(G, c, m + self.mu, my + self.my, n)
+
+
+def _check_blocks(blocks: Sequence[GramBlock], parts: list[np.ndarray], F: int) -> None:
+    folds = len(parts)
+    ok = len(blocks) == folds and all(
+        b.fold == k and b.folds == folds and b.n == len(parts[k]) and b.G.shape == (F, F)
+        for k, b in enumerate(blocks)
+    )
+    if not ok:
+        raise ValueError(
+            f"gram_blocks must be the {folds} blocks of these folds, in fold order "
+            "(engine.path_gram_block for fold_index 0..folds-1)"
+        )
 
 
 def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -1175,22 +1231,30 @@ def _split_rows(
     return data.train_rows[~held], data.train_rows[held]
 
 
+def _group_stats(
+    sq: np.ndarray, nz: np.ndarray, pre: Preprocessor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per raw feature ``j`` and column ``p`` of ``sq``, ``nz`` (encoded columns, ``P``):
+    ``sqrt`` of the sum of ``sq`` over the columns of ``j``'s group, and the sum of ``nz``."""
+    starts = np.array([start for start, _ in pre.groups], dtype=np.intp)
+    wide = np.array([stop > start for start, stop in pre.groups])
+    norms = np.zeros((len(starts), sq.shape[1]))
+    counts = np.zeros((len(starts), sq.shape[1]), dtype=np.intp)
+    if wide.any():
+        norms[wide] = np.sqrt(np.add.reduceat(sq, starts[wide], axis=0))
+        counts[wide] = np.add.reduceat(nz, starts[wide], axis=0)
+    return norms, counts
+
+
 def _point_stats(
     W1: np.ndarray, pre: Preprocessor, total_nonzero: int
 ) -> tuple[int, list[str], list[float]]:
     """(non-zero weights, selected raw features, ``||W1[group_j]||_2`` per raw feature)."""
-    starts = np.array([start for start, _ in pre.groups], dtype=np.intp)
-    wide = np.array([stop > start for start, stop in pre.groups])
-    sq = np.einsum("ij,ij->i", W1, W1)
-    nz = np.count_nonzero(W1, axis=1)
-    norms = np.zeros(len(starts))
-    counts = np.zeros(len(starts), dtype=np.intp)
-    if wide.any():
-        norms[wide] = np.sqrt(np.add.reduceat(sq, starts[wide]))
-        counts[wide] = np.add.reduceat(nz, starts[wide])
+    sq = np.einsum("ij,ij->i", W1, W1)[:, None]
+    norms, counts = _group_stats(sq, np.count_nonzero(W1, axis=1)[:, None], pre)
     names = pre.feature_names
-    selected = [names[j] for j in np.flatnonzero(counts)]
-    return total_nonzero, selected, norms.tolist()
+    selected = [names[j] for j in np.flatnonzero(counts[:, 0])]
+    return total_nonzero, selected, norms[:, 0].tolist()
 
 
 def _run_split(
@@ -1221,16 +1285,14 @@ def _run_split(
         yv = data.target.astype(np.float64)
         if cache is not None:
             pre, Z = cache.pre, cache.Z
-            stats = cache.without(
-                np.setdiff1d(data.train_rows, fit_rows, assume_unique=True), fold_index
-            )
+            stats = cache.without(fold_index)
         else:
             pre, Z = data.encode(fit_rows, spec["standardize"])
             stats = _gram(Z[fit_rows], yv[fit_rows])
         clock.check()
         W, b = _gram_path(stats, grid, spec, param, tick)
         if len(held):
-            pred = Z[held] @ W + b  # (n_val, P)
+            pred = _take_rows(Z, held) @ W + b  # (n_val, P)
             resid = yv[held][:, None] - pred
             result.loss = [float(v) for v in np.mean(resid * resid, axis=0)]
             result.metric = [
@@ -1239,13 +1301,15 @@ def _run_split(
         if full:
             result.feature_names = list(pre.feature_names)
             result.coef_names = list(pre.encoded_names)
-            result.nonzero, result.selected, result.norms = [], [], []
-            for k in range(len(grid)):
-                w = W[:, k]
-                nz, sel, norms = _point_stats(w[:, None], pre, int(np.count_nonzero(w)))
-                result.nonzero.append(nz)
-                result.selected.append(sel)
-                result.norms.append(norms)
+            # _point_stats of every point at once: W1 of point k is the column W[:, k]
+            is_nz = W != 0
+            norms, counts = _group_stats(W * W, is_nz.astype(np.intp), pre)
+            names = pre.feature_names
+            result.nonzero = np.count_nonzero(is_nz, axis=0).tolist()
+            result.selected = [
+                [names[j] for j in np.flatnonzero(counts[:, k])] for k in range(len(grid))
+            ]
+            result.norms = norms.T.tolist()
             result.coef = W.T.tolist()
             result.intercept = b.tolist()
         result.seconds = time.perf_counter() - started
@@ -1358,6 +1422,7 @@ def path_fold(
     callbacks: Iterable[Callback] = (),
     cancel: Callable[[], bool] | None = None,
     max_seconds: float | None = None,
+    gram_blocks: Sequence[GramBlock] | None = None,
 ) -> FoldPath:
     """The path of one training split, for one task of a distributed search.
 
@@ -1381,19 +1446,71 @@ def path_fold(
         Checked before each point; True raises :class:`PathCancelled`.
     max_seconds : float, optional
         Wall-time limit; raises ``engine.TrainingTimeout``.
+    gram_blocks : sequence of GramBlock, optional
+        The ``folds`` blocks of :func:`path_gram_block` (fold order), when it gave them: the
+        split's Gram statistics are then their sum less its own fold's block, instead of a
+        product over its training rows. The result is the same up to rounding.
 
     Returns
     -------
     FoldPath
         Plain lists and numbers (picklable, ``to_dict()`` JSON-able).
+
+    Raises
+    ------
+    ValueError
+        ``gram_blocks`` that are not this search's blocks.
     """
     spec = _normalize(spec)
     _check_param(param)
     data = _prepare(spec, X, y, feature_names)
     clock = _Clock(tuple(callbacks), cancel, max_seconds)
+    cache = None
+    if gram_blocks is not None:
+        shared = _shared_encoding(spec, data, param, folds)
+        if shared is None or folds is None:
+            raise ValueError("gram_blocks given for a search whose splits share no Gram")
+        _check_blocks(gram_blocks, _fold_parts(spec, data, folds), shared[1].shape[1])
+        cache = _GramCache(*shared, gram_blocks)
     return _run_split(
-        spec, data, np.asarray(grid, dtype=np.float64), param, fold_index, folds, clock
+        spec, data, np.asarray(grid, dtype=np.float64), param, fold_index, folds, clock, cache
     )
+
+
+def path_gram_block(
+    spec: Mapping[str, Any] | None,
+    X: Any,
+    y: Any,
+    fold_index: int,
+    *,
+    folds: int,
+    param: str = "regularization.l1",
+    feature_names: Sequence[str] | None = None,
+) -> GramBlock | None:
+    """Fold ``fold_index``'s :class:`GramBlock`, or None when the splits share no Gram.
+
+    They share one when the search runs the exact path (linear mse, a penalty ``param``) with
+    ``folds`` on a numeric matrix without standardization or missing values: every split then
+    encodes the rows the same way. With the blocks of folds ``0..folds-1`` (independent tasks)
+    each :func:`path_fold` sums ``folds`` blocks of ``N / folds`` rows instead of computing a
+    Gram over its own ``(folds - 1) N / folds`` rows, as :func:`path` does in one process.
+    """
+    spec = _normalize(spec)
+    _check_param(param)
+    data = _prepare(spec, X, y, feature_names)
+    shared = _shared_encoding(spec, data, param, folds)
+    if shared is None:
+        return None
+    parts = _fold_parts(spec, data, folds)
+    if not 0 <= fold_index < folds:
+        raise SpecError(
+            ("search", "fold_index"),
+            f"fold_index must be in [0, {folds}), got {fold_index}.",
+            "out_of_range",
+        )
+    Z = shared[1]
+    yv = data.target.astype(np.float64)
+    return _block(Z, yv, parts[fold_index], _shift(Z, yv, data.train_rows), fold_index, folds)
 
 
 # --- combining ------------------------------------------------------------------------------------
@@ -1551,18 +1668,21 @@ def path(
     clock = _Clock(tuple(callbacks), cancel, max_seconds)
     exact = _exact(spec, param)
     cache = None
-    if exact and folds is not None and not spec["standardize"] and data.R is not None:
-        # Without standardization a numeric matrix encodes to itself in every fold, unless a
-        # missing value is filled with its fold's mean: then one Gram serves every fold.
-        pre, Z = data.encode(data.train_rows, False)
-        if not np.isnan(data.R[data.train_rows]).any():
-            parts = fold_rows(
-                len(data.train_rows), folds, shuffle=spec["shuffle"], seed=spec["seed"]
-            )
-            cache = _GramCache(pre, Z, data.target.astype(np.float64), data.train_rows, parts)
-    # lambda_max reads X^T (y - mean y) over the training rows: centred columns give the same
+    shared = _shared_encoding(spec, data, param, folds)
+    if shared is not None and folds is not None:
+        pre, Z = shared
+        yv = data.target.astype(np.float64)
+        shift = _shift(Z, yv, data.train_rows)
+        parts = _fold_parts(spec, data, folds)
+        cache = _GramCache(pre, Z, [_block(Z, yv, p, shift, k, folds) for k, p in enumerate(parts)])
     grid = _make_grid(
-        spec, data, param, values, num, min_ratio, None if cache is None else cache.Z0
+        spec,
+        data,
+        param,
+        values,
+        num,
+        min_ratio,
+        None if cache is None else _take_rows(cache.Z, data.train_rows),
     )
     paths = []
     for k in range(folds or 0):

@@ -3,16 +3,19 @@
 ``run_search`` runs inside a job body (a Dask task, or the inline executor's thread):
 
 1. ``engine.path_grid`` once: the grid every split shares;
-2. the path of every split - folds ``0..K-1`` and the full training rows (``fold_index`` None,
+2. ``engine.path_gram_block`` of each fold ``0..K-1``: the Gram statistics of its rows, which
+   every split of an exact path sums (the split's own fold left out) instead of computing a Gram
+   over its own rows; None for the other searches, whose splits then read only the data;
+3. the path of every split - folds ``0..K-1`` and the full training rows (``fold_index`` None,
    stored as fold -1) - with ``engine.path_fold``;
-3. ``engine.fit`` at the chosen value on all training rows (the job's model), as soon as the K
+4. ``engine.fit`` at the chosen value on all training rows (the job's model), as soon as the K
    folds are done: the choice reads only their held-out scores;
-4. ``engine.combine`` of every split, stored as the job's path result while the final fit trains.
+5. ``engine.combine`` of every split, stored as the job's path result while the final fit trains.
 
-On Dask each split and the final fit are their own tasks, submitted from the body through
-``distributed.worker_client()`` (which secedes the body's thread, so the tasks get the worker
-slots): the folds first, then the all-rows path, which on two or more workers runs beside the
-final fit. Inline they run one after the other in the body's thread.
+On Dask each block, each split and the final fit are their own tasks, submitted from the body
+through ``distributed.worker_client()`` (which secedes the body's thread, so the tasks get the
+worker slots): the blocks, the folds, then the all-rows path, which on two or more workers runs
+beside the final fit. Inline they run one after the other in the body's thread.
 
 Each split stores its points as they finish (``PointWriter``: batched like the loss history, at
 most one commit every ``history_flush_seconds``) and reports progress = points done /
@@ -39,7 +42,7 @@ from app.core.db import get_sessionmaker
 from app.jobs import state
 from app.paths import service
 from app.paths.orm import FULL_PATH
-from engine.path import FoldPath
+from engine.path import FoldPath, GramBlock
 from engine.preprocess import read_table
 
 log = logging.getLogger("regula.training")
@@ -147,12 +150,47 @@ def _one_matrix(X: Any) -> tuple[Any, list[str] | None]:
     return table.matrix, table.names
 
 
-def run_split(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> FoldPath:
+def gram_block(plan: dict[str, Any], fold: int, X: Any, y: Any) -> GramBlock | None:
+    """Fold ``fold``'s share of the Gram statistics the splits sum (None: they share none)."""
+    return engine.path_gram_block(
+        plan["spec"],
+        X,
+        y,
+        fold,
+        folds=plan["folds"],
+        param=plan["param"],
+        feature_names=plan["feature_names"],
+    )
+
+
+def gram_task(plan: dict[str, Any], fold: int, X: Any, y: Any) -> GramBlock | None:
+    """One fold's Gram block as a Dask task (on any worker)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return gram_block(plan, fold, X, y)
+
+
+def _shared(blocks: list[GramBlock | None]) -> list[GramBlock] | None:
+    """The blocks when every fold gave one, else None (each split computes its own Gram)."""
+    if not blocks or any(b is None for b in blocks):
+        return None
+    return [b for b in blocks if b is not None]
+
+
+def run_split(
+    plan: dict[str, Any],
+    fold: int | None,
+    X: Any,
+    y: Any,
+    blocks: list[GramBlock | None] | None = None,
+) -> FoldPath:
     """The path of one split (``fold`` None = all training rows), its points stored as it goes."""
     sessions = get_sessionmaker(plan["database_url"])
     worker = _worker_name()
     writer = PointWriter(sessions, plan, fold, worker)
     started = time.monotonic()
+    cpu = time.thread_time()
     try:
         fold_path = engine.path_fold(
             plan["spec"],
@@ -165,6 +203,7 @@ def run_split(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> FoldPat
             feature_names=plan["feature_names"],
             callbacks=[writer],
             max_seconds=plan["deadline"] - time.time(),
+            gram_blocks=None if blocks is None else _shared(blocks),
         )
     except engine.PathCancelled:
         writer.flush()  # the points finished before the cancel stay
@@ -172,17 +211,24 @@ def run_split(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> FoldPat
     writer.discard()
     writer.flush(service.split_rows(fold_path, worker))
     log.info(
-        "job %s: split %s of the path done on %s in %.2f s (%.2f s in the engine)",
+        "job %s: split %s of the path done on %s in %.2f s (%.2f s in the engine, %.2f s CPU)",
         plan["job_id"],
         "full" if fold is None else fold,
         worker,
         time.monotonic() - started,
         fold_path.seconds,
+        time.thread_time() - cpu,
     )
     return fold_path
 
 
-def split_task(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> dict[str, Any]:
+def split_task(
+    plan: dict[str, Any],
+    fold: int | None,
+    X: Any,
+    y: Any,
+    blocks: list[GramBlock | None],
+) -> dict[str, Any]:
     """One split as a Dask task (on any worker): returns the FoldPath as plain data."""
     from threadpoolctl import threadpool_limits
 
@@ -190,7 +236,7 @@ def split_task(plan: dict[str, Any], fold: int | None, X: Any, y: Any) -> dict[s
 
     logs.configure()
     with threadpool_limits(limits=1):
-        fold_path = run_split(plan, fold, X, y)
+        fold_path = run_split(plan, fold, X, y, blocks)
     return fold_path.to_dict()
 
 
@@ -257,8 +303,9 @@ def _run_path(
     """
     folds = range(plan["folds"])
     if not _on_dask():
-        fold_paths = [run_split(plan, fold, X, y) for fold in folds]
-        fold_paths.append(run_split(plan, None, X, y))
+        blocks = [gram_block(plan, fold, X, y) for fold in folds]
+        fold_paths = [run_split(plan, fold, X, y, blocks) for fold in folds]
+        fold_paths.append(run_split(plan, None, X, y, blocks))
         store(fold_paths)
         final = _final_spec(plan, fold_paths[:-1])
         return fold_paths, final, final_fit(plan, final, X, y)
@@ -271,12 +318,26 @@ def _run_path(
     with worker_client() as client:
         # One copy of the data, on this worker; a task elsewhere fetches it once per worker.
         data = client.scatter([X, y], workers=[_worker_address()], hash=False)
+        # The folds' Gram blocks first (each split sums them), then the splits.
+        blocks = [
+            client.submit(
+                gram_task,
+                plan,
+                fold,
+                *data,
+                key=key(f"gram-{fold}"),
+                pure=False,
+                priority=SPLIT_PRIORITY + 2,
+            )
+            for fold in folds
+        ]
         futures = [
             client.submit(
                 split_task,
                 plan,
                 fold,
                 *data,
+                blocks,
                 key=key(str(fold)),
                 pure=False,
                 priority=SPLIT_PRIORITY + 1,  # the folds before the all-rows path
@@ -289,6 +350,7 @@ def _run_path(
                 plan,
                 None,
                 *data,
+                blocks,
                 key=key("full"),
                 pure=False,
                 priority=SPLIT_PRIORITY,
@@ -312,7 +374,7 @@ def _run_path(
             store(fold_paths)
             model = futures[-1].result()
         finally:
-            for future in [*futures, *data]:
+            for future in [*futures, *blocks, *data]:
                 future.cancel()
     return fold_paths, final, model
 

@@ -22,7 +22,15 @@ from sklearn.model_selection import KFold
 
 import engine
 from engine.errors import SpecError
-from engine.path import PathCancelled, combine, fold_rows, path, path_fold, path_grid
+from engine.path import (
+    PathCancelled,
+    combine,
+    fold_rows,
+    path,
+    path_fold,
+    path_gram_block,
+    path_grid,
+)
 
 
 def lasso_spec(**extra):
@@ -195,6 +203,43 @@ def test_path_fold_and_combine_reproduce_path(sparse_problem, validation_split):
     )
     text = json.dumps(direct.to_dict())
     assert json.loads(text)["chosen"] == direct.chosen
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_path_fold_from_gram_blocks_equals_its_own_gram(sparse_problem, shuffle):
+    X, y = sparse_problem
+    X = X + 50.0  # large column offsets: the blocks' shared centring keeps the precision
+    spec = lasso_spec(validation_split=0.2, shuffle=shuffle, seed=5)
+    grid = path_grid(spec, X, y, num=10)
+    blocks = [path_gram_block(spec, X, y, k, folds=4) for k in range(4)]
+    assert [b.fold for b in blocks] == [0, 1, 2, 3]
+    assert sum(b.n for b in blocks) == 240  # the training rows, without the validation split
+    for b in blocks:
+        assert b.G.shape == (60, 60)
+        np.testing.assert_allclose(b.G, b.G.T)
+    for k in (None, 0, 3):
+        own = path_fold(spec, X, y, k, grid=grid, folds=4)
+        shared = path_fold(spec, X, y, k, grid=grid, folds=4, gram_blocks=blocks)
+        assert shared.n_train == own.n_train and shared.n_val == own.n_val
+        if k is None:
+            np.testing.assert_allclose(shared.coef, own.coef, atol=1e-9)
+            np.testing.assert_allclose(shared.intercept, own.intercept, atol=1e-8)
+        else:
+            np.testing.assert_allclose(shared.loss, own.loss, rtol=1e-9)
+    with pytest.raises(ValueError, match="gram_blocks"):
+        path_fold(spec, X, y, 0, grid=grid, folds=4, gram_blocks=blocks[:3])
+    with pytest.raises(ValueError, match="gram_blocks"):
+        path_fold(spec, X, y, 0, grid=grid, folds=5, gram_blocks=blocks)
+
+
+def test_no_gram_blocks_where_the_splits_encode_differently(sparse_problem):
+    X, y = sparse_problem
+    assert path_gram_block(lasso_spec(standardize=True), X, y, 0, folds=4) is None
+    holed = X.copy()
+    holed[3, 2] = np.nan  # filled with each fold's own mean
+    assert path_gram_block(lasso_spec(), holed, y, 0, folds=4) is None
+    net = lasso_spec(model={"hidden_layers": [4]}, optimizer={"name": "adam"})
+    assert path_gram_block(net, X, y, 0, folds=4) is None
 
 
 def test_validation_split_scores_without_folds(diabetes):
