@@ -21,18 +21,11 @@ All are ``ValueError`` subclasses. Registries (tuples of names) describe the val
 schemas; ``HISTORY_KEYS`` names the fields of a history record.
 """
 
+from engine.cv import PathResult, combine
 from engine.errors import InputError, ModelFormatError, SpecError, TrainingTimeout
 from engine.model import Model, fit, split
-from engine.path import (
-    PathCancelled,
-    PathResult,
-    combine,
-    final_spec,
-    path,
-    path_fold,
-    path_gram_block,
-    path_grid,
-)
+from engine.path import path, path_fold, path_gram_block, path_grid
+from engine.path_setup import PathCancelled, final_spec
 from engine.serialize import load
 from engine.sparsity import sparsity
 from engine.spec import (

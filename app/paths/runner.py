@@ -42,7 +42,8 @@ from app.core.db import get_sessionmaker
 from app.jobs import state
 from app.paths import service
 from app.paths.orm import FULL_PATH
-from engine.path import FoldPath, GramBlock
+from engine.cv import FoldPath
+from engine.gram import GramBlock
 from engine.preprocess import read_table
 
 log = logging.getLogger("regula.training")

@@ -25,7 +25,7 @@ from app.jobs import service as jobs
 from app.jobs import state
 from app.jobs.orm import Job
 from app.paths.orm import FULL_PATH, PathPoint, PathResult
-from engine.path import FoldPath
+from engine.cv import FoldPath
 
 
 def _owned(session: Session, job_id: str, attempt: int) -> bool:
