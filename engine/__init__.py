@@ -28,26 +28,14 @@ from engine.path import path, path_fold, path_gram_block, path_grid
 from engine.path_setup import PathCancelled, final_spec
 from engine.serialize import load
 from engine.sparsity import sparsity
-from engine.spec import (
-    ACTIVATIONS,
-    DROPOUT_MODES,
-    DTYPES,
-    INITIALIZERS,
-    KEEP,
-    L1_METHODS,
-    LAYER_TYPES,
-    LOSS_TASKS,
-    LOSSES,
-    OPTIMIZERS,
-    TASKS,
-    Spec,
-    check_classes,
-    default_spec,
-    layer_shapes,
-    normalize_spec,
-)
-from engine.spec import parse as parse_spec
+from engine.spec import DTYPES, KEEP, LOSS_TASKS, LOSSES, TASKS, Spec
 from engine.spec import registry as spec_registry
+from engine.spec_model import ACTIVATIONS, INITIALIZERS, LAYER_TYPES
+from engine.spec_optimizer import OPTIMIZERS
+from engine.spec_parse import check_classes, default_spec, normalize_spec
+from engine.spec_parse import parse as parse_spec
+from engine.spec_regularization import DROPOUT_MODES, L1_METHODS
+from engine.spec_shapes import layer_shapes
 from engine.trainer import HISTORY_KEYS
 
 __all__ = [

@@ -32,7 +32,7 @@ import numpy as np
 from engine.errors import InputError, SpecError
 from engine.path_setup import PathData
 from engine.preprocess import Preprocessor
-from engine.spec import SEARCH_SELECT
+from engine.spec_search import SEARCH_SELECT
 
 __all__ = [
     "SELECTIONS",

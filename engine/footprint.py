@@ -20,10 +20,10 @@ parameters, widths ``M_l``, ``s`` the itemsize of the spec's dtype)::
                                           epoch's permutation) and the chunks statistics and
                                           evaluation work in
 
-``M_l`` is the size of one sample's output of hidden layer ``l`` (``engine.spec.layer_shapes``:
-a conv layer's ``F * Ho * Wo`` activations, a pooling layer's, a dense layer's width) plus the
-output layer's ``K``; ``P`` counts Dense ``D * M + M``, Conv2D ``F * C * kh * kw + F`` and
-batch-norm ``2 * C`` parameters.
+``M_l`` is the size of one sample's output of hidden layer ``l``
+(``engine.spec_shapes.layer_shapes``: a conv layer's ``F * Ho * Wo`` activations, a pooling
+layer's, a dense layer's width) plus the output layer's ``K``; ``P`` counts Dense ``D * M + M``,
+Conv2D ``F * C * kh * kw + F`` and batch-norm ``2 * C`` parameters.
 
 Deviations: temporaries of single operations (a matmul's result before it is added in place)
 are not counted; they are at most one activation or one weight matrix at a time.
@@ -84,7 +84,7 @@ def _layers(
     spec: Mapping[str, Any], n_inputs: int, n_outputs: int, input_shape: tuple[int, ...] | None
 ) -> tuple[int, int, list[int]]:
     """``(parameters, buffers, per-sample output sizes)`` of every layer, output layer last."""
-    from engine.spec import layer_shapes
+    from engine.spec_shapes import layer_shapes
 
     shapes = layer_shapes(spec, tuple(input_shape) if input_shape else (int(n_inputs),))
     params = buffers = 0
@@ -140,7 +140,7 @@ def footprint(
     Raises
     ------
     SpecError
-        A layer that does not fit its input (``engine.spec.layer_shapes``).
+        A layer that does not fit its input (``engine.spec_shapes.layer_shapes``).
     """
     parameters, buffers, sizes = _layers(spec, n_inputs, n_outputs, input_shape)
     itemsize = 8 if spec.get("dtype") == "float64" else 4

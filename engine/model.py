@@ -27,7 +27,8 @@ from engine.preprocess import (
 )
 from engine.serialize import model_to_bytes
 from engine.sparsity import sparsity
-from engine.spec import Spec, check_classes, parse
+from engine.spec import Spec
+from engine.spec_parse import check_classes, parse
 from engine.trainer import train
 
 __all__ = ["HINGE_LOSSES", "MAX_CLASSES", "Callback", "Model", "fit", "split"]
@@ -369,7 +370,7 @@ def fit(
     Parameters
     ----------
     spec : mapping or None
-        A (partial) training spec; see :func:`engine.spec.normalize_spec`.
+        A (partial) training spec; see :func:`engine.spec_parse.normalize_spec`.
     X : mapping of str to array-like (N,), or array-like (N, D), or images
         Numeric columns (NaN = missing, imputed with the training mean) and/or string columns
         (``None`` = missing, encoded as all-zero one-hot). Images: an array ``(N, C, H, W)`` or
@@ -404,8 +405,9 @@ def fit(
     ------
     SpecError
         Invalid spec; binary cross-entropy on a target without exactly 2 classes (``loc ==
-        ("loss",)``, code ``"not_binary"``, from :func:`engine.spec.check_classes`); a diverged
-        run (non-finite loss, ``loc == ("optimizer", "learning_rate")``, code ``"diverged"``).
+        ("loss",)``, code ``"not_binary"``, from :func:`engine.spec_parse.check_classes`); a
+        diverged run (non-finite loss, ``loc == ("optimizer", "learning_rate")``, code
+        ``"diverged"``).
     TrainingTimeout
         ``max_seconds`` passed (no model is returned).
     InputError

@@ -5,9 +5,9 @@ Layout for ``hidden_layers = [M_1, ..., M_H]`` (``D`` inputs, ``K`` outputs)::
     [Dropout(input)] -> Dense0 (D, M_1) -> act -> [Dropout(hidden)] -> ... -> DenseH (M_H, K)
 
 ``model.layers`` gives the network as a list (Keras Sequential style, shapes from
-``engine.spec.layer_shapes``): each ``dense`` entry is a hidden Dense block (Dense -> activation,
-its own ``activation``/``init`` or the model's), each ``conv2d`` a Conv2D block (Conv2D ->
-activation), ``maxpool2d`` / ``avgpool2d`` / ``flatten`` / ``batch_norm`` the layers of
+``engine.spec_shapes.layer_shapes``): each ``dense`` entry is a hidden Dense block (Dense ->
+activation, its own ``activation``/``init`` or the model's), each ``conv2d`` a Conv2D block
+(Conv2D -> activation), ``maxpool2d`` / ``avgpool2d`` / ``flatten`` / ``batch_norm`` the layers of
 ``engine.conv``, each ``dropout`` entry an extra Dropout at its place (inverted, or standard under
 ``dropout.mode == "standard"``). ``dropout.hidden`` follows every hidden activation (dense or
 conv). A Dense reading an image gets a Flatten first, so does the output Dense, which comes from
@@ -57,7 +57,9 @@ from engine.layers import (
     sigmoid,
 )
 from engine.losses import softmax
-from engine.spec import Spec, layer_shapes, parse
+from engine.spec import Spec
+from engine.spec_parse import parse
+from engine.spec_shapes import layer_shapes
 
 # Activations that commute with a max-pool (non-decreasing; the leaky slope is >= 0).
 MONOTONE_ACTIVATIONS = (Tanh, Sigmoid, ReLU, LeakyReLU, Linear)
@@ -128,7 +130,7 @@ class Network:
         Parameters
         ----------
         spec : Spec or mapping
-            The spec (a mapping is parsed with ``engine.spec.parse``); reads ``model``,
+            The spec (a mapping is parsed with ``engine.spec_parse.parse``); reads ``model``,
             ``dropout``, ``loss`` and ``dtype``.
         n_inputs, n_outputs : int
             ``D`` (encoded input columns, ``C * H * W`` for images) and ``K`` (1, or the number

@@ -400,10 +400,10 @@ class Fista:
 def make_optimizer(opt_spec: Any) -> Optimizer | Fista:
     """Build an optimizer from the spec's optimizer section.
 
-    ``opt_spec`` is an ``engine.spec.OptimizerSpec`` or a mapping with the same keys (``name``,
-    ``learning_rate``, ``decay``, ``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps``,
-    ``rho``, ``tol``, ``step_tol``); absent or ``None`` values take the optimizer's own default
-    (``OPTIMIZER_DEFAULTS``). ``sgd`` with ``momentum > 0`` or ``nesterov`` is heavy-ball
+    ``opt_spec`` is an ``engine.spec_optimizer.OptimizerSpec`` or a mapping with the same keys
+    (``name``, ``learning_rate``, ``decay``, ``momentum``, ``nesterov``, ``beta1``, ``beta2``,
+    ``eps``, ``rho``, ``tol``, ``step_tol``); absent or ``None`` values take the optimizer's own
+    default (``OPTIMIZER_DEFAULTS``). ``sgd`` with ``momentum > 0`` or ``nesterov`` is heavy-ball
     momentum (Nesterov if ``nesterov``); ``momentum``/``nesterov`` with ``momentum == 0`` use
     0.9. Raises ``ValueError`` on bad hyperparameters.
     """

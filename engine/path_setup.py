@@ -37,7 +37,8 @@ from engine.preprocess import (
     read_table,
     regression_target,
 )
-from engine.spec import SEARCH_PARAMS, normalize_spec
+from engine.spec_parse import normalize_spec
+from engine.spec_search import SEARCH_PARAMS
 
 __all__ = [
     "PARAMS",

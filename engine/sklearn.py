@@ -4,7 +4,7 @@ Optional module: it imports scikit-learn, which the service does not need (``imp
 imports it). Both estimators pass ``sklearn.utils.estimator_checks.check_estimator`` (see
 tests/engine/test_sklearn.py for the few checks that do not apply).
 
-Parameters are the spec's fields, flattened (``engine.spec`` documents each one)::
+Parameters are the spec's fields, flattened (``engine.spec_registry()`` describes each one)::
 
     hidden_layers, activation, init, leaky_slope         -> spec["model"]
     loss                                                 -> spec["loss"]

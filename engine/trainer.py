@@ -61,7 +61,8 @@ from engine.losses import FISTA_LOSSES, LOSS_TASKS, curvature, make_loss
 from engine.network import Network
 from engine.optimizers import Fista, Optimizer, make_optimizer
 from engine.regularizers import Regularizer
-from engine.spec import Spec, parse
+from engine.spec import Spec
+from engine.spec_parse import parse
 
 __all__ = ["FISTA_LOSSES", "HISTORY_KEYS", "Callback", "TrainResult", "train"]
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import engine
-import engine.spec
+from engine.spec_model import INIT_ALIASES
 
 _BASE_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool}
 
@@ -36,7 +36,7 @@ def _scalar(f: dict[str, Any], kind: str) -> Any:
     if f.get("choices"):
         choices = list(f["choices"])
         if f["name"] == "init":
-            choices += [a for a in engine.spec.INIT_ALIASES if a not in choices]
+            choices += [a for a in INIT_ALIASES if a not in choices]
         return Literal[tuple(choices)]
     base = _BASE_TYPES[kind]
     bounds = _bounds(f)

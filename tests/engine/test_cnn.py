@@ -12,7 +12,7 @@ import engine
 from engine.conv import BatchNorm, Flatten
 from engine.losses import make_loss
 from engine.network import Network
-from engine.spec import parse
+from engine.spec_parse import parse
 
 TUTORIAL_LAYERS = [
     {"type": "conv2d", "filters": 4, "kernel_size": 5, "padding": "valid", "activation": "tanh"},

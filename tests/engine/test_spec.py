@@ -10,7 +10,8 @@ import pytest
 import engine
 from engine import SpecError, normalize_spec
 from engine.optimizers import OPTIMIZER_DEFAULTS, make_optimizer
-from engine.spec import parse
+from engine.spec import registry
+from engine.spec_parse import check_classes, parse
 
 
 def test_empty_spec_gets_documented_defaults():
@@ -153,7 +154,7 @@ def test_new_sections_normalize_idempotently_and_json_able():
 
 
 def test_registry_describes_every_field_with_its_default_and_bounds():
-    reg = engine.spec.registry()
+    reg = registry()
     assert json.loads(json.dumps(reg)) == reg
     sections = reg["sections"]
     by_name = {f["name"]: f for f in sections["optimizer"]}
@@ -177,7 +178,7 @@ def test_registry_describes_every_field_with_its_default_and_bounds():
 def test_registry_bounds_are_what_normalization_enforces():
     # derive a just-outside value from each numeric bound and check it is rejected
     for section in ("loss_params", "regularization", "dropout", "optimizer", "augmentation"):
-        for f in engine.spec.registry()["sections"][section]:
+        for f in registry()["sections"][section]:
             if f["type"] != "float":
                 continue
             for bound, is_open, sign in ((f["lo"], f["lo_open"], -1), (f["hi"], f["hi_open"], 1)):
@@ -194,10 +195,10 @@ def test_registry_bounds_are_what_normalization_enforces():
 
 def test_check_classes_is_the_one_binary_rule():
     with pytest.raises(SpecError) as info:
-        engine.spec.check_classes(parse({"loss": "binary_cross_entropy"}), 3)
+        check_classes(parse({"loss": "binary_cross_entropy"}), 3)
     assert (info.value.loc, info.value.code) == (("loss",), "not_binary")
-    engine.spec.check_classes({"loss": "binary_cross_entropy"}, 2)
-    engine.spec.check_classes({"loss": "softmax_cross_entropy"}, 5)
+    check_classes({"loss": "binary_cross_entropy"}, 2)
+    check_classes({"loss": "softmax_cross_entropy"}, 5)
 
 
 def test_none_spec_is_the_default_spec():

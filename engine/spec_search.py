@@ -1,0 +1,70 @@
+"""The search section of a spec: a regularization path over one parameter (run by ``engine.path``).
+
+``param`` (one of :data:`SEARCH_PARAMS`) takes each value of a grid, the explicit ``values`` or
+``num`` values log-spaced from ``lambda_max`` down to ``min_ratio * lambda_max``
+(``engine.lambda_grid``); ``folds``-fold cross-validation scores each value and ``select``
+(:data:`SEARCH_SELECT`) picks one (``engine.cv``). The spec validates this section only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.spec_fields import Section, spec_field
+
+__all__ = ["MAX_SEARCH_VALUES", "SEARCH_PARAMS", "SEARCH_SELECT", "Search"]
+
+# The strengths a regularization path may vary (engine.path), by their place in the spec.
+SEARCH_PARAMS: tuple[str, ...] = (
+    "regularization.l1",
+    "regularization.l2",
+    "regularization.group_l1",
+    "dropout.hidden",
+    "dropout.input",
+)
+SEARCH_SELECT: tuple[str, ...] = ("min", "1se")
+# A search multiplies one fit's work by points x (folds + 1): both are bounded.
+MAX_SEARCH_VALUES = 200
+
+
+@dataclass(frozen=True)
+class Search(Section):
+    """A regularization path over ``param``: explicit ``values`` or a log grid of ``num`` values
+    from ``lambda_max`` down to ``min_ratio * lambda_max``; ``folds``-fold CV picks one by
+    ``select`` (validated here only)."""
+
+    param: str = spec_field("regularization.l1", "str", choices=SEARCH_PARAMS)
+    values: tuple[float, ...] | None = spec_field(
+        None, "list[float]", lo=0.0, nullable=True, doc="Explicit grid; excludes num/min_ratio."
+    )
+    num: int | None = spec_field(
+        20,
+        "int",
+        lo=2,
+        hi=MAX_SEARCH_VALUES,
+        nullable=True,
+        doc="Grid size (null when values is given).",
+    )
+    min_ratio: float | None = spec_field(
+        1e-3,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        nullable=True,
+        doc="Smallest / largest lambda (null when values is given).",
+    )
+    folds: int | None = spec_field(
+        None,
+        "int",
+        lo=2,
+        hi=20,
+        nullable=True,
+        doc="K-fold cross-validation; null = the validation split scores each point.",
+    )
+    select: str = spec_field(
+        "1se",
+        "str",
+        choices=SEARCH_SELECT,
+        doc="min: lowest mean CV loss; 1se: largest lambda within one standard error.",
+    )
