@@ -120,11 +120,15 @@ class ModelCache:
 
     def get(self, model_id: str) -> Loaded | None:
         with self._lock:
-            item = self._items.get(model_id)
-            if item is not None:
-                self._items.move_to_end(model_id)
-                self.hits += 1
-            return item
+            return self._hit(model_id)
+
+    def _hit(self, model_id: str) -> Loaded | None:
+        # Called with the lock held: the cached model, counted and made the most recent.
+        item = self._items.get(model_id)
+        if item is not None:
+            self._items.move_to_end(model_id)
+            self.hits += 1
+        return item
 
     def _put(self, item: Loaded) -> None:
         # Called with the lock held.
@@ -144,10 +148,8 @@ class ModelCache:
         """The cached model, or ``loader()`` run once for all concurrent callers and cached."""
         key = (model_id, owner_id)
         with self._lock:
-            item = self._items.get(model_id)
+            item = self._hit(model_id)
             if item is not None:
-                self._items.move_to_end(model_id)
-                self.hits += 1
                 return item
             self.misses += 1
             future = self._loading.get(key)
