@@ -275,8 +275,12 @@ class Conv2D(Layer):
         return scratch.get("cols", (K1, mm, g.Q), self.params["W"].dtype)[0].reshape(K1, -1)
 
     def _blocks(self, g: _ConvGeometry) -> list[tuple[int, int]]:
-        """``(n0, mm)``: the first image and the number of images of each block."""
-        return [(n0, min(g.m, g.N - n0)) for n0 in range(0, g.N, g.m)]
+        """``(n0, mm)``: the first image and the number of images of each block. A partial block
+        (``N % m`` images) comes first, so that the last one, whose columns backward reuses, is
+        a full block (batch 100 in blocks of 16: 4 + 6 x 16, not 6 x 16 + 4)."""
+        r = g.N % g.m
+        head = [(0, r)] if r else []
+        return head + [(n0, g.m) for n0 in range(r, g.N, g.m)]
 
     def _forward(
         self, x: np.ndarray, scratch: _Scratch, tag: object = None
