@@ -15,8 +15,8 @@ the nearest edge pixel (``fill_mode="nearest"``, the Keras default). Sampling is
 (``interpolation="bilinear"``, Keras' default order 1) or nearest-pixel.
 
 The whole batch is resampled at once: the ``(N, 2, H * W)`` grid of source positions is one
-batched product, the samples one ``np.take`` per bilinear tap; nothing loops over images or
-pixels.
+matrix product, the samples one ``np.take`` per bilinear tap (of one shared index array); nothing
+loops over images or pixels.
 
 Random draws (``rng``, the trainer's seeded ``numpy.random.Generator``, in this order, only for
 the options that are on): ``theta ~ U(-rotation_range, rotation_range)`` degrees; the row shift
@@ -241,7 +241,8 @@ def source_grid(
     o = np.empty((2, H * W))
     o[0] = np.repeat(rows, W)
     o[1] = np.tile(cols, H)
-    grid = (A @ o).astype(dtype, copy=False)
+    # One (2N, 2) @ (2, H * W) product, not N stacked ones (the same sums).
+    grid = (A.reshape(2 * N, 2) @ o).reshape(N, 2, H * W).astype(dtype, copy=False)
     grid += offset.astype(dtype)
     return grid
 
@@ -250,38 +251,59 @@ def sample(x: np.ndarray, grid: np.ndarray, interpolation: str = "bilinear") -> 
     """Read ``x (N, C, H, W)`` at the positions ``grid (N, 2, H * W)``, edges extended (nearest).
 
     ``bilinear``: ``(1-fr)(1-fc) x[r0,c0] + (1-fr) fc x[r0,c1] + fr (1-fc) x[r1,c0] + fr fc
-    x[r1,c1]`` with ``r0 = floor(r)``, ``fr = r - r0`` (positions clipped to the image first, which
-    is the ``nearest`` fill); ``nearest``: ``x[round(r), round(c)]``.
+    x[r1,c1]`` with ``r0 = floor(r)``, ``fr = r - r0``, ``r1 = min(r0 + 1, H - 1)`` (positions
+    clipped to the image first, which is the ``nearest`` fill), computed as
+    ``top + (bottom - top) * fr`` with ``top = v00 + (v01 - v00) * fc``; ``nearest``:
+    ``x[round(r), round(c)]``.
+
+    The bilinear taps are read from a copy of ``x`` with one more row and column repeating the
+    last ones, so that they sit at the fixed flat offsets ``0, 1, W + 1, W + 2`` from the top-left
+    one: one index array, four ``np.take`` of shifted views, and at the last row or column the
+    extra tap has the edge's value (the ``min`` above, with weight 0 anyway).
     """
     N, C, H, W = x.shape
     r = np.clip(grid[:, 0], 0.0, H - 1)
     c = np.clip(grid[:, 1], 0.0, W - 1)
-    flat = x.reshape(-1)
-    # Offset of image n, channel ch in the flat array, broadcast against pixel indices (N, 1, P).
-    base = (np.arange(N, dtype=np.intp) * (C * H * W))[:, None, None] + (
-        np.arange(C, dtype=np.intp) * (H * W)
-    )[None, :, None]
     if interpolation == "nearest":
+        flat = x.reshape(-1)
+        base = (np.arange(N, dtype=np.intp) * (C * H * W))[:, None, None] + (
+            np.arange(C, dtype=np.intp) * (H * W)
+        )[None, :, None]
         idx = np.rint(r).astype(np.intp) * W + np.rint(c).astype(np.intp)
         return np.take(flat, base + idx[:, None, :]).reshape(N, C, H, W)
+    Hp, Wp = H + 1, W + 1
+    xp = np.empty((N, C, Hp, Wp), dtype=x.dtype)
+    xp[:, :, :H, :W] = x
+    xp[:, :, H, :W] = x[:, :, H - 1]
+    xp[:, :, :, W] = xp[:, :, :, W - 1]
     r0 = np.floor(r)
     c0 = np.floor(c)
     fr = (r - r0).astype(x.dtype, copy=False)[:, None, :]
     fc = (c - c0).astype(x.dtype, copy=False)[:, None, :]
-    r0 = r0.astype(np.intp)
-    c0 = c0.astype(np.intp)
-    r1 = np.minimum(r0 + 1, H - 1)
-    c1 = np.minimum(c0 + 1, W - 1)
-    i00 = base + (r0 * W + c0)[:, None, :]
-    dc = (c1 - c0)[:, None, :]
-    dr = ((r1 - r0) * W)[:, None, :]
+    # Flat index of the top-left tap: r0 * Wp + c0 is exact in the grid's float type up to
+    # 2 ** (mantissa bits + 1) pixels, else it is formed in float64.
+    if Hp * Wp > 2 ** (np.finfo(r0.dtype).nmant + 1):
+        r0 = r0.astype(np.float64)
+    pos = r0 * Wp
+    pos += c0
+    base = (np.arange(N, dtype=np.intp) * (C * Hp * Wp))[:, None, None] + (
+        np.arange(C, dtype=np.intp) * (Hp * Wp)
+    )[None, :, None]
+    i00 = base + pos.astype(np.intp)[:, None, :]
+    flat = xp.reshape(-1)
     v00 = np.take(flat, i00)
-    v01 = np.take(flat, i00 + dc)
-    v10 = np.take(flat, i00 + dr)
-    v11 = np.take(flat, i00 + dr + dc)
-    top = v00 + (v01 - v00) * fc
-    bottom = v10 + (v11 - v10) * fc
-    out = top + (bottom - top) * fr
+    top = np.take(flat[1:], i00)  # v01, then the top row's value
+    v10 = np.take(flat[Wp:], i00)
+    out = np.take(flat[Wp + 1 :], i00)  # v11, then the bottom row's value, then the result
+    top -= v00
+    top *= fc
+    top += v00
+    out -= v10
+    out *= fc
+    out += v10
+    out -= top
+    out *= fr
+    out += top
     return out.reshape(N, C, H, W)
 
 

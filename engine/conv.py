@@ -139,6 +139,11 @@ class Conv2D(Layer):
     padding : ``"valid"`` or ``"same"``
     need_dx : bool
         ``False`` for the first layer of a network (its input gradient is never used).
+    strided_output : bool
+        Return ``out`` as a strided view (of a fresh ``(F, N, Ho, Q / Ho)`` array the products
+        are written into) instead of a C-contiguous copy: same values, one pass less. For a
+        consumer that reads its input through strided slices anyway, a pooling layer
+        (``engine.network`` sets it there); elementwise layers run slower on such a view.
 
     Notes
     -----
@@ -161,6 +166,7 @@ class Conv2D(Layer):
         strides: int | tuple[int, int] = 1,
         padding: str = "valid",
         need_dx: bool = True,
+        strided_output: bool = False,
     ) -> None:
         super().__init__()
         if W.ndim != 4 or b.shape != (W.shape[0],):
@@ -172,6 +178,7 @@ class Conv2D(Layer):
         self.strides = _pair(strides, "strides")
         self.padding = padding
         self.need_dx = need_dx
+        self.strided_output = strided_output
         self._scratch = _Scratch()
 
     # Cache blocking: the columns of about ``block_bytes`` worth of images (at least
@@ -275,8 +282,12 @@ class Conv2D(Layer):
         return scratch.get("cols", (K1, mm, g.Q), self.params["W"].dtype)[0].reshape(K1, -1)
 
     def _blocks(self, g: _ConvGeometry) -> list[tuple[int, int]]:
-        """``(n0, mm)``: the first image and the number of images of each block."""
-        return [(n0, min(g.m, g.N - n0)) for n0 in range(0, g.N, g.m)]
+        """``(n0, mm)``: the first image and the number of images of each block. A partial block
+        (``N % m`` images) comes first, so that the last one, whose columns backward reuses, is
+        a full block (batch 100 in blocks of 16: 4 + 6 x 16, not 6 x 16 + 4)."""
+        r = g.N % g.m
+        head = [(0, r)] if r else []
+        return head + [(n0, g.m) for n0 in range(r, g.N, g.m)]
 
     def _forward(
         self, x: np.ndarray, scratch: _Scratch, tag: object = None
@@ -289,6 +300,13 @@ class Conv2D(Layer):
         Wb = np.empty((F, W[0].size + 1), dtype=W.dtype)
         Wb[:, :-1] = W.reshape(F, -1)
         Wb[:, -1] = b
+        if self.strided_output:  # every block's product straight into one (F, N * Q) array
+            wide = np.empty((F, g.N * g.Q), dtype=W.dtype)
+            for n0, mm in self._blocks(g):
+                cols = self._im2col(windows, g, n0, mm, scratch, tag)
+                np.matmul(Wb, cols, out=wide[:, n0 * g.Q : (n0 + mm) * g.Q])
+            grid = wide.reshape(F, g.N, g.Ho, g.Q // g.Ho)  # (F, N, Ho, Wp or Wo)
+            return grid.transpose(1, 0, 2, 3)[:, :, :, : g.Wo], xp, g
         out = np.empty((g.N, F, g.Ho, g.Wo), dtype=W.dtype)
         for n0, mm in self._blocks(g):
             cols = self._im2col(windows, g, n0, mm, scratch, tag)

@@ -26,7 +26,8 @@ A max-pool right after a non-decreasing activation (tanh, sigmoid, ReLU, leaky R
 PReLU, whose learned slopes may turn negative) runs before it: ``max(act(x)) = act(max(x))``, so
 the activation sees a quarter of the values for 2x2 windows. Same output; the same gradient except
 where rounding ties ``act(x)`` for distinct ``x`` (the derivative is then tiny or zero), where the
-first tied pixel would get it instead of the larger ``x``.
+first tied pixel would get it instead of the larger ``x``. A Conv2D read directly by a pooling
+layer hands it a strided view of its products (``Conv2D.strided_output``) instead of a copy.
 
 The last Dense returns raw scores ``(N, K)``; the loss owns the output non-linearity, and ``output``
 applies it at predict time. ``K`` is 1 for regression and binary cross-entropy, ``C`` otherwise.
@@ -224,6 +225,9 @@ class Network:
                     layers.insert(len(layers) - 1, pooling)  # max(act(x)) = act(max(x))
                 else:
                     layers.append(pooling)
+                before = layers[layers.index(pooling) - 1] if len(layers) > 1 else None
+                if isinstance(before, Conv2D):
+                    before.strided_output = True  # the pool reads strided windows anyway
             elif kind == "batch_norm":
                 layers.append(
                     BatchNorm(

@@ -139,6 +139,22 @@ def test_max_pool_after_a_monotone_activation_runs_first_with_the_same_results(a
         np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_convolutions_read_by_a_pool_hand_it_a_view_the_others_a_copy():
+    """The tutorial's network: the two convolutions right before a max-pool return strided
+    views, the first (read by tanh) a contiguous array; the scores equal a build without."""
+    spec = parse({**TUTORIAL_SPEC, "dtype": "float64"})
+    net = Network.build(spec, 784, 10, rng=np.random.default_rng(3), input_shape=(1, 28, 28))
+    convs = net.conv_layers
+    assert [c.strided_output for c in convs] == [False, True, True]
+    x = np.random.default_rng(4).random((6, 1, 28, 28))
+    assert convs[0].forward(x, training=True).flags.c_contiguous
+    assert not convs[1].forward(np.ones((2, 4, 24, 24)), training=True).flags.c_contiguous
+    scores = net.forward(x)
+    for c in convs:
+        c.strided_output = False
+    np.testing.assert_array_equal(net.forward(x), scores)
+
+
 # --- shapes -------------------------------------------------------------------------------------
 
 

@@ -332,3 +332,24 @@ def test_small_cnn_trains_like_torch() -> None:
     assert np.allclose(bn.params["gamma"], tbn.weight.detach().numpy(), atol=1e-10)
     assert np.allclose(bn.buffers["running_var"], tbn.running_var.numpy(), atol=1e-10)
     assert np.allclose(dense.params["W"], tdense.weight.detach().numpy().T, atol=1e-10)
+
+
+@pytest.mark.parametrize(("padding", "strides"), [("same", (1, 1)), ("valid", (2, 1))])
+@pytest.mark.parametrize("blocks", [(1 << 20, 16), (1, 2)])
+def test_conv2d_strided_output_is_a_view_with_the_same_values(padding, strides, blocks) -> None:
+    """``strided_output`` returns the products as a strided view, in one block or several:
+    the values and every gradient are exactly those of the contiguous output."""
+    rng = np.random.default_rng(SEED)
+    layer = make_conv2d(3, 4, 3, strides=strides, padding=padding, rng=rng, dtype="float64")
+    layer.block_bytes, layer.block_min_images = blocks
+    x = rng.standard_normal((5, 3, 7, 6))
+    dout = rng.standard_normal(layer.forward(x).shape)
+    results = []
+    for strided in (False, True):
+        layer.strided_output = strided
+        out = layer.forward(x, training=True)
+        assert out.flags.c_contiguous is not strided
+        dx = layer.backward(dout)
+        results.append([out, layer.predict(x), dx] + [g.copy() for g in layer.grads.values()])
+    for ours, ref in zip(*results, strict=True):
+        np.testing.assert_array_equal(ours, ref)
