@@ -10,6 +10,7 @@ A stopped server can be started again on the same database and data folder (``se
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,11 +28,30 @@ ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+# Ports for the servers the tests start come from below the kernel's ephemeral range (32768-60999
+# by default on Linux), which bind(("", 0)) and outgoing connections draw from, and each
+# pytest-xdist worker has a block of its own: between this check and the server's own bind, no
+# client socket and no server of the other worker can take the port.
+PORT_BASE, PORT_BLOCK, PORT_BLOCKS = 16384, 4096, 4
+_next_port = random.randrange(PORT_BLOCK)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 nobody uses right now, from this xdist worker's block."""
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # set by pytest-xdist: gw0, gw1, ...
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    base = PORT_BASE + (index % PORT_BLOCKS) * PORT_BLOCK
+    for _ in range(PORT_BLOCK):
+        port = base + _next_port % PORT_BLOCK
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
 
 
 class RegulaServer:
@@ -94,7 +114,7 @@ class RegulaServer:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         self.kill()
         raise AssertionError(f"regula serve did not become ready in {timeout} s:\n{self.logs()}")
 
