@@ -54,6 +54,14 @@ def free_port() -> int:
     raise AssertionError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
 
 
+def _alive(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (not exited, not a zombie, its pid not reused)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class RegulaServer:
     """One ``regula serve`` process (restartable) with its environment and log."""
 
@@ -127,11 +135,16 @@ class RegulaServer:
             return []
 
     def _reap_children(self, children: list[psutil.Process]) -> None:
-        # Worker processes of a crashed (or slow to stop) server: kill them by pid.
+        # Worker processes of a crashed (or slow to stop) server: kill them by pid, and wait until
+        # they are dead. An orphan that has exited stays a zombie until the init process reaps it,
+        # which some inits do only every second or so: a zombie is dead enough.
         for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-        psutil.wait_procs(children, timeout=30)
+        deadline = time.monotonic() + 30
+        while (alive := [c for c in children if _alive(c)]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive, f"server processes still alive after SIGKILL: {alive}"
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (graceful: the lifespan closes the executor); SIGKILL if it hangs."""
