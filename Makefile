@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 # Two pytest workers in both lanes: the machines this project targets have two cores.
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 # The integration lane hands out whole test files (a module's fixtures, e.g. one shared server,
-# are set up once), and a crashed worker is not replaced: the run fails instead of carrying on.
-# tests/conftest.py also fails a parallel run that reports fewer tests than were collected.
-INTEGRATION := -n 2 --dist loadfile --max-worker-restart=0 -m integration tests
+# are set up once) in collection order, where files marked `first` lead; a crashed worker is not
+# replaced: the run fails instead of carrying on. tests/conftest.py also fails a parallel run
+# that reports fewer tests than were collected.
+INTEGRATION := -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 -m integration tests
 # Python and pytest cache compiled modules (and rewritten test modules) in __pycache__; an
 # environment that turns that off makes every run compile them all again (10 s of collection).
 unexport PYTHONDONTWRITEBYTECODE

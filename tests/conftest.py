@@ -1,6 +1,7 @@
 """Fixtures shared by every test folder, and a check that a parallel run ran every test."""
 
 import os
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -47,6 +48,17 @@ class _EveryItemReported:
                 f"{self.reported} were reported",
                 red=True,
             )
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected: count what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The integration lane hands whole files to two workers in the order of this list. Files
+    # marked `first` lead: the bench smoke test, one long file that, started late, would be the
+    # last one left running. Then files with more tests come first (pytest-xdist's own reorder,
+    # which --no-loadscope-reorder turns off), so that the run ends on short files. A stable
+    # sort: each file's tests keep their order.
+    per_file = Counter(item.path for item in items)
+    items.sort(key=lambda item: (item.get_closest_marker("first") is None, -per_file[item.path]))
 
 
 def pytest_configure(config: pytest.Config) -> None:
