@@ -15,10 +15,10 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 class _EveryItemReported:
     """Under pytest-xdist, fail a run that reports fewer tests than the workers collected.
 
-    A worker that dies mid-run is already an error (``--max-worker-restart=0``), but a scheduler
-    that drops items (pytest-xdist's file and group modes key work by node id, so two items with
-    one node id run once) otherwise ends "all passed". Each collected item ends in exactly one
-    report that settles it: its call, or a setup that failed or skipped.
+    A worker that dies mid-run already fails the run (``--max-worker-restart=0`` also stops it),
+    but a scheduler that drops items (pytest-xdist's file and group modes key work by node id, so
+    two items with one node id run once) otherwise ends "all passed". Each item that ran has at
+    least one report that settles it: its call, or a setup that failed or skipped.
     """
 
     def __init__(self) -> None:
@@ -35,13 +35,13 @@ class _EveryItemReported:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.collected is None or self.reported == self.collected:
+        if self.collected is None or self.reported >= self.collected:  # subtests report more
             return
         if exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.ensure_newline()
+            reporter.write("\n")  # after the progress line
             reporter.write_sep(
                 "=",
                 f"ERROR: the workers collected {self.collected} tests, "
