@@ -5,8 +5,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-# Two pytest workers: the machines this project targets have two cores.
+# Two pytest workers in both lanes: the machines this project targets have two cores.
 PYTEST := $(BIN)/pytest -p no:cacheprovider
+# The integration lane hands out whole test files (a module's fixtures, e.g. one shared server,
+# are set up once) in collection order, where files marked `first` lead; a crashed worker is not
+# replaced: the run fails instead of carrying on. tests/conftest.py also fails a parallel run
+# that reports fewer tests than were collected.
+INTEGRATION := -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 -m integration tests
 # Python and pytest cache compiled modules (and rewritten test modules) in __pycache__; an
 # environment that turns that off makes every run compile them all again (10 s of collection).
 unexport PYTHONDONTWRITEBYTECODE
@@ -45,8 +50,9 @@ test-fast: $(VENV)/.dev-installed
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
 	exit $$status
 
+# Real servers, Dask workers, PostgreSQL, a browser: two workers, one test file at a time each.
 test-integration: $(VENV)/.dev-installed
-	@status=0; $(PYTEST) -m integration tests $(PYTEST_ARGS) || status=$$?; \
+	@status=0; $(PYTEST) $(INTEGRATION) $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
 	exit $$status
 

@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 RATIO = re.compile(r"ratio vs (.+?) (\d+\.\d+)x \(goal (>=|<=) [\d.]+x\) (PASS|FAIL)")
 
-pytestmark = pytest.mark.integration
+# `first`: the longest file of the integration lane, started before the others (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.first]
 
 
 def run_bench(*args: str, timeout: float = 540) -> subprocess.CompletedProcess:

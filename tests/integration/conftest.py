@@ -10,6 +10,7 @@ A stopped server can be started again on the same database and data folder (``se
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,11 +28,38 @@ ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+# Ports for the servers the tests start come from below the kernel's ephemeral range (32768-60999
+# by default on Linux), which bind(("", 0)) and outgoing connections draw from, and each
+# pytest-xdist worker has a block of its own: between this check and the server's own bind, no
+# client socket and no server of the other worker can take the port.
+PORT_BASE, PORT_BLOCK, PORT_BLOCKS = 16384, 4096, 4
+_next_port = random.randrange(PORT_BLOCK)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 nobody uses right now, from this xdist worker's block."""
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # set by pytest-xdist: gw0, gw1, ...
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    base = PORT_BASE + (index % PORT_BLOCKS) * PORT_BLOCK
+    for _ in range(PORT_BLOCK):
+        port = base + _next_port % PORT_BLOCK
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (not exited, not a zombie, its pid not reused)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class RegulaServer:
@@ -94,7 +122,7 @@ class RegulaServer:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         self.kill()
         raise AssertionError(f"regula serve did not become ready in {timeout} s:\n{self.logs()}")
 
@@ -107,11 +135,16 @@ class RegulaServer:
             return []
 
     def _reap_children(self, children: list[psutil.Process]) -> None:
-        # Worker processes of a crashed (or slow to stop) server: kill them by pid.
+        # Worker processes of a crashed (or slow to stop) server: kill them by pid, and wait until
+        # they are dead. An orphan that has exited stays a zombie until the init process reaps it,
+        # which some inits do only every second or so: a zombie is dead enough.
         for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-        psutil.wait_procs(children, timeout=30)
+        deadline = time.monotonic() + 30
+        while (alive := [c for c in children if _alive(c)]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive, f"server processes still alive after SIGKILL: {alive}"
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (graceful: the lifespan closes the executor); SIGKILL if it hangs."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import RegulaServer, ServerFactory
+from tests.integration.conftest import RegulaServer
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,10 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 
 
-@pytest.fixture
-def server(regula_server: ServerFactory) -> RegulaServer:
-    return regula_server()
+@pytest.fixture(scope="module")
+def server(module_server: RegulaServer) -> RegulaServer:
+    """One server for the module: the docs page needs no state of its own."""
+    return module_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -95,12 +96,6 @@ def _exec_form(stage: list[tuple[str, str]], keyword: str) -> list[str]:
 
 def _compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_until(
@@ -395,7 +390,7 @@ def test_regula_migrate_creates_the_schema_on_sqlite(tmp_path: Path) -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], Path]]:
     """The image's CMD, bound to loopback on a free port, with the image's SQLite layout."""
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "data" / "regula.db"
     db.parent.mkdir()
     env = _base_env(tmp_path) | {
@@ -427,7 +422,7 @@ def test_image_cmd_migrates_then_serves_and_the_healthcheck_passes(
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert version  # `regula serve` applied the migrations before serving
     # The same healthcheck fails when nothing listens on REGULA_PORT (it is not vacuous).
-    other = env | {"REGULA_PORT": str(_free_port())}
+    other = env | {"REGULA_PORT": str(free_port())}
     assert _run_healthcheck(["CMD", *health], other).returncode != 0
 
 
@@ -439,7 +434,7 @@ def test_compose_scheduler_and_worker_commands_run_and_pass_their_healthchecks(
     tmp_path: Path,
 ) -> None:
     services = _compose()["services"]
-    scheduler_port, dashboard, worker_dashboard = _free_port(), _free_port(), _free_port()
+    scheduler_port, dashboard, worker_dashboard = free_port(), free_port(), free_port()
     address = f"tcp://127.0.0.1:{scheduler_port}"
     env = _base_env(tmp_path)
 

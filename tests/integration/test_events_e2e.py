@@ -41,9 +41,8 @@ def dataset_id(server: RegulaServer) -> str:
     return str(response.json()["id"])
 
 
-def submit(server: RegulaServer, dataset_id: str) -> str:
-    """A 50-epoch job of several seconds (small batches through a hidden layer): long enough that
-    every subscriber is connected while it runs."""
+def submit(server: RegulaServer, dataset_id: str, epochs: int = EPOCHS) -> str:
+    """A 50-epoch job of a few seconds (small batches through a hidden layer)."""
     spec = {
         "dataset_id": dataset_id,
         "target": "y",
@@ -51,7 +50,7 @@ def submit(server: RegulaServer, dataset_id: str) -> str:
         "model": {"hidden_layers": [16]},
         "regularization": {"l1": 0.001},
         "optimizer": {"name": "adam", "learning_rate": 0.001},
-        "epochs": EPOCHS,
+        "epochs": epochs,
         "batch_size": 4,
         "validation_split": 0.2,
     }
@@ -123,7 +122,9 @@ def test_reconnecting_with_last_event_id_resumes_without_duplicates(
     assert rest[-1]["event"] == "end"
 
 
-async def _subscribe_many(url: str, job_id: str, n: int) -> list[list[dict[str, Any]]]:
+async def _subscribe_many(
+    url: str, job_id: str, n: int, blocker_id: str
+) -> list[list[dict[str, Any]]]:
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
@@ -133,13 +134,26 @@ async def _subscribe_many(url: str, job_id: str, n: int) -> list[list[dict[str, 
                 lines = [line async for line in response.aiter_lines()]
             return list(events_of(lines))
 
-        return await asyncio.gather(*(one() for _ in range(n)))
+        subscribers = [asyncio.create_task(one()) for _ in range(n)]
+        # The job waits behind the blocker until all n are connected (however slowly a busy
+        # machine opens 100 streams); then the blocker is cancelled and the job runs.
+        deadline = time.monotonic() + 120
+        while (await client.get(f"/jobs/{job_id}/events/stats")).json()["subscribers"] < n:
+            assert time.monotonic() < deadline, f"{n} subscribers never all connected"
+            await asyncio.sleep(0.05)
+        cancelled = await client.post(f"/jobs/{blocker_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        return await asyncio.gather(*subscribers)
 
 
 def _watch(server: RegulaServer, dataset_id: str, n: int) -> tuple[dict[str, Any], float]:
+    # The server has one worker: a long job holds it while the watched job queues.
+    blocker_id = submit(server, dataset_id, epochs=10_000)
+    with server.client() as client:
+        wait_for_job(client, blocker_id, statuses=("running",))
     job_id = submit(server, dataset_id)
     started = time.monotonic()
-    results = asyncio.run(_subscribe_many(server.url, job_id, n))
+    results = asyncio.run(_subscribe_many(server.url, job_id, n, blocker_id))
     seconds = time.monotonic() - started
     for got in results:
         assert epoch_ids(got) == list(range(1, EPOCHS + 1))

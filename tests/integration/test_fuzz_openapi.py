@@ -116,6 +116,17 @@ def _use_real_ids(case: Any) -> None:
         case.body["dataset_id"] = IDS["dataset_id"]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Schemathesis (4.32) calls this for each operation's test. It names that test
+    # `test_...[GET /path]`, but pytest 9 builds node ids from the function's name and its
+    # parametrization alone, so without one all operations shared a single node id: serial pytest
+    # still ran them all, pytest-xdist's file and group scheduling (which key work by node id)
+    # ran one and reported success. This parametrization gives each operation's item a node id of
+    # its own: `test_...[GET /path][checks]`.
+    if "checks" in metafunc.fixturenames:
+        metafunc.parametrize("checks", [CHECKS], ids=["checks"])
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -125,9 +136,9 @@ def _use_real_ids(case: Any) -> None:
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
-def test_no_server_error_and_responses_match_schema(case: Any) -> None:
+def test_no_server_error_and_responses_match_schema(case: Any, checks: list[Any]) -> None:
     _use_real_ids(case)
-    case.call_and_validate(checks=CHECKS)
+    case.call_and_validate(checks=checks)
 
 
 def test_schema_covers_every_route() -> None:

@@ -1,9 +1,10 @@
 """Load on a real ``regula serve`` over loopback: 32 prediction clients and 20 concurrent jobs.
 
 Zero errors, every job finishes, and every prediction answered during the load equals the answer
-given before it (training on the workers must not disturb serving). The issue's figure is one
-minute of load; CI runs ``REGULA_LOAD_SECONDS`` (default 20) to stay inside the time budget:
-``REGULA_LOAD_SECONDS=60 pytest tests/integration/test_load.py`` runs the full figure.
+given before it (training on the workers must not disturb serving). The load lasts until every job
+has finished, and at least ``REGULA_LOAD_SECONDS`` (default 5: the jobs take a few seconds, and
+predicting on past them would only repeat the same check). The issue's figure is one minute of
+load: ``REGULA_LOAD_SECONDS=60 pytest tests/integration/test_load.py`` runs it.
 """
 
 import os
@@ -21,7 +22,7 @@ from tests.integration.test_faults import csv_bytes, integrity_check, submit, up
 
 pytestmark = pytest.mark.integration
 
-LOAD_SECONDS = float(os.environ.get("REGULA_LOAD_SECONDS", "20"))
+LOAD_SECONDS = float(os.environ.get("REGULA_LOAD_SECONDS", "5"))
 PREDICT_CLIENTS = 32
 JOBS = 20
 
@@ -107,15 +108,20 @@ def test_predictions_stay_correct_under_load_while_jobs_train(
         deadline = time.monotonic() + 60
         while len(tally.answered_at) < PREDICT_CLIENTS and time.monotonic() < deadline:
             time.sleep(0.05)
-        tally.stop_at = time.monotonic() + LOAD_SECONDS
+        load_started = time.monotonic()
         trainers = [
             threading.Thread(target=_trainer, args=(server.url, dataset["id"], seed, tally))
             for seed in range(JOBS)
         ]
         for thread in trainers:
             thread.start()
-        for thread in predictors + trainers:
+        for thread in trainers:
             thread.join(timeout=LOAD_SECONDS + 300)
+        # Every job has finished (or its thread hung): the load goes on to its minimum length.
+        tally.stop_at = max(time.monotonic(), load_started + LOAD_SECONDS)
+        for thread in predictors:
+            thread.join(timeout=LOAD_SECONDS + 60)
+        load_seconds = time.monotonic() - load_started
         assert not any(t.is_alive() for t in predictors + trainers), "client threads hung"
 
         assert tally.errors == [], f"{len(tally.errors)} errors, first: {tally.errors[:5]}"
@@ -132,8 +138,8 @@ def test_predictions_stay_correct_under_load_while_jobs_train(
         p50, p99 = (latencies[int(len(latencies) * q)] * 1e3 for q in (0.5, 0.99))
         training = max(b for _, b in spans) - min(a for a, _ in spans)
         print(
-            f"\nload: {len(latencies)} predictions in {LOAD_SECONDS:g} s "
-            f"({len(latencies) / LOAD_SECONDS:.0f}/s), {len(during)} while training "
+            f"\nload: {len(latencies)} predictions in {load_seconds:.1f} s "
+            f"({len(latencies) / load_seconds:.0f}/s), {len(during)} while training "
             f"({training:.1f} s for {JOBS} jobs); p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
         assert len(during) >= PREDICT_CLIENTS, "predictions were not served while jobs trained"

@@ -9,7 +9,6 @@ ends finished or failed with a reason, none stays ``running``.
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from sqlalchemy import func, select
 from app.core.db import make_engine
 from app.jobs.orm import EpochRecord, Job
 from app.models.orm import Model
+from tests.integration.conftest import free_port
 from tests.integration.test_postgres import fresh_postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -34,12 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -71,7 +65,7 @@ class Cluster:
         return proc
 
     def start_worker(self, name: str) -> str:
-        port = _free_port()
+        port = free_port()
         address = f"tcp://127.0.0.1:{port}"
         args = [str(BIN / "dask"), "worker", self.scheduler, "--nthreads", "1"]
         args += ["--host", "127.0.0.1", "--worker-port", str(port), "--no-dashboard"]
@@ -122,7 +116,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     databases = fresh_postgres_database()
     database_url = next(databases)  # skips the module when PostgreSQL is not reachable
     tmp = tmp_path_factory.mktemp("scale")
-    scheduler = f"tcp://127.0.0.1:{_free_port()}"
+    scheduler = f"tcp://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGULA_")}
     env |= {
         "PYTHONPATH": str(ROOT),
@@ -133,10 +127,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "REGULA_HEARTBEAT_SECONDS": "0.5",
         "REGULA_LOG_LEVEL": "info",
     }
-    api_port = _free_port()
+    api_port = free_port()
     cluster = Cluster(tmp, database_url, scheduler, f"http://127.0.0.1:{api_port}", env)
     try:
-        dashboard = f"127.0.0.1:{_free_port()}"
+        dashboard = f"127.0.0.1:{free_port()}"
         cluster.start(
             "scheduler",
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
