@@ -24,6 +24,7 @@ categories takes ``K`` consecutive columns. Labels for classification are encode
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 # Above this many rows one-hot encoding is vectorised; below, a dict lookup per value is faster.
 _VECTOR_MIN_ROWS = 64
+# Up to this many values (a prediction request's few rows) a Python pass checks them faster than
+# NumPy can start one: each NumPy call costs microseconds of dispatch on a cold cache.
+_PYTHON_MAX_VALUES = 256
 
 
 # --- raw input: one adapter for every container -------------------------------------------------
@@ -400,6 +404,8 @@ def _column_stats(
 def _all_finite(R: np.ndarray) -> bool:
     """``np.isfinite(R).all()`` without its (N, D) mask: a NaN or inf makes its column's sum
     non-finite (a sum that merely overflows sends the caller to its exact, slower path)."""
+    if R.size <= _PYTHON_MAX_VALUES:
+        return math.isfinite(sum(R.ravel().tolist()))
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(np.add.reduce(R, axis=0)).all())
 
