@@ -16,19 +16,14 @@ import numpy as np
 
 from engine.augment import ImageAugmenter, ImagePreprocessor, as_images
 from engine.errors import InputError, SpecError
+from engine.labels import classes_array, encode_labels, regression_target
 from engine.network import Network
-from engine.preprocess import (
-    Preprocessor,
-    Table,
-    classes_array,
-    encode_labels,
-    read_table,
-    regression_target,
-)
+from engine.preprocess import Preprocessor
 from engine.serialize import model_to_bytes
 from engine.sparsity import sparsity
 from engine.spec import Spec
 from engine.spec_parse import check_classes, parse
+from engine.table import Table, read_table
 from engine.trainer import train
 
 __all__ = ["HINGE_LOSSES", "MAX_CLASSES", "Callback", "Model", "fit", "split"]

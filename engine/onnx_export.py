@@ -45,8 +45,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from engine.labels import classes_array
 from engine.layers import Dense, Dropout, LeakyReLU, Linear, PReLU, ReLU, Sigmoid, Tanh
-from engine.preprocess import CATEGORICAL, NUMERIC, Preprocessor, classes_array
+from engine.preprocess import CATEGORICAL, NUMERIC, Preprocessor
 from engine.prune import prune as prune_model
 
 if TYPE_CHECKING:

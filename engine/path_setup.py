@@ -29,16 +29,12 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InputError, SpecError, TrainingTimeout
+from engine.labels import encode_labels, regression_target
 from engine.model import split
-from engine.preprocess import (
-    Preprocessor,
-    Table,
-    encode_labels,
-    read_table,
-    regression_target,
-)
+from engine.preprocess import Preprocessor
 from engine.spec_parse import normalize_spec
 from engine.spec_search import SEARCH_PARAMS
+from engine.table import Table, read_table
 
 __all__ = [
     "PARAMS",

@@ -1,10 +1,8 @@
-"""Feature preprocessing and label encoding, fitted on the training split and stored with the model.
+"""Feature preprocessing, fitted on the training split and stored with the model.
 
-Raw input ``X`` is a mapping ``{column name: 1-D array}``, a DataFrame-like table (read column by
-column) or a 2-D array ``(N, D)`` whose columns are named by ``feature_names``. One adapter,
-:func:`read_table`, turns each into a :class:`Table`; one statistics function and one encoder work
-on that, so the same values give bit-identical encodings whatever the container. Each raw column
-is one of two kinds, decided at fit time from its values:
+Raw input is read once into an ``engine.table.Table`` (whatever the container); one statistics
+function and one encoder work on that, so the same values give bit-identical encodings whatever
+the container. Each raw column is one of two kinds, decided at fit time from its values:
 
 - **numeric** (bool, int, float, or an object array of numbers / ``None``): a value ``v`` is encoded
   as ``z = (v - center) / scale`` with ``center = mean`` and ``scale = std`` (population std,
@@ -17,33 +15,21 @@ is one of two kinds, decided at fit time from its values:
   predict (``unknown_category``) and an all-zero row for the validation split at fit.
 
 The encoded matrix ``Z (N, F)`` keeps the raw column order; a categorical column with ``K``
-categories takes ``K`` consecutive columns. Labels for classification are encoded as indices into
-``classes``, the sorted unique original labels as plain python values (``int``, ``float``, ``str``,
-``bool``) so they are JSON-able and come back unchanged from ``predict``.
+categories takes ``K`` consecutive columns. Labels and regression targets: ``engine.labels``.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from engine.errors import InputError
+from engine.table import Table, is_missing, is_real, read_table
 
-__all__ = [
-    "CATEGORICAL",
-    "NUMERIC",
-    "Preprocessor",
-    "Table",
-    "classes_array",
-    "encode_labels",
-    "read_table",
-    "regression_target",
-]
+__all__ = ["CATEGORICAL", "NUMERIC", "Preprocessor"]
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -52,188 +38,6 @@ _VECTOR_MIN_ROWS = 64
 # Up to this many values (a prediction request's few rows) a Python pass checks them faster than
 # NumPy can start one: each NumPy call costs microseconds of dispatch on a cold cache.
 _PYTHON_MAX_VALUES = 256
-
-
-# --- raw input: one adapter for every container -------------------------------------------------
-
-
-@dataclass
-class Table:
-    """Raw input read once: column names plus either one all-numeric matrix or 1-D columns.
-
-    Attributes
-    ----------
-    names : list of str
-        Raw column names, length ``D``.
-    matrix : ndarray (N, D) float32 / float64 or None
-        The input itself (never written to) when it is plainly numeric: a 2-D bool / int /
-        float array, a mapping of 1-D float arrays (stacked), or one row of python numbers.
-    columns : list of ndarray (N,) or None
-        Otherwise the raw columns, in ``names`` order.
-    owned : bool
-        ``matrix`` was made here (columns stacked, a row of numbers), not the caller's array:
-        the encoder may overwrite it.
-    """
-
-    names: list[str]
-    matrix: np.ndarray | None = None
-    columns: list[np.ndarray] | None = None
-    owned: bool = False
-
-    @property
-    def n_rows(self) -> int:
-        if self.matrix is not None:
-            return int(self.matrix.shape[0])
-        assert self.columns is not None
-        return len(self.columns[0])
-
-    def column(self, j: int) -> np.ndarray:
-        """Raw column ``j`` (N,)."""
-        if self.matrix is not None:
-            return self.matrix[:, j]
-        assert self.columns is not None
-        return self.columns[j]
-
-
-def _as_mapping(X: Any) -> Mapping[str, Any] | None:
-    """``X`` as a mapping of columns: a Mapping itself, or a DataFrame-like table (an object with
-    ``columns`` and ``__getitem__``, e.g. pandas / polars) read column by column."""
-    if isinstance(X, Mapping):
-        return X
-    if isinstance(X, np.ndarray) or not hasattr(X, "columns") or not hasattr(X, "__getitem__"):
-        return None
-    return {str(name): np.asarray(X[name]) for name in list(X.columns)}
-
-
-def read_table(X: Any, feature_names: Sequence[str] | None = None) -> Table:
-    """Read raw ``X`` into a :class:`Table`: the one adapter between containers and the encoder.
-
-    Parameters
-    ----------
-    X : mapping of str to array-like, DataFrame-like, or array-like (N, D)
-        The raw table; a mapping may hold scalars for a single row.
-    feature_names : sequence of str, optional
-        For a mapping: the columns to use, in order (default: all keys, in mapping order; extra
-        keys are ignored). For a 2-D array: the names of its ``D`` columns (default ``"x0", "x1",
-        ..."``).
-
-    Raises
-    ------
-    InputError
-        ``missing_column``, ``bad_shape``, ``length_mismatch``, ``empty``, ``duplicate_column``.
-    """
-    mapping = _as_mapping(X)
-    if mapping is not None:
-        names = [str(name) for name in mapping] if feature_names is None else list(feature_names)
-        _check_names(names)
-        for name in names:
-            if name not in mapping:
-                raise InputError(f"Column {name!r} is missing.", "missing_column", column=name)
-        cols = _float_columns(mapping, names)
-        if cols is not None:
-            return Table(names, matrix=_stack(cols), owned=True)
-        values = [mapping[name] for name in names]
-        # Exact types: bool (an int subclass), numpy scalars, str and None take the column path.
-        if all(type(v) is float or type(v) is int for v in values):
-            try:
-                return Table(names, matrix=np.array([values], dtype=np.float64), owned=True)
-            except OverflowError:  # an int beyond float64: the column path reports it
-                pass
-        columns = [_column(value, name) for name, value in zip(names, values, strict=True)]
-        n = len(columns[0])
-        for name, col in zip(names, columns, strict=True):
-            if len(col) != n:
-                raise InputError(
-                    f"Column {name!r} has {len(col)} rows but column {names[0]!r} has {n}.",
-                    "length_mismatch",
-                    column=name,
-                )
-        return Table(names, columns=columns)
-    arr = np.asarray(X)
-    names = _array_names(arr, feature_names)
-    _check_names(names)
-    if arr.dtype.kind in "biuf":
-        return Table(names, matrix=_as_float(arr))
-    return Table(names, columns=[arr[:, j] for j in range(arr.shape[1])])
-
-
-def _column(value: Any, name: str) -> np.ndarray:
-    col = np.asarray(value)
-    if col.ndim == 0:
-        # A single row given as scalars: {"age": 31, "city": "Oslo"}.
-        col = col.reshape(1)
-    if col.ndim != 1:
-        raise InputError(
-            f"Column {name!r} must be one-dimensional, got shape {col.shape}.",
-            "bad_shape",
-            column=name,
-        )
-    return col
-
-
-def _array_names(arr: np.ndarray, feature_names: Sequence[str] | None) -> list[str]:
-    """Column names of a 2-D array ``(N, D)``; raises ``bad_shape``."""
-    if arr.ndim != 2:
-        raise InputError(
-            "X must be a 2-D array (rows, features) or a mapping of columns, "
-            f"got shape {arr.shape}.",
-            "bad_shape",
-        )
-    if feature_names is None:
-        return [f"x{j}" for j in range(arr.shape[1])]
-    names = [str(name) for name in feature_names]
-    if len(names) != arr.shape[1]:
-        raise InputError(
-            f"feature_names has {len(names)} names but X has {arr.shape[1]} columns.",
-            "bad_shape",
-        )
-    return names
-
-
-def _check_names(names: list[str]) -> None:
-    if len(set(names)) != len(names):
-        dup = next(name for name in names if names.count(name) > 1)
-        raise InputError(f"Column {dup!r} appears twice.", "duplicate_column", column=dup)
-    if not names:
-        raise InputError("X has no feature columns.", "empty")
-
-
-def _float_columns(X: Mapping, names: Sequence[str]) -> list[np.ndarray] | None:
-    """The mapping's columns ``names`` when every one is a 1-D float ndarray of one length."""
-    cols = []
-    for name in names:
-        col = X.get(name)
-        if not isinstance(col, np.ndarray) or col.ndim != 1 or col.dtype.kind != "f":
-            return None
-        cols.append(col)
-    if any(len(col) != len(cols[0]) for col in cols):
-        return None
-    return cols
-
-
-def _stack(cols: list[np.ndarray]) -> np.ndarray:
-    """Columns ``(N,)`` as one C-ordered float64 matrix ``(N, D)``."""
-    R = np.empty((len(cols[0]), len(cols)), dtype=np.float64)
-    for j, col in enumerate(cols):
-        R[:, j] = col
-    return R
-
-
-def _as_float(X: np.ndarray) -> np.ndarray:
-    """``X`` itself when float32 / float64 (the ufuncs promote it exactly where float64 math is
-    needed), else ``X`` as float64."""
-    return X if X.dtype.type in _FLOATS else X.astype(np.float64)
-
-
-_FLOATS = (np.float32, np.float64)
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float | np.floating) and value != value)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real)
 
 
 def _column_kind(col: np.ndarray, name: str) -> str:
@@ -256,11 +60,11 @@ def _column_kind(col: np.ndarray, name: str) -> str:
         return NUMERIC
     first_kind = None
     for row, value in enumerate(col):
-        if _is_missing(value):
+        if is_missing(value):
             continue
         if isinstance(value, str):
             value_kind = CATEGORICAL
-        elif _is_real(value):
+        elif is_real(value):
             value_kind = NUMERIC
         else:
             raise InputError(
@@ -304,9 +108,9 @@ def _numeric_values(col: np.ndarray, name: str, *, check_inf: bool = True) -> np
     else:
         v = np.empty(len(col), dtype=np.float64)
         for row, value in enumerate(col):
-            if _is_missing(value):
+            if is_missing(value):
                 v[row] = np.nan
-            elif _is_real(value):
+            elif is_real(value):
                 v[row] = float(value)
             else:
                 raise InputError(
@@ -649,7 +453,7 @@ class Preprocessor:
         # A dict lookup per value: cheapest for the few rows of a predict request.
         lookup = self._cat_lookup[j]
         for row, value in enumerate(col.tolist()):
-            if _is_missing(value):
+            if is_missing(value):
                 continue
             pos = lookup.get(value if isinstance(value, str) else str(value))
             if pos is not None:
@@ -707,143 +511,3 @@ class Preprocessor:
             arrays["fill"],
             standardize=meta["standardize"],
         )
-
-
-# --- targets --------------------------------------------------------------------------------------
-
-
-def _target(y: Any) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise InputError(f"y must be one-dimensional, got shape {y.shape}.", "bad_shape")
-    if y.dtype.kind not in "biufOUS":
-        raise InputError(f"y has unsupported dtype {y.dtype}.", "unsupported_type")
-    return y
-
-
-def _missing_target(row: int) -> InputError:
-    return InputError(f"The target is missing in row {row}.", "missing_target", row=row)
-
-
-def _python_value(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def encode_labels(y: Any) -> tuple[list[Any], np.ndarray]:
-    """Encode classification labels.
-
-    Parameters
-    ----------
-    y : array-like (N,)
-        Labels: numbers, bools or strings; NaN / ``None`` are errors.
-
-    Returns
-    -------
-    classes : list
-        Sorted unique labels as python values (``int``, ``float``, ``str``, ``bool``), length ``C``.
-    idx : ndarray of int64 (N,)
-        ``classes[idx[i]] == y[i]``.
-
-    Raises
-    ------
-    InputError
-        ``missing_target``, ``non_finite``, ``mixed_types``, ``bad_shape``.
-    """
-    y = _target(y)
-    if y.dtype.kind == "O":
-        y = _typed_labels(y)
-    if y.dtype.kind == "f":
-        if np.isnan(y).any():
-            raise _missing_target(int(np.flatnonzero(np.isnan(y))[0]))
-        if np.isinf(y).any():
-            row = int(np.flatnonzero(np.isinf(y))[0])
-            raise InputError(f"The target in row {row} is {y[row]}.", "non_finite", row=row)
-    uniq, idx = np.unique(y, return_inverse=True)
-    classes = [_python_value(value) for value in uniq.tolist()]
-    return classes, idx.reshape(-1).astype(np.int64)
-
-
-def _typed_labels(y: np.ndarray) -> np.ndarray:
-    """An object label array as a typed array when it is homogeneous (so np.unique sorts in C),
-    else validated row by row and returned as is."""
-    values = y.tolist()
-    types = set(map(type, values))
-    typed = {str: str, float: np.float64, bool: np.bool_, int: np.int64}
-    if len(types) == 1 and next(iter(types)) in typed:
-        try:
-            return np.array(values, dtype=typed[next(iter(types))])
-        except OverflowError:  # python ints beyond int64 stay objects
-            pass
-    kinds = set()
-    for row, value in enumerate(y):
-        if _is_missing(value):
-            raise _missing_target(row)
-        if isinstance(value, bool | np.bool_):
-            kinds.add("bool")
-        elif isinstance(value, str):
-            kinds.add("str")
-        elif _is_real(value):
-            if not np.isfinite(value):
-                raise InputError(f"The target in row {row} is {value}.", "non_finite", row=row)
-            kinds.add("number")
-        else:
-            raise InputError(
-                f"The target in row {row} is {value!r}; labels must be numbers or strings.",
-                "unsupported_type",
-                row=row,
-            )
-        if len(kinds) > 1:
-            raise InputError(
-                f"The target mixes {' and '.join(sorted(kinds))} labels (row {row}).",
-                "mixed_types",
-                row=row,
-            )
-    return y
-
-
-def classes_array(classes: Sequence[Any]) -> np.ndarray:
-    """Array for decoding predictions: ``classes_array(classes)[idx]``.
-
-    Strings stay an object array of python ``str`` (the engine's convention for string columns);
-    numbers and bools use their natural numpy dtype, whose ``tolist()`` gives back python ``int`` /
-    ``float`` / ``bool``.
-    """
-    if any(isinstance(c, str) for c in classes):
-        out = np.empty(len(classes), dtype=object)
-        out[:] = list(classes)
-        return out
-    return np.asarray(list(classes))
-
-
-def regression_target(y: Any) -> np.ndarray:
-    """Regression target as float64 (N,), in the user's units.
-
-    Raises
-    ------
-    InputError
-        ``missing_target`` (NaN / ``None``), ``non_finite`` (inf), ``not_numeric``, ``bad_shape``.
-    """
-    y = _target(y)
-    if y.dtype.kind in "biuf":
-        v = y.astype(np.float64)
-    else:
-        v = np.empty(len(y), dtype=np.float64)
-        for row, value in enumerate(y):
-            if _is_missing(value):
-                raise _missing_target(row)
-            if isinstance(value, str) or not _is_real(value):
-                raise InputError(
-                    f"The target in row {row} is {value!r}, not a number; use a classification "
-                    "loss for labels.",
-                    "not_numeric",
-                    row=row,
-                )
-            v[row] = float(value)
-    if np.isnan(v).any():
-        raise _missing_target(int(np.flatnonzero(np.isnan(v))[0]))
-    if np.isinf(v).any():
-        row = int(np.flatnonzero(np.isinf(v))[0])
-        raise InputError(f"The target in row {row} is {v[row]}.", "non_finite", row=row)
-    return v

@@ -44,7 +44,7 @@ from app.paths import service
 from app.paths.orm import FULL_PATH
 from engine.cv import FoldPath
 from engine.gram import GramBlock
-from engine.preprocess import read_table
+from engine.table import read_table
 
 log = logging.getLogger("regula.training")
 

@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 
 from engine import InputError
-from engine.preprocess import (
-    Preprocessor,
-    classes_array,
-    encode_labels,
-    read_table,
-    regression_target,
-)
+from engine.labels import classes_array, encode_labels, regression_target
+from engine.preprocess import Preprocessor
+from engine.table import read_table
 
 
 def _obj(*values):
