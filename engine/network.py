@@ -8,7 +8,7 @@ Layout for ``hidden_layers = [M_1, ..., M_H]`` (``D`` inputs, ``K`` outputs)::
 ``engine.spec_shapes.layer_shapes``): each ``dense`` entry is a hidden Dense block (Dense ->
 activation, its own ``activation``/``init`` or the model's), each ``conv2d`` a Conv2D block
 (Conv2D -> activation), ``maxpool2d`` / ``avgpool2d`` / ``flatten`` / ``batch_norm`` the layers of
-``engine.conv``, each ``dropout`` entry an extra Dropout at its place (inverted, or standard under
+``engine.pooling`` and ``engine.batchnorm``, each ``dropout`` entry an extra Dropout at its place (inverted, or standard under
 ``dropout.mode == "standard"``). ``dropout.hidden`` follows every hidden activation (dense or
 conv). A Dense reading an image gets a Flatten first, so does the output Dense, which comes from
 the loss as above. Image networks take ``x (N, C, H, W)``.
@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.conv import AvgPool2D, BatchNorm, Conv2D, Flatten, MaxPool2D, make_conv2d
+from engine.batchnorm import BatchNorm
+from engine.conv import Conv2D, make_conv2d
 from engine.initializers import init_weights
 from engine.layers import (
     SIGN_ONLY_ACTIVATIONS,
@@ -58,6 +59,7 @@ from engine.layers import (
     sigmoid,
 )
 from engine.losses import softmax
+from engine.pooling import AvgPool2D, Flatten, MaxPool2D
 from engine.spec import Spec
 from engine.spec_parse import parse
 from engine.spec_shapes import layer_shapes

@@ -31,8 +31,9 @@ from app.core.ownership import owned
 from app.models.orm import Model, weights_checksum
 from app.models.service import MAX_ID_LENGTH, ModelCorrupt, corrupt, not_found
 from engine.augment import ImagePreprocessor
-from engine.conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
+from engine.conv import Conv2D
 from engine.layers import Dense
+from engine.pooling import AvgPool2D, Flatten, MaxPool2D
 from engine.preprocess import Preprocessor
 from engine.prune import prune
 

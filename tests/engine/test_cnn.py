@@ -9,9 +9,10 @@ import pytest
 from sklearn.datasets import load_digits
 
 import engine
-from engine.conv import BatchNorm, Flatten
+from engine.batchnorm import BatchNorm
 from engine.losses import make_loss
 from engine.network import Network
+from engine.pooling import Flatten
 from engine.spec_parse import parse
 
 TUTORIAL_LAYERS = [

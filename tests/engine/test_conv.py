@@ -11,15 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.conv import (
-    AvgPool2D,
-    BatchNorm,
-    Conv2D,
-    Flatten,
-    MaxPool2D,
-    make_conv2d,
-    output_size,
-)
+from engine.batchnorm import BatchNorm
+from engine.conv import Conv2D, make_conv2d, output_size
+from engine.pooling import AvgPool2D, Flatten, MaxPool2D
 from tests.engine.test_gradients import check_layer
 
 SEED = 2024
