@@ -10,8 +10,9 @@ SGD with learning rate 0.05, Nesterov momentum 0.9. Two variants: ``plain``, and
 (Dropout(0.5) after the 128-unit tanh, ``l2 * sum(W^2)`` with ``l2 = 1e-4`` on every kernel and
 weight matrix, never biases; PyTorch gets ``weight_decay = 2 * l2`` on those, biases in a group
 without decay). The engine side is a plain sequential loop over the layers
-``engine.network.Network.build`` makes of the tutorial's spec (``engine.conv``, ``engine.pooling``, ``engine.layers``;
-the activation before a max-pool runs after it, on a quarter of the values: same function),
+``engine.network.Network.build`` makes of the tutorial's spec (``engine.conv``, ``engine.pooling``,
+``engine.layers``; the activation before a max-pool runs after it, on a quarter of the values:
+same function),
 ``engine.losses.softmax_cross_entropy``, ``engine.regularizers.penalty`` and ``engine.optimizers``
 (Keras-form Nesterov, the same trajectory as PyTorch's for a constant rate).
 

@@ -8,10 +8,10 @@ Layout for ``hidden_layers = [M_1, ..., M_H]`` (``D`` inputs, ``K`` outputs)::
 ``engine.spec_shapes.layer_shapes``): each ``dense`` entry is a hidden Dense block (Dense ->
 activation, its own ``activation``/``init`` or the model's), each ``conv2d`` a Conv2D block
 (Conv2D -> activation), ``maxpool2d`` / ``avgpool2d`` / ``flatten`` / ``batch_norm`` the layers of
-``engine.pooling`` and ``engine.batchnorm``, each ``dropout`` entry an extra Dropout at its place (inverted, or standard under
-``dropout.mode == "standard"``). ``dropout.hidden`` follows every hidden activation (dense or
-conv). A Dense reading an image gets a Flatten first, so does the output Dense, which comes from
-the loss as above. Image networks take ``x (N, C, H, W)``.
+``engine.pooling`` and ``engine.batchnorm``, each ``dropout`` entry an extra Dropout at its place
+(inverted, or standard under ``dropout.mode == "standard"``). ``dropout.hidden`` follows every
+hidden activation (dense or conv). A Dense reading an image gets a Flatten first, so does the
+output Dense, which comes from the loss as above. Image networks take ``x (N, C, H, W)``.
 
 Dropout layers exist only for the ``inverted``/``standard`` modes with a positive rate; in
 ``dropconnect`` mode the Dense layers mask their own weights instead (input rate on ``dense0``,
