@@ -69,26 +69,35 @@ class LayerSpec(Section):
         return {"type": self.type, **{k: jsonable(v) for k, v in self.params}}
 
 
+# The fields a dense or conv2d layer inherits from the model when null, and a pooling layer's.
+_INHERITED = (
+    FieldInfo(
+        "activation",
+        "str",
+        None,
+        choices=ACTIVATIONS,
+        nullable=True,
+        doc="Activation after the layer; null = model.activation.",
+    ),
+    FieldInfo(
+        "init",
+        "str",
+        None,
+        choices=INITIALIZERS,
+        nullable=True,
+        doc="Weight initializer; null = model.init.",
+    ),
+)
+_POOL = (
+    FieldInfo("pool_size", "int_pair", (2, 2), lo=1, hi=1024),
+    FieldInfo("strides", "int_pair", None, lo=1, hi=1024, nullable=True, doc="null = pool_size."),
+)
+
 # Per layer type: field -> FieldInfo. The dense/dropout/conv defaults "None" inherit the model's.
 LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
     "dense": (
         FieldInfo("units", "int", None, lo=1, hi=_MAX_UNITS, required=True, doc="Output width."),
-        FieldInfo(
-            "activation",
-            "str",
-            None,
-            choices=ACTIVATIONS,
-            nullable=True,
-            doc="Activation after the layer; null = model.activation.",
-        ),
-        FieldInfo(
-            "init",
-            "str",
-            None,
-            choices=INITIALIZERS,
-            nullable=True,
-            doc="Weight initializer; null = model.init.",
-        ),
+        *_INHERITED,
     ),
     "dropout": (
         FieldInfo(
@@ -127,30 +136,10 @@ LAYER_FIELDS: dict[str, tuple[FieldInfo, ...]] = {
         ),
         FieldInfo("strides", "int_pair", (1, 1), lo=1, hi=1024),
         FieldInfo("padding", "str", "valid", choices=PADDINGS),
-        FieldInfo(
-            "activation",
-            "str",
-            None,
-            choices=ACTIVATIONS,
-            nullable=True,
-            doc="null = model.activation.",
-        ),
-        FieldInfo(
-            "init", "str", None, choices=INITIALIZERS, nullable=True, doc="null = model.init."
-        ),
+        *_INHERITED,
     ),
-    "maxpool2d": (
-        FieldInfo("pool_size", "int_pair", (2, 2), lo=1, hi=1024),
-        FieldInfo(
-            "strides", "int_pair", None, lo=1, hi=1024, nullable=True, doc="null = pool_size."
-        ),
-    ),
-    "avgpool2d": (
-        FieldInfo("pool_size", "int_pair", (2, 2), lo=1, hi=1024),
-        FieldInfo(
-            "strides", "int_pair", None, lo=1, hi=1024, nullable=True, doc="null = pool_size."
-        ),
-    ),
+    "maxpool2d": _POOL,
+    "avgpool2d": _POOL,
     "flatten": (),
 }
 
