@@ -9,7 +9,8 @@ lowest mean held-out mse, and refit on all rows at it. Timed in the same run, in
   default ``tol=1e-4``, float64);
 - ``engine.path(spec, X, y, num=100, min_ratio=1e-3, folds=5, select="min")`` with a linear mse
   spec (``standardize`` false, float64): the exact Gram active-set path per fold plus the path on
-  all rows (per-point statistics) plus ``engine.fit`` (FISTA) at the chosen value.
+  all rows (per-point statistics) plus ``engine.fit`` (FISTA) at the chosen value, started from
+  the all-rows path's solution there.
 
 Scaling: our ``l1 = 2 * alpha`` (``(1/N)||r||^2`` against scikit-learn's ``(1/(2N))||r||^2``), so
 both grids are the same values up to that factor and the choices are compared by grid index.

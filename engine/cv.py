@@ -80,12 +80,17 @@ class FoldPath:
     coef: list[list[float]] | None = None
     intercept: list[float] | None = None
     seconds: float = 0.0
-    # In-process only (not in to_dict): the fitted models of the all-rows path, when kept.
+    # In-process only (not in to_dict): the fitted models of the all-rows path, when kept, and
+    # the exact all-rows path's fitted encoder (what its coefficients apply to).
     models: list[Any] | None = field(default=None, repr=False)
+    preprocessor: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "models"}
-        return out
+        return {
+            k: getattr(self, k)
+            for k in self.__dataclass_fields__
+            if k not in ("models", "preprocessor")
+        }
 
 
 @dataclass

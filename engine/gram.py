@@ -207,6 +207,7 @@ def exact_split(
             held_out_metric(pred[:, [k]], yv[held], "mse", "regression") for k in range(len(grid))
         ]
     if full:
+        result.preprocessor = pre
         result.feature_names = list(pre.feature_names)
         result.coef_names = list(pre.encoded_names)
         # engine.fit_path's per-point statistics for every point at once: W1 of point k is the

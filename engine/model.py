@@ -519,6 +519,7 @@ def fit(
             deadline=deadline,
             augment=augment,
             augment_rng=augment_rng,
+            warm=warm_start is not None,
         )
     except FloatingPointError as exc:
         # A NaN/inf loss is nearly always a step size too large for the data's scale.

@@ -27,7 +27,8 @@ The steps, one module each:
    the spec of each point: ``engine.path_setup``;
 4. the held-out losses averaged over folds with their standard errors, the ``min`` or ``1se``
    choice (``engine.cv``), and the final model, ``engine.fit`` at the chosen value on all
-   training rows (``engine.final_spec``).
+   training rows (``engine.final_spec``); after an exact path it starts from the all-rows path's
+   solution at that value (:func:`exact_start`), so FISTA only confirms the optimum.
 
 This module runs them. For a distributed run: :func:`path_grid` once, :func:`path_fold` for
 ``fold_index`` in ``None, 0, ..., K-1`` as independent tasks (pure, picklable inputs and outputs),
@@ -69,7 +70,8 @@ from engine.gram import (
     take_rows,
 )
 from engine.lambda_grid import make_grid
-from engine.model import fit
+from engine.model import Model, fit
+from engine.network import Network
 from engine.path_setup import (
     Callback,
     Clock,
@@ -80,6 +82,7 @@ from engine.path_setup import (
     is_exact,
     prepare_data,
 )
+from engine.spec_parse import parse
 
 __all__ = ["path", "path_fold", "path_gram_block", "path_grid"]
 
@@ -117,6 +120,34 @@ def _run_split(
         fit_split(result, spec, data, grid, param, fit_rows, held, clock, tick, keep_models)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def exact_start(spec: Mapping[str, Any], full: FoldPath, index: int) -> Model:
+    """Point ``index`` of the exact all-rows path ``full`` as a model of ``spec`` (the final
+    spec): the warm start of the final fit, which then stops at its first duality-gap check
+    instead of solving the problem again from ``W = 0``."""
+    typed = parse(spec)
+    pre = full.preprocessor
+    assert pre is not None and full.coef is not None and full.intercept is not None
+    network = Network.build(
+        typed,
+        pre.n_features_out,
+        1,
+        rng=np.random.default_rng(typed.seed),
+        output_bias=full.intercept[index],
+    )
+    network.dense_layers[0].params["W"][:, 0] = full.coef[index]
+    return Model(
+        spec=typed,
+        network=network,
+        preprocessor=pre,
+        classes=None,
+        history=[],
+        metrics={},
+        stopped="completed",
+        n_inputs=pre.n_features_out,
+        n_outputs=1,
+    )
 
 
 # --- the tasks of a distributed search ------------------------------------------------------------
@@ -350,12 +381,14 @@ def path(
             full_path.models = None
         else:
             clock.check()
+            final = final_spec(spec, param, result.chosen_value)
             result.model = fit(
-                final_spec(spec, param, result.chosen_value),
+                final,
                 X,
                 y,
                 feature_names=feature_names,
                 max_seconds=clock.remaining(),
+                warm_start=exact_start(final, full_path, result.chosen_index) if exact else None,
             )
     result.seconds = time.perf_counter() - started
     return result

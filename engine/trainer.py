@@ -28,7 +28,7 @@ classification and R^2 = 1 - SSE/SST for regression.
 FISTA path (``optimizer.name == "fista"``): full-batch accelerated proximal gradient (Beck &
 Teboulle 2009) with backtracking on the Lipschitz constant (started from ``losses.curvature`` times
 a few power iterations on ``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015), started
-from ``W = 0``. Only for linear models, smooth losses (``losses.FISTA_LOSSES``) and no dropout; the
+from ``W = 0`` (from the network's weights when ``warm``). Only for linear models, smooth losses (``losses.FISTA_LOSSES``) and no dropout; the
 L2 term is part of the smooth function and the L1 / group terms always go through their prox
 (``l1_method`` does not apply to a proximal method). One epoch = ``ceil(N / batch_size)``
 iterations (as many updates as a mini-batch epoch). Training stops
@@ -302,6 +302,7 @@ def train(
     deadline: float | None = None,
     augment: Augment | None = None,
     augment_rng: np.random.Generator | None = None,
+    warm: bool = False,
 ) -> TrainResult:
     """Train ``network`` in place on ``X (N, D)`` (or images ``(N, C, H, W)``), ``Y (N,)``.
 
@@ -332,6 +333,9 @@ def train(
         validation split); e.g. ``engine.augment.ImageAugmenter.random_transform``.
     augment_rng : numpy.random.Generator, optional
         The augmentation's own generator (default ``rng``).
+    warm : bool
+        The network holds a warm start's weights. FISTA then starts from them (a cold FISTA run
+        starts from ``W = 0``); the mini-batch optimizers always start from the network's weights.
 
     Returns
     -------
@@ -353,7 +357,9 @@ def train(
     # Overflow shows up as a non-finite epoch loss, reported by _check_finite with a clear message.
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(opt, Fista):
-            history, stopped = _train_fista(network, X, Y, spec, opt, validation, stopper, deadline)
+            history, stopped = _train_fista(
+                network, X, Y, spec, opt, validation, stopper, deadline, warm
+            )
         else:
             history, stopped = _train_minibatch(
                 network,
@@ -555,6 +561,7 @@ def _train_fista(
     validation: Validation | None,
     stopper: _Stopper,
     deadline: float | None,
+    warm: bool,
 ) -> tuple[list[dict], str]:
     loss_name = spec.loss
     _check_fista(network, loss_name)
@@ -594,11 +601,18 @@ def _train_fista(
         return V
 
     L = curvature(loss_name, W.shape[1]) * _lambda_max(X) / N + 2.0 * l2
-    # The problem is convex: start from W = 0 like coordinate-descent Lasso solvers (close to a
-    # sparse optimum); b keeps its initial value (the target mean for regression).
-    x_W, x_b = np.zeros_like(W), b.copy()
-    u_x = np.empty((N, W.shape[1]), dtype=dtype)
-    u_x[...] = x_b  # X @ 0 + b, without a pass over X
+    # The problem is convex: a cold start is W = 0 like coordinate-descent Lasso solvers (close to
+    # a sparse optimum), b its initial value (the target mean for regression); a warm start is the
+    # network's weights (glmnet's warm starts: near the optimum, it is reached sooner).
+    x_b = b.copy()
+    if warm:
+        x_W = W.copy()
+        u_x = _scores(X, x_W)
+        u_x += x_b
+    else:
+        x_W = np.zeros_like(W)
+        u_x = np.empty((N, W.shape[1]), dtype=dtype)
+        u_x[...] = x_b  # X @ 0 + b, without a pass over X
     f_x, _ = smooth(u_x, x_W)
     F_x = f_x + reg_prox.value([x_W])
     y_W, y_b, u_y = x_W.copy(), x_b.copy(), u_x.copy()

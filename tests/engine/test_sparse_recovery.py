@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression
 
+import engine
 from engine.network import Network
 from engine.trainer import train
 
@@ -252,3 +253,30 @@ def test_fista_ridge_stops_on_its_kkt_residual_at_the_ridge_solution():
     assert len(result.history) < 2000
     ridge = Ridge(alpha=n * l2).fit(X, y)
     np.testing.assert_allclose(net.dense_layers[0].params["W"][:, 0], ridge.coef_, rtol=1e-5)
+
+
+def test_fista_starts_from_a_warm_starts_weights():
+    # regression: FISTA started every fit from W = 0, so engine.fit's warm_start (the warm starts
+    # of a linear path) changed nothing but the intercept
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_diabetes(return_X_y=True)
+    n = len(y)
+    spec = {
+        "model": {"hidden_layers": []},
+        "loss": "mse",
+        "regularization": {"l1": 0.05},
+        "optimizer": {"name": "fista", "tol": 1e-10},
+        "epochs": 2000,
+        "batch_size": n,
+        "dtype": "float64",
+    }
+    optimum = engine.fit(spec, X, y)
+    # one FISTA iteration (one epoch of one full batch): from the optimum it stays there, from
+    # W = 0 it is nowhere near
+    one_step = {**spec, "epochs": 1}
+    warm = engine.fit(one_step, X, y, warm_start=optimum)
+    cold = engine.fit(one_step, X, y)
+    w_opt = optimum.network.weights[0]
+    scale = np.abs(w_opt).max()
+    np.testing.assert_allclose(warm.network.weights[0], w_opt, rtol=0, atol=1e-6 * scale)
+    assert np.abs(cold.network.weights[0] - w_opt).max() > 0.1 * scale
