@@ -24,7 +24,7 @@ schemas; ``HISTORY_KEYS`` names the fields of a history record.
 from engine.cv import PathResult, combine
 from engine.errors import InputError, ModelFormatError, SpecError, TrainingTimeout
 from engine.model import Model, fit, split
-from engine.path import path, path_fold, path_gram_block, path_grid
+from engine.path import final_model, path, path_fold, path_gram_block, path_grid
 from engine.path_setup import PathCancelled, final_spec
 from engine.serialize import load
 from engine.sparsity import sparsity
@@ -62,6 +62,7 @@ __all__ = [
     "check_classes",
     "combine",
     "default_spec",
+    "final_model",
     "final_spec",
     "fit",
     "layer_shapes",

@@ -27,13 +27,13 @@ The steps, one module each:
    the spec of each point: ``engine.path_setup``;
 4. the held-out losses averaged over folds with their standard errors, the ``min`` or ``1se``
    choice (``engine.cv``), and the final model, ``engine.fit`` at the chosen value on all
-   training rows (``engine.final_spec``); after an exact path it starts from the all-rows path's
-   solution at that value (:func:`exact_start`), so FISTA only confirms the optimum.
+   training rows (:func:`final_model`); after an exact path it starts from the all-rows path's
+   solution at that value, so FISTA only confirms the optimum.
 
 This module runs them. For a distributed run: :func:`path_grid` once, :func:`path_fold` for
 ``fold_index`` in ``None, 0, ..., K-1`` as independent tasks (pure, picklable inputs and outputs),
-``engine.combine``, then ``engine.fit(final_spec(spec, param, result.chosen_value), X, y)``. When
-the splits can share their Gram statistics (the exact path on a numeric matrix without
+``engine.combine``, then :func:`final_model` at ``result.chosen_value`` given the all-rows split.
+When the splits can share their Gram statistics (the exact path on a numeric matrix without
 standardization or missing values), :func:`path_gram_block` for ``fold_index`` in
 ``0, ..., K-1`` first, as independent tasks too, and every :func:`path_fold` given all ``K``
 blocks: each split then sums blocks instead of computing a Gram over its rows, as :func:`path`
@@ -84,7 +84,7 @@ from engine.path_setup import (
 )
 from engine.spec_parse import parse
 
-__all__ = ["path", "path_fold", "path_gram_block", "path_grid"]
+__all__ = ["final_model", "path", "path_fold", "path_gram_block", "path_grid"]
 
 
 # --- one split ------------------------------------------------------------------------------------
@@ -122,13 +122,51 @@ def _run_split(
     return result
 
 
-def exact_start(spec: Mapping[str, Any], full: FoldPath, index: int) -> Model:
-    """Point ``index`` of the exact all-rows path ``full`` as a model of ``spec`` (the final
-    spec): the warm start of the final fit, which then stops at its first duality-gap check
-    instead of solving the problem again from ``W = 0``."""
-    typed = parse(spec)
+def final_model(
+    spec: Mapping[str, Any] | None,
+    X: Any,
+    y: Any,
+    *,
+    param: str,
+    value: float,
+    full: FoldPath | None = None,
+    feature_names: Sequence[str] | None = None,
+    callbacks: Iterable[Callable[[dict[str, Any]], bool | None]] = (),
+    max_seconds: float | None = None,
+) -> Model:
+    """A path's final model: ``engine.fit(final_spec(spec, param, value), X, y)``.
+
+    ``full`` is the path's all-rows split (``path_fold`` with ``fold_index`` None). After an exact
+    path it holds the optimum at every grid value, and the fit starts from the one at ``value``:
+    FISTA stops at its first duality-gap check instead of solving the problem again from
+    ``W = 0``, so the model is that solution.
+    """
+    final = final_spec(spec, param, value)
+    start = None
+    exact = full is not None and full.coef is not None and full.intercept is not None
+    if exact and is_exact(final, param) and full is not None and value in full.grid:
+        start = _exact_start(final, full, full.grid.index(value), X, y, feature_names)
+    return fit(
+        final,
+        X,
+        y,
+        feature_names=feature_names,
+        callbacks=callbacks,
+        max_seconds=max_seconds,
+        warm_start=start,
+    )
+
+
+def _exact_start(
+    final: dict, full: FoldPath, index: int, X: Any, y: Any, feature_names: Sequence[str] | None
+) -> Model:
+    """Point ``index`` of the exact all-rows path as a model of the final spec."""
+    assert full.coef is not None and full.intercept is not None
     pre = full.preprocessor
-    assert pre is not None and full.coef is not None and full.intercept is not None
+    if pre is None:  # a split computed elsewhere (a task of a distributed search): refit it
+        data = prepare_data(final, X, y, feature_names)
+        pre, _ = data.encode(data.train_rows, final["standardize"])
+    typed = parse(final)
     network = Network.build(
         typed,
         pre.n_features_out,
@@ -381,14 +419,15 @@ def path(
             full_path.models = None
         else:
             clock.check()
-            final = final_spec(spec, param, result.chosen_value)
-            result.model = fit(
-                final,
+            result.model = final_model(
+                spec,
                 X,
                 y,
+                param=param,
+                value=result.chosen_value,
+                full=full_path,
                 feature_names=feature_names,
                 max_seconds=clock.remaining(),
-                warm_start=exact_start(final, full_path, result.chosen_index) if exact else None,
             )
     result.seconds = time.perf_counter() - started
     return result

@@ -107,7 +107,7 @@ def is_exact(spec: dict, param: str) -> bool:
     )
 
 
-def final_spec(spec: Mapping[str, Any], param: str, value: float) -> dict[str, Any]:
+def final_spec(spec: Mapping[str, Any] | None, param: str, value: float) -> dict[str, Any]:
     """The spec ``engine.fit`` trains the final model with: ``param = value``.
 
     For the exact linear mse path the optimizer becomes ``fista`` (if it is not already): the

@@ -28,10 +28,10 @@ classification and R^2 = 1 - SSE/SST for regression.
 FISTA path (``optimizer.name == "fista"``): full-batch accelerated proximal gradient (Beck &
 Teboulle 2009) with backtracking on the Lipschitz constant (started from ``losses.curvature`` times
 a few power iterations on ``[X, 1]``) and function-value restart (O'Donoghue & Candes 2015), started
-from ``W = 0`` (from the network's weights when ``warm``). Only for linear models, smooth losses (``losses.FISTA_LOSSES``) and no dropout; the
-L2 term is part of the smooth function and the L1 / group terms always go through their prox
-(``l1_method`` does not apply to a proximal method). One epoch = ``ceil(N / batch_size)``
-iterations (as many updates as a mini-batch epoch). Training stops
+from ``W = 0`` (from the network's weights when ``warm``). Only for linear models, smooth losses
+(``losses.FISTA_LOSSES``) and no dropout; the L2 term is part of the smooth function and the L1 /
+group terms always go through their prox (``l1_method`` does not apply to a proximal method). One
+epoch = ``ceil(N / batch_size)`` iterations (as many updates as a mini-batch epoch). Training stops
 ("completed") once converged: for the Lasso / elastic net (mse, ``l1 > 0``, no group_l1) when the
 duality gap is at most ``tol * var(y)`` (scikit-learn's criterion); for every other loss and penalty
 (ridge included) when the KKT residual ``||G||_inf``, ``G = (y - prox(y - grad / L)) * L`` the

@@ -8,14 +8,16 @@
    over its own rows; None for the other searches, whose splits then read only the data;
 3. the path of every split - folds ``0..K-1`` and the full training rows (``fold_index`` None,
    stored as fold -1) - with ``engine.path_fold``;
-4. ``engine.fit`` at the chosen value on all training rows (the job's model), as soon as the K
-   folds are done: the choice reads only their held-out scores;
+4. ``engine.final_model`` at the chosen value on all training rows (the job's model): the choice
+   reads only the K folds' held-out scores; after an exact path the fit starts from the all-rows
+   path's solution there, any other starts as soon as the folds are done;
 5. ``engine.combine`` of every split, stored as the job's path result while the final fit trains.
 
 On Dask each block, each split and the final fit are their own tasks, submitted from the body
 through ``distributed.worker_client()`` (which secedes the body's thread, so the tasks get the
 worker slots): the blocks, the folds, then the all-rows path, which on two or more workers runs
-beside the final fit. Inline they run one after the other in the body's thread.
+beside the final fit unless that fit starts from it (an exact path). Inline they run one after
+the other in the body's thread.
 
 Each split stores its points as they finish (``PointWriter``: batched like the loss history, at
 most one commit every ``history_flush_seconds``) and reports progress = points done /
@@ -44,6 +46,7 @@ from app.paths import service
 from app.paths.orm import FULL_PATH
 from engine.cv import FoldPath
 from engine.gram import GramBlock
+from engine.path_setup import base_spec, is_exact
 from engine.table import read_table
 
 log = logging.getLogger("regula.training")
@@ -241,8 +244,11 @@ def split_task(
     return fold_path.to_dict()
 
 
-def final_fit(plan: dict[str, Any], final: dict[str, Any], X: Any, y: Any) -> engine.Model:
-    """``engine.fit`` of the final spec on every row; heartbeat and "cancel?" as it trains."""
+def final_fit(
+    plan: dict[str, Any], value: float, X: Any, y: Any, full: FoldPath | None
+) -> engine.Model:
+    """``engine.final_model`` at ``value`` on every row (started from the all-rows path ``full``
+    when it is exact); heartbeat and "cancel?" as it trains."""
     sessions = get_sessionmaker(plan["database_url"])
     job_id, attempt = plan["job_id"], plan["attempt"]
     progress = {"last": time.monotonic()}
@@ -255,10 +261,13 @@ def final_fit(plan: dict[str, Any], final: dict[str, Any], X: Any, y: Any) -> en
         return state.record_epochs(sessions, job_id, attempt, [], epochs=1, progress=1.0)
 
     started = time.monotonic()
-    model = engine.fit(
-        final,
+    model = engine.final_model(
+        plan["spec"],
         X,
         y,
+        param=plan["param"],
+        value=value,
+        full=full,
         feature_names=plan["feature_names"],
         callbacks=[cancel_check],
         max_seconds=plan["deadline"] - time.time(),
@@ -269,27 +278,27 @@ def final_fit(plan: dict[str, Any], final: dict[str, Any], X: Any, y: Any) -> en
     return model
 
 
-def final_task(plan: dict[str, Any], final: dict[str, Any], X: Any, y: Any) -> engine.Model:
-    """The final fit as a Dask task (on any worker)."""
+def final_task(
+    plan: dict[str, Any], value: float, X: Any, y: Any, full: dict[str, Any] | None
+) -> engine.Model:
+    """The final fit as a Dask task (on any worker); ``full``: the all-rows split's task result."""
     from threadpoolctl import threadpool_limits
 
     from app.core import logs
 
     logs.configure()
     with threadpool_limits(limits=1):
-        return final_fit(plan, final, X, y)
+        return final_fit(plan, value, X, y, None if full is None else FoldPath(**full))
 
 
-def _final_spec(plan: dict[str, Any], folds: list[FoldPath]) -> dict[str, Any]:
-    """The final fit's spec, at the value the folds' scores choose.
-
-    The choice reads only the folds' held-out scores (the all-rows path adds statistics, not
-    scores), so the final fit can start before the all-rows path is done.
-    """
-    spec, param = plan["spec"], plan["param"]
+def _chosen_value(plan: dict[str, Any], folds: list[FoldPath]) -> float:
+    """The value the folds' held-out scores choose (the all-rows path adds statistics, not
+    scores)."""
     scores_only = FoldPath(fold=None, grid=list(plan["grid"]), n_train=0, n_val=0)
-    chosen = engine.combine([scores_only, *folds], param=param, select=spec["search"]["select"])
-    return engine.final_spec(spec, param, chosen.chosen_value)
+    chosen = engine.combine(
+        [scores_only, *folds], param=plan["param"], select=plan["spec"]["search"]["select"]
+    )
+    return chosen.chosen_value
 
 
 def _run_path(
@@ -299,17 +308,21 @@ def _run_path(
 
     ``store(fold_paths)`` (combine and store the path) runs once every split is done, while the
     final fit trains. On Dask each split and the final fit are tasks: the K folds first, then the
-    all-rows path, and the final fit as soon as the folds are done, so that on two or more workers
-    it trains beside the all-rows path instead of after it.
+    all-rows path. After an exact path the final fit starts from the all-rows path's solution, so
+    it waits for that path and then only confirms the optimum; any other final fit trains from
+    scratch as soon as the folds are done, so that on two or more workers it trains beside the
+    all-rows path instead of after it.
     """
     folds = range(plan["folds"])
+    spec, param = plan["spec"], plan["param"]
     if not _on_dask():
         blocks = [gram_block(plan, fold, X, y) for fold in folds]
         fold_paths = [run_split(plan, fold, X, y, blocks) for fold in folds]
         fold_paths.append(run_split(plan, None, X, y, blocks))
         store(fold_paths)
-        final = _final_spec(plan, fold_paths[:-1])
-        return fold_paths, final, final_fit(plan, final, X, y)
+        value = _chosen_value(plan, fold_paths[:-1])
+        model = final_fit(plan, value, X, y, fold_paths[-1])
+        return fold_paths, engine.final_spec(spec, param, value), model
     from distributed import worker_client
 
     def key(name: str) -> str:
@@ -359,13 +372,14 @@ def _run_path(
         )
         try:
             fold_paths = [FoldPath(**result) for result in client.gather(futures[:-1])]
-            final = _final_spec(plan, fold_paths)
+            value = _chosen_value(plan, fold_paths)
             futures.append(
                 client.submit(
                     final_task,
                     plan,
-                    final,
+                    value,
                     *data,
+                    futures[-1] if is_exact(base_spec(spec), param) else None,
                     key=key("final"),
                     pure=False,
                     priority=SPLIT_PRIORITY,
@@ -377,7 +391,7 @@ def _run_path(
         finally:
             for future in [*futures, *blocks, *data]:
                 future.cancel()
-    return fold_paths, final, model
+    return fold_paths, engine.final_spec(spec, param, value), model
 
 
 def run_search(

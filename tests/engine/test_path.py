@@ -21,7 +21,7 @@ from sklearn.linear_model import ElasticNet, LassoCV, LogisticRegressionCV, Ridg
 from sklearn.model_selection import KFold
 
 import engine
-from engine.cv import combine, fold_rows
+from engine.cv import FoldPath, combine, fold_rows
 from engine.errors import SpecError
 from engine.path import path, path_fold, path_gram_block, path_grid
 from engine.path_setup import PathCancelled
@@ -203,6 +203,30 @@ def test_path_fold_and_combine_reproduce_path(sparse_problem, validation_split):
     )
     text = json.dumps(direct.to_dict())
     assert json.loads(text)["chosen"] == direct.chosen
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_final_model_from_a_task_result_is_the_all_rows_solution(sparse_problem, standardize):
+    # a distributed search hands the final fit the all-rows split as plain data (no fitted
+    # encoder): the fit refits the encoder and still starts from, and stays at, the exact solution
+    X, y = sparse_problem
+    X = 3.0 * X + 1.0
+    spec = lasso_spec(standardize=standardize, validation_split=0.2)
+    grid = path_grid(spec, X, y, num=10)
+    full = FoldPath(**path_fold(spec, X, y, None, grid=grid, folds=4).to_dict())
+    assert full.preprocessor is None
+    value = grid[6]
+    model = engine.final_model(spec, X, y, param="regularization.l1", value=value, full=full)
+    assert model.metrics["epochs"] == 1
+    assert model.metrics["n_train"] == full.n_train
+    exact = np.array(full.coef[6])
+    W = model.network.weights[0][:, 0]
+    np.testing.assert_allclose(W, exact, rtol=0, atol=1e-9 * np.abs(exact).max())
+    Z = model.preprocessor.transform(X)
+    np.testing.assert_allclose(model.predict(X), Z @ exact + full.intercept[6], rtol=1e-9)
+    # the same value from scratch (no all-rows split) reaches the optimum only within FISTA's tol
+    cold = engine.final_model(spec, X, y, param="regularization.l1", value=value)
+    assert np.abs(cold.network.weights[0][:, 0] - exact).max() > 1e-9 * np.abs(exact).max()
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
