@@ -32,7 +32,7 @@ import numpy as np
 from engine.errors import InputError, SpecError
 from engine.path_setup import PathData
 from engine.preprocess import Preprocessor
-from engine.spec_search import SEARCH_SELECT
+from engine.spec_search import DEFAULT_PARAM, DEFAULT_SELECT, SEARCH_SELECT
 
 __all__ = [
     "SELECTIONS",
@@ -291,8 +291,8 @@ def check_select(select: str) -> None:
 def combine(
     fold_paths: Sequence[FoldPath],
     *,
-    param: str = "regularization.l1",
-    select: str = "1se",
+    param: str = DEFAULT_PARAM,
+    select: str = DEFAULT_SELECT,
     metric_name: str = "r2",
     solver: str = "fit",
 ) -> PathResult:

@@ -83,6 +83,7 @@ from engine.path_setup import (
     prepare_data,
 )
 from engine.spec_parse import parse
+from engine.spec_search import DEFAULT_MIN_RATIO, DEFAULT_NUM, DEFAULT_PARAM, DEFAULT_SELECT
 
 __all__ = ["final_model", "path", "path_fold", "path_gram_block", "path_grid"]
 
@@ -196,10 +197,10 @@ def path_grid(
     X: Any,
     y: Any,
     *,
-    param: str = "regularization.l1",
+    param: str = DEFAULT_PARAM,
     values: Sequence[float] | None = None,
-    num: int = 30,
-    min_ratio: float = 1e-3,
+    num: int = DEFAULT_NUM,
+    min_ratio: float = DEFAULT_MIN_RATIO,
     feature_names: Sequence[str] | None = None,
 ) -> list[float]:
     """The descending grid of ``param``: ``values`` sorted, or ``num`` points from lambda_max."""
@@ -216,7 +217,7 @@ def path_gram_block(
     fold_index: int,
     *,
     folds: int,
-    param: str = "regularization.l1",
+    param: str = DEFAULT_PARAM,
     feature_names: Sequence[str] | None = None,
 ) -> GramBlock | None:
     """Fold ``fold_index``'s ``engine.gram.GramBlock``, or None when the splits share no Gram.
@@ -254,7 +255,7 @@ def path_fold(
     fold_index: int | None,
     *,
     grid: Sequence[float],
-    param: str = "regularization.l1",
+    param: str = DEFAULT_PARAM,
     folds: int | None = None,
     feature_names: Sequence[str] | None = None,
     callbacks: Iterable[Callback] = (),
@@ -323,12 +324,12 @@ def path(
     X: Any,
     y: Any,
     *,
-    param: str = "regularization.l1",
+    param: str = DEFAULT_PARAM,
     values: Sequence[float] | None = None,
-    num: int = 30,
-    min_ratio: float = 1e-3,
+    num: int = DEFAULT_NUM,
+    min_ratio: float = DEFAULT_MIN_RATIO,
     folds: int | None = None,
-    select: str = "1se",
+    select: str = DEFAULT_SELECT,
     feature_names: Sequence[str] | None = None,
     callbacks: Iterable[Callback] = (),
     cancel: Callable[[], bool] | None = None,

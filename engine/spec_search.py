@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 from engine.spec_fields import Section, spec_field
 
-__all__ = ["MAX_SEARCH_VALUES", "SEARCH_PARAMS", "SEARCH_SELECT", "Search"]
+__all__ = [
+    "DEFAULT_MIN_RATIO",
+    "DEFAULT_NUM",
+    "DEFAULT_PARAM",
+    "DEFAULT_SELECT",
+    "MAX_SEARCH_VALUES",
+    "SEARCH_PARAMS",
+    "SEARCH_SELECT",
+    "Search",
+]
 
 # The strengths a regularization path may vary (engine.path), by their place in the spec.
 SEARCH_PARAMS: tuple[str, ...] = (
@@ -23,6 +32,11 @@ SEARCH_PARAMS: tuple[str, ...] = (
     "dropout.input",
 )
 SEARCH_SELECT: tuple[str, ...] = ("min", "1se")
+# The defaults of the section, which engine.path's keyword arguments share.
+DEFAULT_PARAM = "regularization.l1"
+DEFAULT_NUM = 20
+DEFAULT_MIN_RATIO = 1e-3
+DEFAULT_SELECT = "1se"
 # A search multiplies one fit's work by points x (folds + 1): both are bounded.
 MAX_SEARCH_VALUES = 200
 
@@ -33,12 +47,12 @@ class Search(Section):
     from ``lambda_max`` down to ``min_ratio * lambda_max``; ``folds``-fold CV picks one by
     ``select`` (validated here only)."""
 
-    param: str = spec_field("regularization.l1", "str", choices=SEARCH_PARAMS)
+    param: str = spec_field(DEFAULT_PARAM, "str", choices=SEARCH_PARAMS)
     values: tuple[float, ...] | None = spec_field(
         None, "list[float]", lo=0.0, nullable=True, doc="Explicit grid; excludes num/min_ratio."
     )
     num: int | None = spec_field(
-        20,
+        DEFAULT_NUM,
         "int",
         lo=2,
         hi=MAX_SEARCH_VALUES,
@@ -46,7 +60,7 @@ class Search(Section):
         doc="Grid size (null when values is given).",
     )
     min_ratio: float | None = spec_field(
-        1e-3,
+        DEFAULT_MIN_RATIO,
         lo=0.0,
         hi=1.0,
         lo_open=True,
@@ -63,7 +77,7 @@ class Search(Section):
         doc="K-fold cross-validation; null = the validation split scores each point.",
     )
     select: str = spec_field(
-        "1se",
+        DEFAULT_SELECT,
         "str",
         choices=SEARCH_SELECT,
         doc="min: lowest mean CV loss; 1se: largest lambda within one standard error.",

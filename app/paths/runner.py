@@ -47,14 +47,13 @@ from app.paths.orm import FULL_PATH
 from engine.cv import FoldPath
 from engine.gram import GramBlock
 from engine.path_setup import base_spec, is_exact
+from engine.spec_search import DEFAULT_MIN_RATIO, DEFAULT_NUM
 from engine.table import read_table
 
 log = logging.getLogger("regula.training")
 
 # Split tasks outrank waiting job bodies: a started search should not wait behind new jobs.
 SPLIT_PRIORITY = 1_000_000
-DEFAULT_NUM = 20
-DEFAULT_MIN_RATIO = 1e-3
 
 
 def _worker_name() -> str:
@@ -422,8 +421,9 @@ def run_search(
         feature_names=names,
         param=param,
         values=search.get("values"),
-        num=search.get("num") or DEFAULT_NUM,
-        min_ratio=search.get("min_ratio") or DEFAULT_MIN_RATIO,
+        # null when the spec gives the values (and then not read)
+        num=search["num"] or DEFAULT_NUM,
+        min_ratio=search["min_ratio"] or DEFAULT_MIN_RATIO,
     )
     folds = int(search["folds"])
     log.info("job %s: grid of %d values in %.2f s", job_id, len(grid), time.monotonic() - clock)

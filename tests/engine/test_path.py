@@ -169,6 +169,17 @@ def test_final_model_is_engine_fit_at_the_chosen_value(diabetes):
     np.testing.assert_allclose(model.predict(X), X @ exact + point["intercept"], rtol=1e-9)
 
 
+def test_path_defaults_are_the_search_sections_defaults(diabetes):
+    # regression: engine.path defaulted to 30 points while a search job without num got 20
+    X, y = diabetes
+    search = engine.normalize_spec({"search": {"folds": 3}})["search"]  # what a job gets
+    result = path(lasso_spec(), X, y, folds=3, fit_final=False)
+    assert result.param == search["param"]
+    assert len(result.grid) == search["num"]
+    assert result.grid[-1] / result.grid[0] == pytest.approx(search["min_ratio"])
+    assert result.chosen["used"] == search["select"]
+
+
 def test_fold_rows_are_kfold_without_shuffle_and_seeded_with_it():
     ours = fold_rows(23, 5, shuffle=False, seed=0)
     theirs = [test for _, test in KFold(5).split(np.zeros(23))]
