@@ -4,22 +4,29 @@ Server-Sent Events, in this order on every connection::
 
     event: status   data: the job exactly as GET /jobs/{id} returns it (JSON)
     id: <epoch>     event: epoch   data: one history row (the fields of GET /jobs/{id}/history)
-    ...             (more epochs; another ``status`` whenever the job's state changes)
+    event: point    data: one point of a search job's path, as a split reaches it
+    ...             (more epochs and points; another ``status`` whenever the job's state changes)
     event: end      data: {"status", "model_id", "error", "error_code"} (then the stream closes)
 
 plus a comment line (``: ping``) every 15 s so proxies keep the connection open. A client that
 reconnects with ``Last-Event-ID: N`` (header, or ``?last_event_id=N``) gets epochs N+1.. onward,
 none twice; a finished job replays its history, then ``end``. Only epoch events carry an id.
+A search job has no epochs: its ``point`` events (``fold``: 0..K-1, or null for the path on all
+training rows; ``index`` in the grid, ``value``, the held-out ``loss`` and ``metric`` of a fold,
+``nonzero`` and ``selected_features`` of the all-rows path) replay in full on every connection. A
+point comes again when a later write adds to it (the all-rows path's statistics); the last wins.
 If a job is taken back by the reaper and re-run from epoch 1, a ``status`` event with the queued
 job comes first and the epochs start again at 1.
 
 The worker that writes the rows may run in another process (a Dask worker), so the API side reads
 them from the database: ONE poller per job (an asyncio task polling in a thread every
 ``interval`` seconds with two statements: the job row, and the epoch rows after the last one
-seen), shared by every subscriber of that job. The poller keeps the job's history, already encoded
-as SSE bytes, in memory; a subscriber is a cursor into it plus a wake-up event. So a slow
-subscriber blocks nobody and can never overflow: when it reads again it takes everything after its
-cursor, from memory (the history of one job is bounded by ``settings.max_epochs``). The poller
+seen; a search job's a third, its path points after the last one seen), shared by every
+subscriber of that job. The poller keeps the job's history, already encoded as SSE bytes, in
+memory; a subscriber is a cursor into it plus a wake-up event. So a slow subscriber blocks nobody
+and can never overflow: when it reads again it takes everything after its cursor, from memory (the
+history of one job is bounded by ``settings.max_epochs``, a search's points by its grid size times
+its splits, each sent at most twice). The poller
 stops when the job ends or its last subscriber leaves; a finished job's feed is kept for
 ``linger`` seconds (within a memory budget) so a burst of viewers shares one load.
 """
@@ -43,6 +50,7 @@ from app.core.db import get_sessionmaker
 from app.jobs.orm import FINISHED_STATUSES, EpochRecord, Job
 from app.jobs.schemas import EpochRead, JobRead, LatestEpoch
 from app.models.orm import Model
+from app.paths.orm import FULL_PATH, PathPoint
 
 log = logging.getLogger("regula.jobs")
 
@@ -129,6 +137,22 @@ class _Poll:
     model_id: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     restarted: bool = False  # the history was read again from epoch 1 (a new attempt)
+    points: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (row id, point)
+
+
+def _point(row: PathPoint) -> dict[str, Any]:
+    """The ``point`` event of a stored path point."""
+    out: dict[str, Any] = {
+        "fold": None if row.fold == FULL_PATH else row.fold,
+        "index": row.index,
+        "value": row.value,
+        "loss": row.loss,
+        "metric": row.metric,
+        "nonzero": row.nonzero,
+    }
+    if row.stats and "selected" in row.stats:
+        out["selected_features"] = row.stats["selected"]
+    return out
 
 
 @dataclass(eq=False)
@@ -141,8 +165,13 @@ class _Feed:
     """One job's shared state: the encoded history, the job's last status event, its poller."""
 
     job_id: str
-    epochs: list[int] = field(default_factory=list)  # epoch numbers, ascending
+    # Per event, the epoch after which a reconnecting client still gets it (ascending): an epoch
+    # event's own number, a point event's is the epoch before it plus a half.
+    epochs: list[float] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)  # their encoded SSE events
+    last_epoch: int = 0
+    last_point: int = 0  # the last PathPoint row id read
+    points: dict[tuple[int | None, int], str] = field(default_factory=dict)  # sent, by place
     seconds_sum: float = 0.0
     seconds_n: int = 0
     job: dict[str, Any] | None = None  # JobRead as JSON
@@ -166,18 +195,15 @@ class _Feed:
     def status(self) -> str | None:
         return None if self.job is None else self.job["status"]
 
-    @property
-    def last_epoch(self) -> int:
-        return self.epochs[-1] if self.epochs else 0
-
     def apply(self, poll: _Poll) -> None:
         """Fold one poll's result into the feed and wake the subscribers if anything changed."""
         changed = False
         if poll.job is None:
             self.gone = changed = True
         else:
-            if poll.restarted and self.epochs:
-                self.epochs, self.events = [], []
+            if poll.restarted and (self.epochs or self.last_point):
+                self.epochs, self.events, self.points = [], [], {}
+                self.last_epoch = self.last_point = 0
                 self.seconds_sum, self.seconds_n = 0.0, 0
                 self.generation += 1
                 changed = True
@@ -185,15 +211,26 @@ class _Feed:
             for record in poll.records:
                 if record["epoch"] <= self.last_epoch:
                     continue  # already known (never sent twice)
+                self.last_epoch = record["epoch"]
                 self.epochs.append(record["epoch"])
                 self.events.append(_sse("epoch", _dumps(record), record["epoch"]))
                 if record["seconds"] is not None:
                     self.seconds_sum += record["seconds"]
                     self.seconds_n += 1
                 changed = True
+            for row_id, point in poll.points:
+                self.last_point = max(self.last_point, row_id)
+                data = _dumps(point)
+                place = (point["fold"], point["index"])
+                if self.points.get(place) == data:
+                    continue  # rewritten as it was (a split stores its points again at its end)
+                self.points[place] = data
+                self.epochs.append(self.last_epoch + 0.5)
+                self.events.append(_sse("point", data))
+                changed = True
             job = dict(poll.job, model_id=poll.model_id)
             key = tuple(job.get(k) for k in STATUS_KEY)
-            if key != self.status_key or self.job is None or poll.records:
+            if key != self.status_key or self.job is None or poll.records or poll.points:
                 # Kept current (progress, latest, ETA) for new subscribers; re-sent to the others
                 # only when the job's state changes.
                 self.job = self._job_read(job, poll.records)
@@ -253,7 +290,7 @@ class EventHub:
     # -- database side (runs in a worker thread) --
 
     def _poll(
-        self, job_id: str, after: int, attempts: int | None, status: str | None
+        self, job_id: str, after: int, attempts: int | None, status: str | None, after_point: int
     ) -> tuple[_Poll, int]:
         with self._sessions() as session:
             row = session.execute(
@@ -275,14 +312,27 @@ class EventHub:
                 .where(EpochRecord.job_id == job_id, EpochRecord.epoch > since)
                 .order_by(EpochRecord.epoch)
             ).all()
+            points: list[tuple[int, dict[str, Any]]] = []
+            if (job.spec or {}).get("search"):
+                rows = session.scalars(
+                    select(PathPoint)
+                    .where(
+                        PathPoint.job_id == job_id,
+                        PathPoint.attempt == job.attempts,
+                        PathPoint.id > (0 if restarted else after_point),
+                    )
+                    .order_by(PathPoint.id)
+                ).all()
+                points = [(row.id, _point(row)) for row in rows]
             return (
                 _Poll(
                     job={k: getattr(job, k) for k in JOB_COLUMNS},
                     model_id=model_id,
                     records=[{k: getattr(r, k) for k in HISTORY_FIELDS} for r in records],
                     restarted=restarted,
+                    points=points,
                 ),
-                2,
+                3 if (job.spec or {}).get("search") else 2,
             )
 
     # -- event loop side --
@@ -293,7 +343,12 @@ class EventHub:
             while True:
                 try:
                     poll, statements = await asyncio.to_thread(
-                        self._poll, feed.job_id, feed.last_epoch, feed.attempts, feed.status
+                        self._poll,
+                        feed.job_id,
+                        feed.last_epoch,
+                        feed.attempts,
+                        feed.status,
+                        feed.last_point,
                     )
                 except Exception:
                     failures += 1

@@ -202,8 +202,9 @@ def _last_event_id(header: str | None, query: int | None) -> int:
         200: {
             "content": {"text/event-stream": {}},
             "description": "event: status (the job, as GET /jobs/{id}); id: N + event: epoch (a "
-            "history row); event: end ({status, model_id, error, error_code}); ': ping' comments "
-            "every 15 s.",
+            "history row); event: point (a search job's path point: fold, index, value, loss, "
+            "metric, nonzero, selected_features); event: end ({status, model_id, error, "
+            "error_code}); ': ping' comments every 15 s.",
         },
     },
 )

@@ -91,7 +91,9 @@ class JobRead(BaseModel):
 
     id: str
     status: JobStatus
-    progress: float = Field(description="Fraction of epochs done, 0..1.")
+    progress: float = Field(
+        description="Fraction of epochs done, 0..1 (of path points over all splits for a search)."
+    )
     error: str | None = Field(description="Why the job failed, as a sentence.")
     error_code: str | None = Field(description="Stable machine-readable failure code.")
     model_id: str | None
@@ -147,4 +149,6 @@ class EventStats(BaseModel):
     subscribers: int = Field(description="Clients connected to the stream now.")
     peak_subscribers: int = Field(description="Most clients connected at once to this poller.")
     polls: int = Field(description="Database polls made by the job's current (or last) poller.")
-    statements: int = Field(description="SQL statements those polls ran (two per poll).")
+    statements: int = Field(
+        description="SQL statements those polls ran (two per poll, three for a search job)."
+    )

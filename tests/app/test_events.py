@@ -425,3 +425,41 @@ def test_feed_restarts_the_history_on_a_new_attempt() -> None:
     feed.apply(poll(2, "running", [1], True))  # re-queued by the reaper and claimed again
     assert feed.epochs == [1] and feed.generation == 1
     assert json.loads(feed.status_event.decode().split("data: ")[1])["attempts"] == 2
+
+
+def test_feed_sends_a_search_point_once_unless_it_changes() -> None:
+    def job(attempts: int) -> dict[str, Any]:
+        return {
+            "id": "j",
+            "status": "running",
+            "attempts": attempts,
+            "spec": {"epochs": 5, "search": {"num": 2}},
+            "progress": 0.0,
+            "error": None,
+            "error_code": None,
+            "dataset_id": None,
+            "created_at": utcnow(),
+            "started_at": None,
+            "finished_at": None,
+            "epochs_done": 0,
+            "cancel_requested": False,
+        }
+
+    def point(fold: int | None, index: int, **extra: Any) -> dict[str, Any]:
+        return {"fold": fold, "index": index, "value": 1.0 / (index + 1), "loss": 0.5, **extra}
+
+    def sent(feed: events._Feed) -> list[dict[str, Any]]:
+        return [e["data"] for e in parse_sse(b"".join(feed.events).decode())]
+
+    feed = events._Feed(job_id="j")
+    feed.apply(events._Poll(job=job(1), points=[(1, point(0, 0)), (2, point(None, 0))]))
+    assert feed.last_point == 2 and len(sent(feed)) == 2
+    # the split stores its points again at its end: unchanged ones are not sent twice
+    feed.apply(events._Poll(job=job(1), points=[(3, point(0, 0))]))
+    assert feed.last_point == 3 and len(sent(feed)) == 2
+    full = point(None, 0, selected_features=["a"])
+    feed.apply(events._Poll(job=job(1), points=[(4, full)]))
+    assert sent(feed)[-1] == full and len(sent(feed)) == 3
+    # a new attempt starts the path again
+    feed.apply(events._Poll(job=job(2), points=[(9, point(0, 0))], restarted=True))
+    assert sent(feed) == [point(0, 0)] and feed.generation == 1 and feed.last_point == 9

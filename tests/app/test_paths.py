@@ -19,6 +19,7 @@ from app.core.auth import create_key
 from app.core.config import settings
 from app.core.db import get_db, get_sessionmaker
 from app.paths.orm import FULL_PATH, PathPoint
+from tests.app.test_events import read_events
 
 FINISHED = ("succeeded", "failed", "cancelled")
 FOLDS = 5
@@ -137,6 +138,26 @@ def test_search_model_predicts_and_drops_the_zero_coefs(
     assert sorted(sparsity["dropped_features"]) == zero
     model = client.get(f"/models/{model_id}").json()
     assert model["spec"]["regularization"]["l1"] == pytest.approx(path["chosen"]["value"])
+
+
+def test_search_event_stream_sends_every_point_of_the_path(
+    client: TestClient, diabetes_search: Any
+) -> None:
+    job, path, _, _ = diabetes_search
+    got = read_events(client, f"/jobs/{job['id']}/events")
+    assert got[0]["event"] == "status" and got[-1]["event"] == "end"
+    assert {e["event"] for e in got[1:-1]} == {"point"}  # a search has no epochs
+    sent = [e["data"] for e in got if e["event"] == "point"]
+    latest = {(p["fold"], p["index"]): p for p in sent}  # the last event of a point wins
+    assert set(latest) == {(f, k) for f in [*range(FOLDS), None] for k in range(NUM)}
+    # a point rewritten unchanged is not sent again; the all-rows one comes back with its features
+    assert len(sent) <= len(latest) + NUM
+    for k, point in enumerate(path["points"]):
+        losses = [latest[(fold, k)]["loss"] for fold in range(FOLDS)]
+        assert float(np.mean(losses)) == pytest.approx(point["cv_loss"], rel=1e-12)
+        full = latest[(None, k)]
+        assert full["value"] == point["value"] and full["nonzero"] == point["nonzero"]
+        assert sorted(full["selected_features"]) == sorted(point["selected_features"])
 
 
 def test_search_stores_every_point_and_reaches_full_progress(

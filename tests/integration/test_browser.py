@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import RegulaServer
@@ -164,6 +165,52 @@ def test_upload_train_watch_and_predict_in_the_dashboard(
     prediction = page.wait_for_selector('[data-testid="prediction"]')
     assert prediction.inner_text().strip() in ("yes", "no")
     page.screenshot(path=str(artifacts / "model.png"), full_page=True)
+
+
+def test_a_search_jobs_path_draws_live_in_the_dashboard(
+    server: RegulaServer, page: Any, artifacts: Path
+) -> None:
+    num, folds = 25, 5
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        upload = client.post(
+            "/datasets", files={"file": ("credit.csv", EXAMPLE_CSV.read_bytes(), "text/csv")}
+        )
+        assert upload.status_code == 201, upload.text
+        spec = {
+            "dataset_id": upload.json()["id"],
+            "target": "default",
+            "model": {"hidden_layers": []},
+            "loss": "binary_cross_entropy",
+            "optimizer": {"name": "fista"},
+            "epochs": 300,
+            "search": {"num": num, "folds": folds, "select": "1se"},
+        }
+        submitted = client.post("/jobs", json=spec)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        page.goto(f"{server.url}/#/jobs/{job_id}")
+        page.wait_for_selector("#path-loss-chart")
+        wait_until(
+            lambda: page.get_attribute("#job-status", "data-status") == "succeeded",
+            timeout=300,
+            what="the search to succeed",
+        )
+        wait_until(
+            lambda: page.get_attribute("#path-chosen", "data-complete") == "true",
+            what="the complete path on the page",
+        )
+        path = client.get(f"/jobs/{job_id}/path").json()
+    # every point of the grid on each chart, one line per raw feature, both choices shown
+    for chart in ("#path-loss-chart", "#path-coef-chart", "#path-count-chart"):
+        assert points(page, chart) == num, chart
+    assert page.get_attribute("#path-coef-chart", "data-features") == "11"
+    assert page.inner_text("#path-used").strip().endswith("1se")
+    assert f"{num * (folds + 1)} of {num * (folds + 1)} path points" in page.inner_text(
+        "#progress-text"
+    )
+    shown = float(page.inner_text("#path-1se").split()[-1])
+    assert shown == pytest.approx(path["chosen"]["1se"], rel=1e-3)
+    page.screenshot(path=str(artifacts / "search.png"), full_page=True)
 
 
 def test_docs_render_their_operations_offline(

@@ -193,6 +193,10 @@ export function followJob(jobId, lastEpoch, handlers, { preferStream = true, pol
       const record = parse(ev);
       if (record) onEpoch(record);
     });
+    source.addEventListener("point", (ev) => {
+      const point = parse(ev);
+      if (point && handlers.point) handlers.point(point);
+    });
     source.addEventListener("end", (ev) => {
       const end = parse(ev) || {};
       source.close();

@@ -97,9 +97,21 @@ export async function render(root, ctx) {
   // A search job has a regularization path instead of one loss history.
   const search = Boolean(job.spec && job.spec.search);
   const charts = search ? [] : CHARTS.map((c) => epochChart(chartsBox, { ...c, sync: `job-${id}` }));
-  const stopPath = search ? renderPath(chartsBox, id) : () => {};
+  const pathView = search ? renderPath(chartsBox, id) : null;
+  const stopPath = () => pathView && pathView.stop();
+  // The points of every split (folds + the path on all training rows) that progress counts.
+  const searchPoints = search
+    ? (job.spec.search.values ? job.spec.search.values.length : job.spec.search.num) *
+      ((job.spec.search.folds || 0) + 1)
+    : 0;
+  const pointsSeen = new Set(); // "fold/index" of the stream's point events
 
   function drawCharts() {
+    if (search) {
+      // The path section has the search's figures; its final fit records no epochs.
+      latest.hidden = true;
+      return;
+    }
     const list = sorted();
     for (const c of charts) c.set(list);
     const last = list[list.length - 1];
@@ -122,15 +134,17 @@ export async function render(root, ctx) {
     replace(statusBox, statusBadge(job.status, "job-status"));
     const total = job.spec && job.spec.epochs;
     let p = typeof job.progress === "number" ? job.progress : 0;
-    // Epoch events arrive between status events: count them so the bar keeps moving.
-    if (total && !TERMINAL.includes(job.status)) p = Math.max(p, Math.min(1, records.size / total));
+    // Epoch and point events arrive between status events: count them so the bar keeps moving.
+    if (!TERMINAL.includes(job.status)) {
+      if (search) p = Math.max(p, Math.min(1, pointsSeen.size / searchPoints));
+      else if (total) p = Math.max(p, Math.min(1, records.size / total));
+    }
     progress.value = p;
     progress.dataset.value = String(p);
-    replace(
-      progressText,
-      `${pct(p, 0)}`,
-      total ? ` · epoch ${Math.max(job.epochs_done || 0, records.size)} of ${total}` : "",
-    );
+    let counted = "";
+    if (search) counted = ` · ${Math.round(p * searchPoints)} of ${searchPoints} path points`;
+    else if (total) counted = ` · epoch ${Math.max(job.epochs_done || 0, records.size)} of ${total}`;
+    replace(progressText, `${pct(p, 0)}`, counted);
     const left = TERMINAL.includes(job.status) ? null : eta(job, sorted());
     replace(
       etaBox,
@@ -194,6 +208,12 @@ export async function render(root, ctx) {
     status(j) {
       job = { ...job, ...j };
       drawStatus();
+      if (pathView) pathView.refresh(); // a poll (no stream), or the job's state changed
+    },
+    point(pt) {
+      pointsSeen.add(`${pt.fold}/${pt.index}`);
+      drawStatus();
+      if (pathView) pathView.refresh();
     },
     epoch(record) {
       records.set(record.epoch, record);
@@ -216,6 +236,7 @@ export async function render(root, ctx) {
       if (!ctx.alive()) return;
       drawCharts();
       drawStatus();
+      if (pathView) pathView.refresh();
     },
     mode(name) {
       streamMode.textContent = name === "stream" ? "live (event stream)" : "live (polling every 2 s)";

@@ -1,14 +1,14 @@
 // The regularization path of a search job (GET jobs/ID/path), on the job page: cross-validation
 // loss against lambda with error bars and both choices marked, each feature's weight norm against
-// lambda (the glmnet picture), and the number of non-zero weights. Polled every 2 s while the job
-// runs; the API's own JSON is the only data source.
+// lambda (the glmnet picture), and the number of non-zero weights. Read again whenever the job page
+// says the path moved (a point event of the job's stream, or a status poll); the API's own JSON is
+// the only data source.
 import uPlot from "../../vendor/uplot-1.6.32/uPlot.esm.js";
 import { get } from "../api.js";
 import { PALETTE } from "../charts.js";
 import { fmt, h, replace, stat } from "../dom.js";
 
-const TERMINAL = ["succeeded", "failed", "cancelled"];
-const POLL_MS = 2000;
+const MIN_REFRESH_MS = 500; // at most two reads a second, however fast the points come
 const HEIGHT = 260;
 const MAX_FEATURE_LINES = 40; // the largest norms; a 1000-feature picture is unreadable anyway
 const MIN_COLOR = "#d62728";
@@ -77,7 +77,8 @@ function lambdaChart(box, { xs, series, yLabel, chosen, draw, legend = true }) {
     legend: { show: legend, live: true },
     scales: { x: { time: false, distr: 3 } },
     axes: [
-      { label: "lambda (log)", values: (_u, splits) => splits.map((v) => fmt(v, 2)) },
+      // A log axis labels only some of its ticks: uPlot hands the others over as null.
+      { label: "lambda (log)", values: (_u, splits) => splits.map((v) => (v === null ? "" : fmt(v, 2))) },
       { label: yLabel, values: (_u, splits) => splits.map((v) => fmt(v, 3)), size: 60 },
     ],
     series: [
@@ -110,8 +111,9 @@ function card(id, title) {
 }
 
 /**
- * The path section of a search job inside ``container``; returns a stop function.
- * onUpdate(path) is called after every successful poll.
+ * The path section of a search job inside ``container``: ``{refresh, stop}``. ``refresh()`` reads
+ * the path again (coalesced: one read at a time, at most one every MIN_REFRESH_MS).
+ * onUpdate(path) is called after every successful read.
  */
 export function renderPath(container, jobId, { onUpdate } = {}) {
   const apiPath = `jobs/${encodeURIComponent(jobId)}/path`;
@@ -121,8 +123,8 @@ export function renderPath(container, jobId, { onUpdate } = {}) {
   const count = card("path-count-chart", "Non-zero weights");
   const state = h("p", { id: "path-state", class: "muted small" });
   container.append(
-    h("section", { class: "card", id: "path-section" }, h("h2", {}, "Regularization path"), summary, state),
-    h("div", { class: "charts" }, loss.el, coef.el, count.el),
+    h("section", { class: "card path-section", id: "path-section" }, h("h2", {}, "Regularization path"), summary, state),
+    h("div", { class: "charts path-charts" }, loss.el, coef.el, count.el),
   );
   let charts = [];
   let timer = null;
@@ -190,25 +192,49 @@ export function renderPath(container, jobId, { onUpdate } = {}) {
       : `Partial: points are shown as the folds reach them (${path.status}).`;
   }
 
-  async function poll() {
-    if (stopped) return;
-    let path = null;
+  let reading = false;
+  let again = false;
+  let lastRead = 0;
+
+  async function read() {
+    reading = true;
+    lastRead = Date.now();
     try {
-      path = await get(apiPath);
+      const path = await get(apiPath);
       if (stopped) return;
       draw(path);
       if (onUpdate) onUpdate(path);
     } catch (err) {
       state.textContent = `Could not read the path: ${err.message}`;
+    } finally {
+      reading = false;
     }
-    const done = path && (path.complete || TERMINAL.includes(path.status));
-    if (!done && !stopped) timer = setTimeout(poll, POLL_MS);
+    if (again && !stopped) {
+      again = false;
+      refresh();
+    }
   }
 
-  poll();
-  return () => {
-    stopped = true;
-    if (timer) clearTimeout(timer);
-    for (const c of charts) c.destroy();
+  function refresh() {
+    if (stopped) return;
+    if (reading || timer) {
+      again = again || reading;
+      return;
+    }
+    const wait = Math.max(0, lastRead + MIN_REFRESH_MS - Date.now());
+    timer = setTimeout(() => {
+      timer = null;
+      read();
+    }, wait);
+  }
+
+  refresh();
+  return {
+    refresh,
+    stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      for (const c of charts) c.destroy();
+    },
   };
 }
