@@ -432,12 +432,10 @@ def encode_infer(
         arrays["label"] = (datatype, [n], labels)
         proba = result.get("probabilities")
         if proba is not None:
-            proba = np.asarray(proba)
-            arrays["probabilities"] = (
-                "FP64" if proba.dtype == np.float64 else "FP32",
-                list(proba.shape),
-                proba,
-            )
+            # In the datatype the metadata declares: the network's own (the engine hands float64).
+            datatype = _float_datatype(item)
+            proba = np.asarray(proba, dtype=DTYPES[datatype])
+            arrays["probabilities"] = (datatype, list(proba.shape), proba)
     else:
         arrays["predictions"] = ("FP64", [n], np.asarray(predictions, dtype=np.float64))
     wanted = request.outputs

@@ -119,6 +119,33 @@ def test_model_metadata_lists_required_inputs_and_outputs(
     assert client.get(f"/v2/models/{model_id}/ready").status_code == 200
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_outputs_have_the_datatypes_the_metadata_declares(
+    client: TestClient, credit: tuple[str, engine.Model], binary: bool
+) -> None:
+    # regression: the metadata declared FP32 probabilities (a float32 model) and infer sent FP64
+    model_id, model = credit
+    declared = {
+        o["name"]: o["datatype"] for o in client.get(f"/v2/models/{model_id}").json()["outputs"]
+    }
+    request: dict[str, Any] = {"inputs": _column_tensors(model, credit_rows(3))}
+    if binary:
+        request["parameters"] = {"binary_data_output": True}
+    r = client.post(f"/v2/models/{model_id}/infer", json=request)
+    assert r.status_code == 200, r.text
+    if binary:
+        cut = int(r.headers["inference-header-content-length"])
+        outputs = json.loads(r.content[:cut])["outputs"]
+    else:
+        outputs = r.json()["outputs"]
+    assert {o["name"]: o["datatype"] for o in outputs} == declared
+    if binary:
+        proba = _read_binary(r)["probabilities"]
+        assert proba.dtype == np.float32
+        expected = _predict(client, model_id, credit_rows(3))["probabilities"]
+        np.testing.assert_allclose(proba, expected, rtol=1e-6)
+
+
 def test_version_one_answers_as_the_unversioned_routes(
     client: TestClient, credit: tuple[str, engine.Model]
 ) -> None:
