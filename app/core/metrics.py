@@ -36,6 +36,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import settings
@@ -67,9 +68,15 @@ LATENCY = Histogram(
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route that served ``scope`` (FastAPI records it in the scope)."""
+    """The path template of the route that served ``scope`` (FastAPI records it in the scope), or
+    ``<prefix>/{path}`` for the mounted static files, whose match leaves only their prefix."""
     route = scope.get("route")
-    return getattr(route, "path_format", None) or getattr(route, "path", None) or UNMATCHED
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if template:
+        return str(template)
+    if isinstance(scope.get("endpoint"), StaticFiles):
+        return f"{scope.get('root_path', '')}/{{path}}"
+    return UNMATCHED
 
 
 class MetricsMiddleware:

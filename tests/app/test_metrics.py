@@ -45,6 +45,18 @@ def test_requests_are_counted_by_route_template(client: TestClient) -> None:
     assert "/models/abc123" not in routes and "<unmatched>" in routes
 
 
+def test_static_files_are_counted_under_their_prefix(client: TestClient) -> None:
+    # regression: the dashboard's assets were counted as "<unmatched>" with status 200
+    before = scrape(client)
+    assert client.get("/static/css/app.css").status_code == 200
+    assert client.get("/static/js/main.js").status_code == 200
+    after = scrape(client)
+    key = {"method": "GET", "route": "/static/{path}", "status": "200"}
+    assert value(after, "regula_http_requests_total", **key) == (
+        value(before, "regula_http_requests_total", **key) + 2
+    )
+
+
 def test_jobs_epochs_and_the_model_cache_move(client: TestClient) -> None:
     loading.cache.clear()
     before = scrape(client)
