@@ -53,3 +53,51 @@ def test_the_walkthrough_answers_are_what_the_service_answers(client: TestClient
     assert answer["predictions"] == expected_prediction["predictions"]
     assert answer["classes"] == expected_prediction["classes"]
     assert np.round(answer["probabilities"], 3).tolist() == expected_prediction["probabilities"]
+
+    # "From the tools you already use": the OIP v2 and MLflow bodies, as written, on that model
+    model_id = job["model_id"]
+    oip_cmd = _block_after(text, "**Open Inference Protocol v2**", "bash")
+    oip_body = json.loads(oip_cmd[oip_cmd.index("-d '") + 4 : oip_cmd.index("]}'") + 2])
+    outputs = {
+        o["name"]: o["data"]
+        for o in client.post(f"/v2/models/{model_id}/infer", json=oip_body).json()["outputs"]
+    }
+    assert outputs["label"] == expected_prediction["predictions"]
+    assert [np.round(outputs["probabilities"], 3).tolist()] == expected_prediction["probabilities"]
+    mlflow_cmd = _block_after(text, "**MLflow scoring**", "bash")
+    mlflow_body = mlflow_cmd[mlflow_cmd.index("-d '") + 4 : mlflow_cmd.index("}}'") + 2]
+    answer = client.post(f"/models/{model_id}/invocations", json=json.loads(mlflow_body)).json()
+    assert answer == json.loads(mlflow_cmd.split("# ", 1)[1])
+
+
+def test_the_walkthroughs_search_chooses_what_the_readme_says(client: TestClient) -> None:
+    """Step 6 of the README, run as written: the choice (to the four digits shown) and the
+    features kept at it."""
+    text = README.read_text()
+    search_cmd = _block_after(text, "**6. Let the data choose", "bash")
+    spec_text = search_cmd[search_cmd.index("-d '") + 4 : search_cmd.index("}' |") + 1]
+    expected = json.loads(_block_after(text, "**6. Let the data choose", "json"))
+    response = client.post(
+        "/datasets", files={"file": ("credit.csv", CREDIT.read_bytes(), "text/csv")}
+    )
+    assert response.status_code == 201, response.text
+    spec = json.loads(spec_text.replace("\"'$DS'\"", json.dumps(response.json()["id"])))
+    response = client.post("/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    path = client.get(f"/jobs/{job['id']}/path").json()
+    chosen = path["chosen"]
+    assert chosen["used"] == expected["used"]
+    for key in ("min", "1se", "value"):
+        assert float(f"{chosen[key]:.4g}") == expected[key], key
+    at = path["points"][8]
+    assert at["value"] == chosen["value"]
+    assert at["selected_features"] == [
+        "income",
+        "debt_ratio",
+        "late_payments",
+        "years_employed",
+        "employment",
+        "noise_4",
+    ]
