@@ -143,10 +143,6 @@ def final_model(
     ``W = 0``, so the model is that solution.
     """
     final = final_spec(spec, param, value)
-    start = None
-    exact = full is not None and full.coef is not None and full.intercept is not None
-    if exact and is_exact(final, param) and full is not None and value in full.grid:
-        start = _exact_start(final, full, full.grid.index(value), X, y, feature_names)
     return fit(
         final,
         X,
@@ -154,15 +150,26 @@ def final_model(
         feature_names=feature_names,
         callbacks=callbacks,
         max_seconds=max_seconds,
-        warm_start=start,
+        warm_start=_exact_start(final, param, value, full, X, y, feature_names),
     )
 
 
 def _exact_start(
-    final: dict, full: FoldPath, index: int, X: Any, y: Any, feature_names: Sequence[str] | None
-) -> Model:
-    """Point ``index`` of the exact all-rows path as a model of the final spec."""
-    assert full.coef is not None and full.intercept is not None
+    final: dict,
+    param: str,
+    value: float,
+    full: FoldPath | None,
+    X: Any,
+    y: Any,
+    feature_names: Sequence[str] | None,
+) -> Model | None:
+    """The exact all-rows path's solution at ``value`` as a model of the final spec; None unless
+    ``full`` is an exact path that holds that value."""
+    if full is None or full.coef is None or full.intercept is None or value not in full.grid:
+        return None
+    if not is_exact(final, param):
+        return None
+    index = full.grid.index(value)
     pre = full.preprocessor
     if pre is None:  # a split computed elsewhere (a task of a distributed search): refit it
         data = prepare_data(final, X, y, feature_names)
