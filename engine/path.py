@@ -83,7 +83,13 @@ from engine.path_setup import (
     prepare_data,
 )
 from engine.spec_parse import parse
-from engine.spec_search import DEFAULT_MIN_RATIO, DEFAULT_NUM, DEFAULT_PARAM, DEFAULT_SELECT
+from engine.spec_search import (
+    DEFAULT_MIN_RATIO,
+    DEFAULT_NUM,
+    DEFAULT_PARAM,
+    DEFAULT_SELECT,
+    check_held_out,
+)
 
 __all__ = ["final_model", "path", "path_fold", "path_gram_block", "path_grid"]
 
@@ -377,13 +383,8 @@ def path(
     spec = base_spec(spec)
     check_param(param)
     check_select(select)
+    check_held_out(folds, spec["validation_split"])
     data = prepare_data(spec, X, y, feature_names)
-    if folds is None and len(data.val_rows) == 0:
-        raise SpecError(
-            ("search", "folds"),
-            "A path needs held-out rows: set search.folds or validation_split > 0.",
-            "requires_validation",
-        )
     if folds is not None:
         fold_rows(len(data.train_rows), folds, shuffle=False, seed=0)  # validates folds
     clock = Clock(tuple(callbacks), cancel, max_seconds)

@@ -38,7 +38,7 @@ from engine.spec_fields import field_infos
 from engine.spec_model import ModelSpec
 from engine.spec_optimizer import OptimizerSpec
 from engine.spec_regularization import Augmentation, DropoutSpec, Regularization
-from engine.spec_search import Search
+from engine.spec_search import Search, check_held_out
 
 __all__ = ["check_classes", "default_spec", "normalize_spec", "parse"]
 
@@ -184,6 +184,8 @@ def parse(spec: Mapping[str, Any] | Spec | None) -> Spec:
         search=_search(raw.get("search")),
         **simple,
     )
+    if out.search is not None:
+        check_held_out(out.search.folds, out.validation_split)
     if out.optimizer.name == "fista":
         _check_fista(out)
     _check_precision(out)
@@ -246,6 +248,14 @@ def _check_fista(spec: Spec) -> None:
             ("model", "layers"),
             "model.layers may hold no dropout with optimizer 'fista', which is full-batch and "
             "deterministic.",
+            "requires_no_dropout",
+        )
+    if spec.search is not None and spec.search.param.startswith("dropout."):
+        raise SpecError(
+            ("search", "param"),
+            f"search.param {spec.search.param!r} varies a dropout rate, which optimizer 'fista' "
+            "(full-batch and deterministic) does not train; search a penalty, or use another "
+            "optimizer.",
             "requires_no_dropout",
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import SpecError
 from engine.spec_fields import Section, spec_field
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "SEARCH_PARAMS",
     "SEARCH_SELECT",
     "Search",
+    "check_held_out",
 ]
 
 # The strengths a regularization path may vary (engine.path), by their place in the spec.
@@ -82,3 +84,13 @@ class Search(Section):
         choices=SEARCH_SELECT,
         doc="min: lowest mean CV loss; 1se: largest lambda within one standard error.",
     )
+
+
+def check_held_out(folds: int | None, validation_split: float) -> None:
+    """A path scores every value on held-out rows: ``folds`` folds, or the validation split."""
+    if folds is None and validation_split <= 0:
+        raise SpecError(
+            ("search", "folds"),
+            "A path needs held-out rows: set search.folds or validation_split > 0.",
+            "requires_validation",
+        )

@@ -290,13 +290,14 @@ def final_task(
         return final_fit(plan, value, X, y, None if full is None else FoldPath(**full))
 
 
-def _chosen_value(plan: dict[str, Any], folds: list[FoldPath]) -> float:
-    """The value the folds' held-out scores choose (the all-rows path adds statistics, not
-    scores)."""
-    scores_only = FoldPath(fold=None, grid=list(plan["grid"]), n_train=0, n_val=0)
-    chosen = engine.combine(
-        [scores_only, *folds], param=plan["param"], select=plan["spec"]["search"]["select"]
-    )
+def _chosen_value(plan: dict[str, Any], splits: list[FoldPath]) -> float:
+    """The value the held-out scores choose: the K folds' (the all-rows path adds statistics, not
+    scores, so it need not be among ``splits``), or without folds the all-rows path's own, on the
+    validation rows."""
+    if plan["folds"]:
+        scores_only = FoldPath(fold=None, grid=list(plan["grid"]), n_train=0, n_val=0)
+        splits = [scores_only, *(fp for fp in splits if fp.fold is not None)]
+    chosen = engine.combine(splits, param=plan["param"], select=plan["spec"]["search"]["select"])
     return chosen.chosen_value
 
 
@@ -312,14 +313,14 @@ def _run_path(
     scratch as soon as the folds are done, so that on two or more workers it trains beside the
     all-rows path instead of after it.
     """
-    folds = range(plan["folds"])
+    folds = range(plan["folds"] or 0)
     spec, param = plan["spec"], plan["param"]
     if not _on_dask():
         blocks = [gram_block(plan, fold, X, y) for fold in folds]
         fold_paths = [run_split(plan, fold, X, y, blocks) for fold in folds]
         fold_paths.append(run_split(plan, None, X, y, blocks))
         store(fold_paths)
-        value = _chosen_value(plan, fold_paths[:-1])
+        value = _chosen_value(plan, fold_paths)
         model = final_fit(plan, value, X, y, fold_paths[-1])
         return fold_paths, engine.final_spec(spec, param, value), model
     from distributed import worker_client
@@ -369,8 +370,11 @@ def _run_path(
                 priority=SPLIT_PRIORITY,
             )
         )
+        full = futures[-1]
         try:
             fold_paths = [FoldPath(**result) for result in client.gather(futures[:-1])]
+            if not plan["folds"]:  # the validation rows score the all-rows path itself
+                fold_paths.append(FoldPath(**full.result()))
             value = _chosen_value(plan, fold_paths)
             futures.append(
                 client.submit(
@@ -378,13 +382,14 @@ def _run_path(
                     plan,
                     value,
                     *data,
-                    futures[-1] if is_exact(base_spec(spec), param) else None,
+                    full if is_exact(base_spec(spec), param) else None,
                     key=key("final"),
                     pure=False,
                     priority=SPLIT_PRIORITY,
                 )
             )
-            fold_paths.append(FoldPath(**futures[-2].result()))
+            if plan["folds"]:
+                fold_paths.append(FoldPath(**full.result()))
             store(fold_paths)
             model = futures[-1].result()
         finally:
@@ -425,7 +430,7 @@ def run_search(
         num=search["num"] or DEFAULT_NUM,
         min_ratio=search["min_ratio"] or DEFAULT_MIN_RATIO,
     )
-    folds = int(search["folds"])
+    folds = search["folds"]  # None: the validation split scores each point
     log.info("job %s: grid of %d values in %.2f s", job_id, len(grid), time.monotonic() - clock)
     service.start(sessions, job_id, attempt, param=param, grid=grid)
     plan = {
@@ -437,7 +442,7 @@ def run_search(
         "grid": grid,
         "folds": folds,
         "feature_names": names,
-        "total": len(grid) * (folds + 1),
+        "total": len(grid) * ((folds or 0) + 1),
         "deadline": deadline,
     }
 
@@ -455,7 +460,7 @@ def run_search(
         log.info(
             "job %s: %d splits in %.2f s; path combined and stored in %.2f s",
             job_id,
-            folds + 1,
+            len(fold_paths),
             started - clock,
             time.monotonic() - started,
         )

@@ -140,10 +140,12 @@ def _fold_path(fold: int, rows: list[PathPoint], header: dict[str, Any]) -> Fold
         n_train=0,
         n_val=0,
     )
-    if fold != FULL_PATH:
-        # a point stored as it finished may lack a score: NaN, then null in the read
+    if fold != FULL_PATH or any(r.loss is not None for r in rows):
+        # a point stored as it finished may lack a score: NaN, then null in the read (the
+        # all-rows path has scores of its own on the validation rows)
         fp.loss = [math.nan if r.loss is None else r.loss for r in rows]
         fp.metric = [math.nan if r.metric is None else r.metric for r in rows]
+    if fold != FULL_PATH:
         return fp
     # A statistic a stored row lacks (the exact path stores them when its split ends) stays
     # None: combine passes it through to the point as it is.
@@ -169,11 +171,14 @@ def _partial(
         by_split.setdefault(p.fold, {})[p.index] = p
     full = by_split.pop(FULL_PATH, {})
     header = (full[0].stats or {}) if 0 in full else {}
-    folds = int(job.spec["search"]["folds"])
+    folds = job.spec["search"]["folds"]
     metric_name = "r2" if job.spec.get("task") == "regression" else "accuracy"
+    # The splits whose held-out scores choose: the folds, or without folds the all-rows path
+    # (scored on the validation rows).
+    scoring = by_split if folds else {FULL_PATH: full}
 
     def scored(k: int) -> list[PathPoint]:
-        return [rows[k] for rows in by_split.values() if k in rows and rows[k].loss is not None]
+        return [rows[k] for rows in scoring.values() if k in rows and rows[k].loss is not None]
 
     out_points = []
     for k, value in enumerate(grid):
@@ -196,7 +201,7 @@ def _partial(
         if not full_row:
             full_fp.nonzero = full_fp.selected = full_fp.norms = None
         if held:
-            split_fps = [_fold_path(r.fold, [r], header) for r in held]
+            split_fps = [_fold_path(r.fold, [r], header) for r in held if r.fold != FULL_PATH]
             point = engine.combine(
                 [full_fp, *split_fps], param=param, select=select_, metric_name=metric_name
             ).points[0]
@@ -212,7 +217,7 @@ def _partial(
         point["folds_scored"] = len(held)
         out_points.append(point)
     # The choices need every fold's score: over the points all folds (and the full path) reached.
-    complete_idx = [k for k in range(len(grid)) if len(scored(k)) == folds and k in full]
+    complete_idx = [k for k in range(len(grid)) if len(scored(k)) == (folds or 1) and k in full]
     chosen: dict[str, Any] = {"min": None, "1se": None, "used": select_}
     if complete_idx:
         fps = [_fold_path(FULL_PATH, [full[k] for k in complete_idx], header)]

@@ -15,6 +15,7 @@ from sklearn.model_selection import KFold
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+import engine
 from app.core.auth import create_key
 from app.core.config import settings
 from app.core.db import get_db, get_sessionmaker
@@ -158,6 +159,44 @@ def test_search_event_stream_sends_every_point_of_the_path(
         full = latest[(None, k)]
         assert full["value"] == point["value"] and full["nonzero"] == point["nonzero"]
         assert sorted(full["selected_features"]) == sorted(point["selected_features"])
+
+
+def test_search_without_folds_is_scored_on_the_validation_split(client: TestClient) -> None:
+    # regression: a search without folds failed with an internal error in the job body
+    X, y, content = _diabetes()
+    spec = _lasso_search(_upload(client, content), folds=None)
+    spec["validation_split"] = 0.25
+    job = _wait(client, _submit(client, spec))
+    assert job["status"] == "succeeded", job
+    path = client.get(f"/jobs/{job['id']}/path").json()
+    assert path["complete"] is True and path["folds"] is None
+    names = [f"f{j}" for j in range(X.shape[1])]
+    engine_spec = {k: v for k, v in spec.items() if k not in ("dataset_id", "target", "search")}
+    expected = engine.path(
+        engine_spec, X, y, num=NUM, select="min", feature_names=names, fit_final=False
+    )
+    assert path["grid"] == pytest.approx(expected.grid, rel=1e-12)
+    assert path["chosen"]["min"] == pytest.approx(expected.chosen["min"], rel=1e-12)
+    np.testing.assert_allclose(
+        [p["cv_loss"] for p in path["points"]],
+        [p["cv_loss"] for p in expected.points],
+        rtol=1e-6,
+    )
+    assert all(p["cv_loss_se"] == 0 for p in path["points"])  # one held-out split
+    predicted = client.post(
+        f"/models/{job['model_id']}/predict", json={"rows": [dict(zip(names, X[0], strict=True))]}
+    )
+    assert predicted.status_code == 200, predicted.text
+
+
+def test_a_search_with_nothing_to_score_it_is_refused(client: TestClient) -> None:
+    *_, content = _diabetes()
+    spec = _lasso_search(_upload(client, content), folds=None)
+    response = client.post("/jobs", json=spec)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "search", "folds"]
+    assert detail["type"] == "requires_validation"
 
 
 def test_search_stores_every_point_and_reaches_full_progress(

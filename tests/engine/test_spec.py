@@ -149,7 +149,7 @@ def test_new_sections_normalize_idempotently_and_json_able():
         "folds": 3,
         "select": "1se",
     }
-    explicit = normalize_spec({"search": {"values": [0.1, 0.01]}})["search"]
+    explicit = normalize_spec({"search": {"values": [0.1, 0.01], "folds": 2}})["search"]
     assert explicit["values"] == [0.1, 0.01] and explicit["num"] is None
 
 
@@ -421,3 +421,29 @@ def test_an_optimizer_eps_the_dtype_cannot_hold_is_refused_naming_the_field(dtyp
     tiny = float(np.finfo(dtype).tiny)
     assert f"at least {tiny:.3g}" in info.value.msg
     assert normalize_spec({"optimizer": {"name": "adam", "eps": tiny}, "dtype": dtype})
+
+
+@pytest.mark.parametrize(
+    ("spec", "loc", "code"),
+    [
+        # regression: accepted, then the job failed (a service search without folds crashed)
+        ({"search": {"num": 5}}, ("search", "folds"), "requires_validation"),
+        # regression: accepted, then every point failed on its dropout rate
+        (
+            {
+                "model": {"hidden_layers": []},
+                "loss": "mse",
+                "optimizer": {"name": "fista"},
+                "search": {"param": "dropout.input", "folds": 3},
+            },
+            ("search", "param"),
+            "requires_no_dropout",
+        ),
+    ],
+)
+def test_a_search_that_cannot_run_is_refused(spec, loc, code):
+    with pytest.raises(SpecError) as err:
+        normalize_spec(spec)
+    assert err.value.loc == loc and err.value.code == code
+    # with held-out rows from the validation split instead of folds it is fine
+    normalize_spec({"validation_split": 0.2, "search": {"num": 5}})

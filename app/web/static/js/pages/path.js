@@ -187,9 +187,10 @@ export function renderPath(container, jobId, { onUpdate } = {}) {
       stat("Points", `${path.points.length} of ${path.grid.length}`, "path-points"),
     );
     summary.dataset.complete = String(Boolean(path.complete));
+    const scoring = path.folds ? `${path.folds}-fold cross-validation` : "the validation split";
     state.textContent = path.complete
-      ? `Complete: ${path.folds}-fold cross-validation over ${path.grid.length} values of ${path.param}.`
-      : `Partial: points are shown as the folds reach them (${path.status}).`;
+      ? `Complete: ${scoring} over ${path.grid.length} values of ${path.param}.`
+      : `Partial: points are shown as the splits reach them (${path.status}).`;
   }
 
   let reading = false;
