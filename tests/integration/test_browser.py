@@ -167,28 +167,28 @@ def test_upload_train_watch_and_predict_in_the_dashboard(
     page.screenshot(path=str(artifacts / "model.png"), full_page=True)
 
 
-def test_a_search_jobs_path_draws_live_in_the_dashboard(
+def test_a_search_from_the_form_draws_its_path_in_the_dashboard(
     server: RegulaServer, page: Any, artifacts: Path
 ) -> None:
-    num, folds = 25, 5
+    num, folds = 25, 5  # folds: the form's own start value
     with httpx.Client(base_url=server.url, timeout=60) as client:
         upload = client.post(
             "/datasets", files={"file": ("credit.csv", EXAMPLE_CSV.read_bytes(), "text/csv")}
         )
         assert upload.status_code == 201, upload.text
-        spec = {
-            "dataset_id": upload.json()["id"],
-            "target": "default",
-            "model": {"hidden_layers": []},
-            "loss": "binary_cross_entropy",
-            "optimizer": {"name": "fista"},
-            "epochs": 300,
-            "search": {"num": num, "folds": folds, "select": "1se"},
-        }
-        submitted = client.post("/jobs", json=spec)
-        assert submitted.status_code == 202, submitted.text
-        job_id = submitted.json()["id"]
-        page.goto(f"{server.url}/#/jobs/{job_id}")
+        dataset_id = upload.json()["id"]
+        page.goto(f"{server.url}/#/jobs/new?dataset={dataset_id}")
+        page.wait_for_selector('#target-select option[value="default"]', state="attached")
+        page.select_option("#target-select", "default")
+        page.click('[data-preset="l1-logistic"]')  # a linear classifier under fista
+        assert not page.is_visible("#f-search-num")  # the search section starts switched off
+        page.check("#f-search")
+        page.fill("#f-search-num", str(num))
+        assert page.input_value("#f-search-folds") == str(folds)
+        page.screenshot(path=str(artifacts / "new-search.png"), full_page=True)
+        page.click("#job-submit")
+        page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f]{32}$"), timeout=90_000)
+        job_id = page.url.rsplit("/", 1)[1]
         page.wait_for_selector("#path-loss-chart")
         wait_until(
             lambda: page.get_attribute("#job-status", "data-status") == "succeeded",

@@ -51,7 +51,16 @@ const GROUPS = [
     ["validation_split", "Validation split", "number", "fraction held out, 0..1"],
     ["seed", "Seed", "integer"],
   ]],
+  ["Choose lambda", [
+    ["search", "Search a regularization path", "toggle", "the job's model is the fit at the chosen value"],
+    ["search.param", "Parameter", "enum"],
+    ["search.num", "Values", "integer", "log-spaced down from the value that zeroes every weight"],
+    ["search.folds", "Folds", "integer", "K-fold cross-validation; empty: the validation split scores"],
+    ["search.select", "Select", "enum", "1se: the largest value within one standard error of min"],
+  ]],
 ];
+// The search's fields start at these (folds: cross-validation, what choosing lambda usually means).
+const SEARCH_START = { "search.folds": 5 };
 
 export const PRESETS = {
   lasso: {
@@ -109,12 +118,10 @@ async function specSchema() {
     for (const [name, prop] of Object.entries(deref(schema).properties || {})) {
       const path = prefix ? `${prefix}.${name}` : name;
       const s = deref(prop);
-      if (s.properties) walk(s, path);
-      else {
-        // Optional fields are anyOf [X, null].
-        const alts = (s.anyOf || [s]).map(deref).filter((a) => a.type !== "null");
-        out[path] = { ...(alts[0] || {}), default: prop.default ?? s.default };
-      }
+      // Optional fields (and sections) are anyOf [X, null].
+      const alts = (s.anyOf || [s]).map(deref).filter((a) => a.type !== "null");
+      if (alts.length === 1 && alts[0].properties) walk(alts[0], path);
+      else out[path] = { ...(alts[0] || {}), default: prop.default ?? s.default };
     }
   };
   if (schemas.TrainingSpec) walk(schemas.TrainingSpec, "");
@@ -166,12 +173,14 @@ export async function render(root, ctx) {
         enumOptions(path).map((v) => h("option", { value: v, selected: v === def }, v)),
       );
     }
+    if (kind === "toggle") return h("input", { id, name: path, type: "checkbox" });
     if (kind === "layers") {
       const def = Array.isArray(s.default) ? s.default.join(", ") : "64, 32";
       return h("input", { id, name: path, type: "text", value: def, inputmode: "numeric" });
     }
     const attrs = { id, name: path, type: "number", step: kind === "integer" ? "1" : "any" };
     if (s.default !== undefined && s.default !== null) attrs.placeholder = String(s.default);
+    if (SEARCH_START[path] !== undefined) attrs.value = String(SEARCH_START[path]);
     if (s.minimum !== undefined) attrs.min = s.minimum;
     if (s.maximum !== undefined) attrs.max = s.maximum;
     return h("input", attrs);
@@ -192,7 +201,7 @@ export async function render(root, ctx) {
   );
   form.append(presetBar);
   for (const [title, list] of GROUPS) {
-    const fs = h("fieldset", {}, h("legend", {}, title));
+    const fs = h("fieldset", { "data-group": list[0][0] }, h("legend", {}, title));
     for (const [path, label, kind, hint] of list) {
       const input = control(path, kind);
       fields[path] = input;
@@ -318,7 +327,9 @@ export async function render(root, ctx) {
       for (const [path, , kind] of list) {
         const el = fields[path];
         let value;
-        if (kind === "features") {
+        if (kind === "toggle" || (path.startsWith("search.") && !fields.search.checked)) {
+          continue; // the search section is sent only when it is switched on
+        } else if (kind === "features") {
           const boxes = [...el.querySelectorAll("input[type=checkbox]")];
           const chosen = boxes.filter((b) => b.checked).map((b) => b.value);
           value = boxes.length && chosen.length < boxes.length ? chosen : undefined;
@@ -331,6 +342,8 @@ export async function render(root, ctx) {
           value = el.value === "" ? undefined : el.value;
         }
         if (value !== undefined) setPath(spec, path, value);
+        // a search with every field empty is still a search (the engine's defaults)
+        else if (path.startsWith("search.")) spec.search = spec.search || {};
       }
     }
     const raw = extra.value.trim();
@@ -369,11 +382,19 @@ export async function render(root, ctx) {
     if (first) first.focus();
   }
 
+  function showSearch() {
+    const on = fields.search.checked;
+    form.querySelector('[data-group="search"]').classList.toggle("collapsed", !on);
+    document.getElementById("job-submit").textContent = on ? "Start the search" : "Start training";
+  }
+
   form.addEventListener("input", updatePreview);
   form.addEventListener("change", (ev) => {
     if (ev.target === fields.dataset_id) loadColumns();
     else if (ev.target === fields.target) renderFeatures();
+    else if (ev.target === fields.search) showSearch();
   });
+  showSearch();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearErrors();
