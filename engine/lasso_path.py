@@ -68,6 +68,8 @@ class _ActiveSet:
         self.n_dead = 0
         self.M0 = np.zeros((0, 0))
         self.B = np.zeros((0, 0))
+        # G's rows of the features by position, contiguous: G w = w[idx] @ rows, no gather
+        self.rows = np.empty((_BORDER_MIN, F))
         self._new_border(0)
         # (dead positions R, M^-1[:, R], M^-1[R, R]^-1), until the set changes
         self._dead: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -107,6 +109,11 @@ class _ActiveSet:
         self.alive[m:end] = True
         self.m = end
         rows = self.G[new]  # (k, F): contiguous rows of the symmetric G
+        if end > len(self.rows):
+            grown = np.empty((max(2 * len(self.rows), end), self.rows.shape[1]))
+            grown[:m] = self.rows[:m]
+            self.rows = grown
+        self.rows[m:end] = rows
         Cnn = rows[:, new]
         Cnn.flat[:: k + 1] += self.l2
         if m0 == 0:  # nothing yet: the first features are the base
@@ -194,6 +201,7 @@ class _ActiveSet:
             Minv -= Fb @ _inv(H) @ Fb.T
             M = M[np.ix_(live, live)]
             self.pos[self.idx[dead]] = -1
+            self.rows[:q] = self.rows[live]
             self.idx[:q] = self.idx[live]
             self.pos[self.idx[:q]] = np.arange(q)
             self.alive[:m] = False
@@ -254,6 +262,11 @@ class _ActiveSet:
             out[m0:, ~base] = self.Si[:, pr]
         return out
 
+    def gram_times(self, w: np.ndarray) -> np.ndarray:
+        """``G w`` for a ``w (F,)`` whose support is in the set (zero at dead positions)."""
+        m = self.m
+        return w[self.idx[:m]] @ self.rows[:m]
+
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """``M v`` on the live block (``v`` in the order of ``A``)."""
         out = self._matvec_full(self._full(v))
@@ -312,7 +325,6 @@ def _solve_point(
     tau: float,
     strong: np.ndarray,
     active: _ActiveSet,
-    gram_row: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact minimiser of ``f(w) = w^T G w - 2 c^T w + l2 ||w||^2 + 2 tau ||w||_1`` from ``w``.
 
@@ -337,7 +349,7 @@ def _solve_point(
     for _ in range(10 * F + 100):
         A = active.A
         if not fresh:
-            g = c - gram_row(w) if len(A) else c.copy()
+            g = c - active.gram_times(w) if len(A) else c.copy()
         fresh = True
         viol = (w == 0) & (np.abs(g) > tau + tol)
         inside = viol & in_set
@@ -442,12 +454,6 @@ def _gram_path_points(
     active = None
     tau_prev = None
 
-    def gram_row(v: np.ndarray) -> np.ndarray:
-        nz = np.flatnonzero(v)
-        if len(nz) * 8 < F:
-            return v[nz] @ G[nz]
-        return G @ v
-
     for k, value in enumerate(grid):
         point = dict(reg)
         point[param.split(".")[1]] = float(value)
@@ -469,7 +475,7 @@ def _gram_path_points(
             active = None
         else:
             assert active is not None  # made above for every tau > 0
-            w, g = _solve_point(c, w, g, tau, strong, active, gram_row)
+            w, g = _solve_point(c, w, g, tau, strong, active)
         W[:, k] = w
         tau_prev = tau
         tick(k)
