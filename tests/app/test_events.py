@@ -397,23 +397,28 @@ def test_a_finished_jobs_feed_lingers_within_its_budget(
     assert hub.feeds_started == loads and hub.polls == loads
 
 
+def _job_row(attempts: int, status: str, spec: dict[str, Any], epochs_done: int) -> dict[str, Any]:
+    """A job's columns as the hub's poll reads them."""
+    return {
+        "id": "j",
+        "status": status,
+        "attempts": attempts,
+        "spec": spec,
+        "progress": 0.0,
+        "error": None,
+        "error_code": None,
+        "dataset_id": None,
+        "created_at": utcnow(),
+        "started_at": None,
+        "finished_at": None,
+        "epochs_done": epochs_done,
+        "cancel_requested": False,
+    }
+
+
 def test_feed_restarts_the_history_on_a_new_attempt() -> None:
     def poll(attempts: int, status: str, epochs: list[int], restarted: bool) -> events._Poll:
-        job = {
-            "id": "j",
-            "status": status,
-            "attempts": attempts,
-            "spec": {"epochs": 5},
-            "progress": 0.0,
-            "error": None,
-            "error_code": None,
-            "dataset_id": None,
-            "created_at": utcnow(),
-            "started_at": None,
-            "finished_at": None,
-            "epochs_done": len(epochs),
-            "cancel_requested": False,
-        }
+        job = _job_row(attempts, status, {"epochs": 5}, len(epochs))
         rows = [{k: (n if k == "epoch" else None) for k in HISTORY_FIELDS} for n in epochs]
         return events._Poll(job=job, records=rows, restarted=restarted)
 
@@ -429,21 +434,7 @@ def test_feed_restarts_the_history_on_a_new_attempt() -> None:
 
 def test_feed_sends_a_search_point_once_unless_it_changes() -> None:
     def job(attempts: int) -> dict[str, Any]:
-        return {
-            "id": "j",
-            "status": "running",
-            "attempts": attempts,
-            "spec": {"epochs": 5, "search": {"num": 2}},
-            "progress": 0.0,
-            "error": None,
-            "error_code": None,
-            "dataset_id": None,
-            "created_at": utcnow(),
-            "started_at": None,
-            "finished_at": None,
-            "epochs_done": 0,
-            "cancel_requested": False,
-        }
+        return _job_row(attempts, "running", {"epochs": 5, "search": {"num": 2}}, 0)
 
     def point(fold: int | None, index: int, **extra: Any) -> dict[str, Any]:
         return {"fold": fold, "index": index, "value": 1.0 / (index + 1), "loss": 0.5, **extra}

@@ -3,6 +3,7 @@ the service's."""
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -27,6 +28,20 @@ def _block_after(text: str, marker: str, fence: str) -> str:
     return text[start : text.index("```", start)]
 
 
+def _run(client: TestClient, spec_text: str) -> dict[str, Any]:
+    """The README's spec (its ``$DS`` the uploaded credit.csv) as a job, run to success."""
+    response = client.post(
+        "/datasets", files={"file": ("credit.csv", CREDIT.read_bytes(), "text/csv")}
+    )
+    assert response.status_code == 201, response.text
+    spec = json.loads(spec_text.replace("\"'$DS'\"", json.dumps(response.json()["id"])))
+    response = client.post("/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
 def test_the_walkthrough_answers_are_what_the_service_answers(client: TestClient) -> None:
     """Steps 1-5 of the README, run as written: the spec of step 2, the sparsity of step 4 and
     the prediction of step 5 (to the three digits shown)."""
@@ -38,15 +53,7 @@ def test_the_walkthrough_answers_are_what_the_service_answers(client: TestClient
     expected_prediction = json.loads(predict_cmd.split("# ", 1)[1])
     expected_sparsity = json.loads(_block_after(text, "**4. See what L1", "json"))
 
-    response = client.post(
-        "/datasets", files={"file": ("credit.csv", CREDIT.read_bytes(), "text/csv")}
-    )
-    assert response.status_code == 201, response.text
-    spec = json.loads(spec_text.replace("\"'$DS'\"", json.dumps(response.json()["id"])))
-    response = client.post("/jobs", json=spec)
-    assert response.status_code == 202, response.text
-    job = wait(client, response.json()["id"])
-    assert job["status"] == "succeeded", job
+    job = _run(client, spec_text)
     sparsity = client.get(f"/models/{job['model_id']}/sparsity").json()
     assert {key: sparsity[key] for key in expected_sparsity} == expected_sparsity
     answer = client.post(f"/models/{job['model_id']}/predict", json=json.loads(rows_text)).json()
@@ -77,15 +84,7 @@ def test_the_walkthroughs_search_chooses_what_the_readme_says(client: TestClient
     search_cmd = _block_after(text, "**6. Let the data choose", "bash")
     spec_text = search_cmd[search_cmd.index("-d '") + 4 : search_cmd.index("}' |") + 1]
     expected = json.loads(_block_after(text, "**6. Let the data choose", "json"))
-    response = client.post(
-        "/datasets", files={"file": ("credit.csv", CREDIT.read_bytes(), "text/csv")}
-    )
-    assert response.status_code == 201, response.text
-    spec = json.loads(spec_text.replace("\"'$DS'\"", json.dumps(response.json()["id"])))
-    response = client.post("/jobs", json=spec)
-    assert response.status_code == 202, response.text
-    job = wait(client, response.json()["id"])
-    assert job["status"] == "succeeded", job
+    job = _run(client, spec_text)
     path = client.get(f"/jobs/{job['id']}/path").json()
     chosen = path["chosen"]
     assert chosen["used"] == expected["used"]
