@@ -211,11 +211,14 @@ export async function render(root, ctx) {
       if (pathView) pathView.refresh(); // a poll (no stream), or the job's state changed
     },
     point(pt) {
+      if (job.status === "queued") job.status = "running";
       pointsSeen.add(`${pt.fold}/${pt.index}`);
       drawStatus();
       if (pathView) pathView.refresh();
     },
     epoch(record) {
+      // An epoch can arrive in the same chunk just before the status event that says running.
+      if (job.status === "queued") job.status = "running";
       records.set(record.epoch, record);
       if (!TERMINAL.includes(job.status)) {
         job.epochs_done = Math.max(job.epochs_done || 0, records.size);
