@@ -313,7 +313,8 @@ class EventHub:
                 .order_by(EpochRecord.epoch)
             ).all()
             points: list[tuple[int, dict[str, Any]]] = []
-            if (job.spec or {}).get("search"):
+            search = bool((job.spec or {}).get("search"))
+            if search:
                 rows = session.scalars(
                     select(PathPoint)
                     .where(
@@ -332,7 +333,7 @@ class EventHub:
                     restarted=restarted,
                     points=points,
                 ),
-                3 if (job.spec or {}).get("search") else 2,
+                3 if search else 2,
             )
 
     # -- event loop side --

@@ -373,9 +373,9 @@ def _run_path(
         full = futures[-1]
         try:
             fold_paths = [FoldPath(**result) for result in client.gather(futures[:-1])]
-            if not plan["folds"]:  # the validation rows score the all-rows path itself
-                fold_paths.append(FoldPath(**full.result()))
-            value = _chosen_value(plan, fold_paths)
+            # Without folds the validation rows score the all-rows path itself: the choice waits.
+            full_path = None if plan["folds"] else FoldPath(**full.result())
+            value = _chosen_value(plan, fold_paths if full_path is None else [full_path])
             futures.append(
                 client.submit(
                     final_task,
@@ -388,8 +388,7 @@ def _run_path(
                     priority=SPLIT_PRIORITY,
                 )
             )
-            if plan["folds"]:
-                fold_paths.append(FoldPath(**full.result()))
+            fold_paths.append(full_path or FoldPath(**full.result()))
             store(fold_paths)
             model = futures[-1].result()
         finally:
